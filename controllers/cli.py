@@ -1,0 +1,131 @@
+"""The `tokenworks` command line: thin commands over library code."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from controllers import __version__
+
+app = typer.Typer(
+    name="tokenworks",
+    help="Operate and autoscale LLM inference fleets (Triton + TensorRT-LLM) on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+crds_app = typer.Typer(help="The ModelDeployment CustomResourceDefinition.", no_args_is_help=True)
+operator_app = typer.Typer(help="Run the operator.", no_args_is_help=True)
+app.add_typer(crds_app, name="crds")
+app.add_typer(operator_app, name="operator")
+
+console = Console()
+Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path to a kubeconfig; "
+                                                "in a pod the service account is used.")]
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+
+
+@app.callback()
+def main() -> None:
+    """Operate and autoscale LLM inference fleets (Triton + TensorRT-LLM) on Kubernetes."""
+
+
+@app.command()
+def version() -> None:
+    """Print the Tokenworks version and the Python it runs on."""
+    typer.echo(f"tokenworks {__version__} (python {platform.python_version()})")
+
+
+@crds_app.command("generate")
+def crds_generate(
+    check: Annotated[bool, typer.Option(help="Fail if the checked-in YAML is out of date.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of crds/.")] = None,
+) -> None:
+    """Generate crds/modeldeployment.yaml from the pydantic models."""
+    from crds import generate
+
+    target = output or generate.CRD_PATH
+    if check:
+        if not target.exists() or target.read_text() != generate.render():
+            console.print(f"[red]{target} is out of date[/]: run `tokenworks crds generate`")
+            raise typer.Exit(1)
+        console.print(f"{target} is up to date")
+        return
+    generate.write(target)
+    console.print(f"wrote {target}")
+
+
+@operator_app.command("run")
+def operator_run(
+    kubeconfig: Kubeconfig = None,
+    namespace: Annotated[list[str] | None, typer.Option(
+        "--namespace", "-n", help="Watch only these namespaces (repeatable); default all.")] = None,
+    leader_elect: Annotated[bool, typer.Option(help="Run only while holding the Lease.")] = True,
+    lease_namespace: Annotated[str, typer.Option(envvar="POD_NAMESPACE")] = "tokenworks-system",
+    lease_duration: Annotated[int, typer.Option(help="Seconds a leader's lease lasts.")] = 15,
+    identity: Annotated[str | None, typer.Option(envvar="POD_NAME")] = None,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics; 0 disables.")] = 8080,
+    health_port: Annotated[int, typer.Option(help="/healthz and /readyz; 0 disables.")] = 8081,
+    resync_seconds: Annotated[float, typer.Option(help="Re-check every resource this often.")] = 300,
+) -> None:
+    """Run the operator (leader-elected) against the cluster."""
+    from controllers.manager import ManagerConfig, main
+
+    config = ManagerConfig(
+        kubeconfig=kubeconfig, namespaces=list(namespace or []), leader_elect=leader_elect,
+        lease_namespace=lease_namespace, lease_duration=lease_duration,
+        renew_deadline=max(2, lease_duration * 2 // 3), metrics_port=metrics_port,
+        health_port=health_port, resync_seconds=resync_seconds,
+    )
+    if identity:
+        config.identity = identity
+    main(config)
+
+
+@app.command()
+def get(
+    kubeconfig: Kubeconfig = None,
+    namespace: Namespace = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+) -> None:
+    """List ModelDeployments, like `kubectl get mdep`."""
+    from controllers import views
+    from controllers.kube import Kube, load_config
+    from crds.models import API_VERSION, KIND
+
+    kube = Kube(load_config(kubeconfig))
+    items = kube.list(API_VERSION, KIND, None if all_namespaces else namespace)
+    console.print(views.table(items, all_namespaces))
+
+
+@app.command()
+def describe(
+    name: Annotated[str, typer.Argument(help="ModelDeployment name.")],
+    kubeconfig: Kubeconfig = None,
+    namespace: Namespace = "default",
+) -> None:
+    """Spec summary, conditions, children and recent Events of one ModelDeployment."""
+    from controllers import views
+    from controllers.kube import Kube, load_config
+    from crds.models import API_VERSION, KIND
+
+    kube = Kube(load_config(kubeconfig))
+    obj = kube.get(API_VERSION, KIND, namespace, name)
+    if obj is None:
+        console.print(f"[red]modeldeployment {namespace}/{name} not found[/]")
+        raise typer.Exit(1)
+    children = views.children_of(kube, obj)
+    events = kube.events_for(namespace, name)
+    console.print(views.describe(obj, children, events))
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,184 @@
+"""Kubernetes I/O: the one module that imports the ``kubernetes`` client.
+
+Everything else talks to the cluster through the ``KubeApi`` protocol, so reconcile logic can be
+exercised against the real apiserver in component tests and reasoned about without it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from kubernetes import client, config, dynamic, watch
+from kubernetes.client.rest import ApiException
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+FIELD_MANAGER = "tokenworks"
+
+ManifestT = dict[str, Any]
+
+
+class KubeApi(Protocol):
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None: ...
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[ManifestT]: ...
+    def apply(self, manifest: ManifestT) -> ManifestT: ...
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> ManifestT: ...
+    def has_kind(self, api_version: str, kind: str) -> bool: ...
+    def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None: ...
+
+
+class Conflict(Exception):  # noqa: N818 - reads as what happened
+    """The write lost a race (409); the reconcile is retried with fresh state."""
+
+
+@dataclass
+class RequestCounter:
+    """Counts API requests by verb (reads vs writes) so tests and benchmarks can assert on them."""
+
+    reads: int = 0
+    writes: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def count(self, write: bool) -> None:
+        with self._lock:
+            if write:
+                self.writes += 1
+            else:
+                self.reads += 1
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
+    try:
+        if kubeconfig:
+            raise config.ConfigException("kubeconfig given")
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)
+    return client.ApiClient()
+
+
+class Kube:
+    """``KubeApi`` over the dynamic client; server-side apply with one field manager."""
+
+    def __init__(self, api_client: client.ApiClient | None = None,
+                 counter: RequestCounter | None = None) -> None:
+        self.api_client = api_client or client.ApiClient()
+        self.dynamic = dynamic.DynamicClient(self.api_client)
+        self.counter = counter or RequestCounter()
+        self._kinds: dict[tuple[str, str], bool] = {}
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None:
+        self.counter.count(write=False)
+        try:
+            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+        except NotFoundError:
+            return None
+        result: ManifestT = obj.to_dict()
+        return result
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None,
+             label_selector: str | None = None) -> list[ManifestT]:
+        self.counter.count(write=False)
+        items = self._resource(api_version, kind).get(namespace=namespace,
+                                                      label_selector=label_selector).items
+        return [item.to_dict() for item in items]
+
+    def apply(self, manifest: ManifestT) -> ManifestT:
+        self.counter.count(write=True)
+        metadata = manifest["metadata"]
+        try:
+            obj = self._resource(manifest["apiVersion"], manifest["kind"]).server_side_apply(
+                body=manifest, name=metadata["name"], namespace=metadata.get("namespace"),
+                field_manager=FIELD_MANAGER, force_conflicts=True,
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise Conflict(str(error.reason)) from error
+            raise
+        result: ManifestT = obj.to_dict()
+        return result
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> ManifestT:
+        self.counter.count(write=True)
+        body = {"apiVersion": api_version, "kind": kind,
+                "metadata": {"name": name, "namespace": namespace}, "status": status}
+        status_resource = self._resource(api_version, kind).subresources["status"]
+        obj = self.dynamic.server_side_apply(
+            status_resource, body=body, name=name, namespace=namespace,
+            field_manager=FIELD_MANAGER, force_conflicts=True,
+        )
+        result: ManifestT = obj.to_dict()
+        return result
+
+    def has_kind(self, api_version: str, kind: str) -> bool:
+        key = (api_version, kind)
+        if key not in self._kinds:
+            try:
+                self._resource(api_version, kind)
+                self._kinds[key] = True
+            except ResourceNotFoundError:
+                self._kinds[key] = False
+        return self._kinds[key]
+
+    def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
+        """A core/v1 Event about ``regarding``, shown by ``kubectl describe``."""
+        self.counter.count(write=True)
+        metadata = regarding["metadata"]
+        now = dt.datetime.now(dt.UTC)
+        body = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(generate_name=f"{metadata['name']}.",
+                                         namespace=metadata["namespace"]),
+            involved_object=client.V1ObjectReference(
+                api_version=regarding["apiVersion"], kind=regarding["kind"], name=metadata["name"],
+                namespace=metadata["namespace"], uid=metadata.get("uid"),
+                resource_version=metadata.get("resourceVersion"),
+            ),
+            reason=reason, message=message[:1024], type=type_,
+            first_timestamp=now, last_timestamp=now, count=1,
+            source=client.V1EventSource(component="tokenworks-operator"),
+            reporting_component="tokenworks.dev/operator", reporting_instance="tokenworks-operator",
+        )
+        # Events are best effort: losing one must not fail a reconcile.
+        with contextlib.suppress(ApiException):
+            client.CoreV1Api(self.api_client).create_namespaced_event(metadata["namespace"], body)
+
+    def events_for(self, namespace: str, name: str) -> builtins.list[ManifestT]:
+        self.counter.count(write=False)
+        events = client.CoreV1Api(self.api_client).list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}")
+        serialized: builtins.list[ManifestT] = [self.api_client.sanitize_for_serialization(e)
+                                       for e in events.items]
+        return serialized
+
+    def watch(self, api_version: str, kind: str, stop: threading.Event,
+              on_event: Callable[[str, ManifestT], None], timeout_seconds: int = 60) -> None:
+        """List then watch ``kind`` until ``stop``; calls ``on_event(type, object)``. Used by tools
+        that do not run inside kopf (the benchmark's request counter, the CLI's `--watch`)."""
+        resource = self._resource(api_version, kind)
+        while not stop.is_set():
+            try:
+                for event in resource.watch(timeout=timeout_seconds, watcher=watch.Watch()):
+                    on_event(event["type"], event["object"].to_dict())
+                    if stop.is_set():
+                        return
+            except ApiException:
+                time.sleep(1)
+
+
+def iter_conditions(obj: ManifestT) -> Iterator[dict[str, Any]]:
+    yield from (obj.get("status") or {}).get("conditions") or []

@@ -1,0 +1,300 @@
+"""The ModelDeployment reconcile: level-triggered and idempotent.
+
+read the ModelDeployment -> check it can work (GPU nodes, memory) -> render children (pure) ->
+server-side apply the ones that differ -> derive status -> write status only when it changed.
+A spec that cannot work sets ``Degraded`` and leaves running children exactly as they are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from controllers.kube import FIELD_MANAGER, KubeApi, ManifestT
+from crds.models import API_VERSION, KIND, ModelDeployment
+from inference_pods.performance import profiles_for, weights_fit
+from inference_pods.templates import digest, render_children, selector_labels
+
+log = logging.getLogger("tokenworks.reconcile")
+
+APPLIED_HASH_ANNOTATION = "tokenworks.dev/applied-hash"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+OWN_CONDITIONS = ("Ready", "Progressing", "Degraded")
+# Writers whose changes to a child's spec are expected (the Deployment controller writes status
+# and annotations, not spec) or our own.
+TRUSTED_MANAGERS = {FIELD_MANAGER, "kube-controller-manager"}
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+
+
+@dataclass
+class ReconcileResult:
+    applied: list[str] = field(default_factory=list)
+    status_written: bool = False
+    problems: list[Problem] = field(default_factory=list)
+    gone: bool = False
+
+
+def desired_replicas(md: ModelDeployment) -> int:
+    """The one rule for who owns the replica count (docs/replicas.md).
+
+    Autoscaling off or advisory: ``spec.replicas`` (what ``kubectl scale`` sets). Autoscaling on:
+    the autoscaler's last decision in ``status.autoscaler.desiredReplicas``, and before its first
+    decision ``spec.replicas`` clamped to [minReplicas, maxReplicas].
+    """
+    spec = md.spec
+    scaling = spec.autoscaling
+    if not scaling.enabled or scaling.advisory:
+        return spec.replicas
+    status = md.status.model_dump(by_alias=True) if md.status else {}
+    decided = (status.get("autoscaler") or {}).get("desiredReplicas")
+    target = decided if isinstance(decided, int) else spec.replicas
+    return max(scaling.min_replicas, min(scaling.max_replicas, target))
+
+
+def foreign_spec_writer(live: ManifestT) -> str | None:
+    """Name of a field manager other than ours that owns part of the child's spec, if any."""
+    for entry in live.get("metadata", {}).get("managedFields") or []:
+        manager = entry.get("manager", "")
+        # `kubectl scale deployment` writes through the scale subresource: that counts too.
+        if manager in TRUSTED_MANAGERS or entry.get("subresource") == "status":
+            continue
+        if "f:spec" in (entry.get("fieldsV1") or {}):
+            return str(manager)
+    return None
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
+    return {"type": type_, "status": "True" if ok else "False", "reason": reason,
+            "message": message, "observedGeneration": generation}
+
+
+def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: int,
+                  problems: list[Problem]) -> dict[str, Any]:
+    """Status fields the reconciler owns, from the Deployment's status. Pure."""
+    generation = int(md.metadata.get("generation", 0))
+    observed = (deployment or {}).get("status") or {}
+    existing = int(observed.get("replicas") or 0)
+    ready = int(observed.get("readyReplicas") or 0)
+    updated = int(observed.get("updatedReplicas") or 0)
+    deployment_conditions = {c["type"]: c for c in observed.get("conditions") or []}
+    stuck = deployment_conditions.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
+    rolled_out = (
+        deployment is not None
+        and observed.get("observedGeneration") == (deployment.get("metadata") or {}).get("generation")
+        and updated == replicas and ready == replicas and existing == replicas
+    )
+    if replicas == 0:
+        ready_condition = _condition("Ready", False, "ScaledToZero", "0 replicas desired", generation)
+    else:
+        ready_condition = _condition(
+            "Ready", ready >= replicas, "AllReplicasReady" if ready >= replicas else "ReplicasNotReady",
+            f"{ready}/{replicas} replicas ready", generation,
+        )
+    if stuck:
+        progressing = _condition("Progressing", False, "ProgressDeadlineExceeded",
+                                 deployment_conditions["Progressing"].get("message", ""), generation)
+    elif rolled_out:
+        progressing = _condition("Progressing", False, "Complete",
+                                 f"{replicas} replicas on the current spec", generation)
+    else:
+        progressing = _condition("Progressing", True, "RollingOut",
+                                 f"{updated}/{replicas} updated, {ready}/{replicas} ready", generation)
+    if problems:
+        degraded = _condition("Degraded", True, problems[0].reason,
+                              "; ".join(p.message for p in problems), generation)
+    else:
+        degraded = _condition("Degraded", False, "AsExpected", "spec can be served", generation)
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "replicas": existing,
+        "readyReplicas": ready,
+        "updatedReplicas": updated,
+        "desiredReplicas": replicas,
+        "gpus": existing * md.spec.gpus_per_replica,
+        "endpoint": f"http://{md.name}.{md.namespace}.svc:{md.spec.ports.http}",
+        "selector": ",".join(f"{k}={v}" for k, v in selector_labels(md.name).items()),
+        "conditions": [ready_condition, progressing, degraded],
+    }
+    return status
+
+
+def merge_transition_times(new: dict[str, Any], old_conditions: list[dict[str, Any]],
+                           now: dt.datetime) -> dict[str, Any]:
+    """Keep ``lastTransitionTime`` of conditions whose status did not change."""
+    previous = {c.get("type"): c for c in old_conditions}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for condition in new["conditions"]:
+        before = previous.get(condition["type"])
+        same = before is not None and before.get("status") == condition["status"]
+        condition["lastTransitionTime"] = before.get("lastTransitionTime", stamp) if same and before \
+            else stamp
+    return new
+
+
+def status_changed(new: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything but condition timestamps."""
+
+    def essence(condition: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in condition.items() if k != "lastTransitionTime"}
+
+    for key, value in new.items():
+        if key == "conditions":
+            mine = {c["type"]: essence(c) for c in current.get("conditions") or []
+                    if c["type"] in OWN_CONDITIONS}
+            if len(mine) != len(value) or any(mine.get(c["type"]) != essence(c) for c in value):
+                return True
+        elif current.get(key) != value:
+            return True
+    return False
+
+
+class Reconciler:
+    """Reconciles one ModelDeployment per call; safe to call concurrently for different keys."""
+
+    def __init__(self, kube: KubeApi, clock: Clock = utc_now, node_cache_seconds: float = 30) -> None:
+        self.kube = kube
+        self.clock = clock
+        self.node_cache_seconds = node_cache_seconds
+        self._nodes: tuple[float, list[ManifestT]] | None = None
+
+    def nodes(self) -> list[ManifestT]:
+        # One node list serves every reconcile for a while: 200 deployments must not mean 200 lists.
+        now = time.monotonic()
+        if self._nodes is None or now - self._nodes[0] > self.node_cache_seconds:
+            self._nodes = (now, self.kube.list("v1", "Node"))
+        return self._nodes[1]
+
+    def problems(self, md: ModelDeployment) -> list[Problem]:
+        """Why a schema-valid spec cannot work here; empty when it can."""
+        spec = md.spec
+        model, gpu = profiles_for(spec.model.profile, spec.gpu.product)
+        problems = []
+        if spec.engine.precision == "fp8" and gpu.fp8_tflops is None:
+            problems.append(Problem("PrecisionUnsupported",
+                                    f"{gpu.product} has no FP8 tensor cores; use bf16 or fp16"))
+        fit = weights_fit(model, gpu, spec.engine.precision, spec.gpus_per_replica)
+        if not fit.fits:
+            problems.append(Problem("ModelDoesNotFit", fit.message + "; raise parallelism.tensor "
+                                    "or use fp8"))
+        need = spec.gpus_per_replica
+        matching = [
+            n for n in self.nodes()
+            if (n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL) in gpu.node_label_values
+            and all((n["metadata"].get("labels") or {}).get(k) == v
+                    for k, v in spec.scheduling.node_selector.items())
+            and int(((n.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, 0)) >= need
+        ]
+        if not matching:
+            problems.append(Problem(
+                "NoMatchingGPUNodes",
+                f"no node is labelled {GPU_PRODUCT_LABEL} in {list(gpu.node_label_values)} with at "
+                f"least {need} allocatable {GPU_RESOURCE}; running pods are left untouched",
+            ))
+        return problems
+
+    def reconcile(self, namespace: str, name: str) -> ReconcileResult:
+        result = ReconcileResult()
+        obj = self.kube.get(API_VERSION, KIND, namespace, name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            result.gone = True
+            return result  # owner references let the garbage collector remove the children
+        current_status = obj.get("status") or {}
+        try:
+            md = ModelDeployment.model_validate(obj)
+        except ValidationError as error:
+            # The CRD schema should make this unreachable; if an older schema let it in, say so.
+            problem = Problem("InvalidSpec", "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()))
+            result.problems = [problem]
+            self._write_degraded_only(obj, problem, result)
+            return result
+
+        deployment = self.kube.get("apps/v1", "Deployment", namespace, name)
+        replicas = desired_replicas(md)
+        result.problems = self.problems(md)
+        if not result.problems:
+            pod_monitor = self.kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
+            for child in render_children(md, replicas, pod_monitor_api=pod_monitor):
+                applied = self._apply_if_changed(child)
+                if applied is not None:
+                    result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
+                    if child["kind"] == "Deployment":
+                        deployment = applied
+        else:
+            replicas = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+
+        status = derive_status(md, deployment, replicas, result.problems)
+        if status_changed(status, current_status):
+            merge_transition_times(status, current_status.get("conditions") or [], self.clock())
+            self.kube.patch_status(API_VERSION, KIND, namespace, name, status)
+            result.status_written = True
+            self._post_events(obj, current_status, status, result)
+        elif result.applied:
+            self._post_events(obj, current_status, status, result)
+        return result
+
+    def _apply_if_changed(self, child: ManifestT) -> ManifestT | None:
+        metadata = child["metadata"]
+        wanted = digest(child)
+        live = self.kube.get(child["apiVersion"], child["kind"], metadata["namespace"], metadata["name"])
+        if live is not None:
+            live_hash = (live["metadata"].get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
+            foreign = foreign_spec_writer(live)
+            if live_hash == wanted and foreign is None:
+                return None
+            if foreign is not None:
+                log.info("reverted change by another writer kind=%s object=%s/%s manager=%s",
+                         child["kind"], metadata["namespace"], metadata["name"], foreign)
+        metadata.setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = wanted
+        return self.kube.apply(child)
+
+    def _post_events(self, obj: ManifestT, old: dict[str, Any], new: dict[str, Any],
+                     result: ReconcileResult) -> None:
+        if result.applied:
+            created = not old.get("observedGeneration")
+            self.kube.event(obj, "Created" if created else "Updated",
+                            ("created " if created else "applied ") + ", ".join(result.applied))
+        before = {c["type"]: c for c in old.get("conditions") or []}
+        for condition in new["conditions"]:
+            prior = before.get(condition["type"], {})
+            if prior.get("status") == condition["status"] and prior.get("reason") == condition["reason"]:
+                continue
+            if condition["type"] == "Degraded" and condition["status"] == "True":
+                self.kube.event(obj, condition["reason"], condition["message"], "Warning")
+            elif condition["type"] == "Degraded" and prior.get("status") == "True":
+                self.kube.event(obj, "Recovered", "the spec can be served again")
+            elif condition["type"] == "Ready" and condition["status"] == "True":
+                self.kube.event(obj, "Ready", condition["message"])
+            elif condition["type"] == "Progressing" and condition["reason"] == "ProgressDeadlineExceeded":
+                self.kube.event(obj, "ProgressDeadlineExceeded", condition["message"], "Warning")
+
+    def _write_degraded_only(self, obj: ManifestT, problem: Problem, result: ReconcileResult) -> None:
+        generation = int(obj["metadata"].get("generation", 0))
+        current = obj.get("status") or {}
+        status = {"observedGeneration": generation, "conditions": [
+            _condition("Degraded", True, problem.reason, problem.message, generation)]}
+        mine = {c["type"]: c for c in current.get("conditions") or []}
+        if mine.get("Degraded", {}).get("message") != problem.message:
+            merge_transition_times(status, current.get("conditions") or [], self.clock())
+            self.kube.patch_status(API_VERSION, KIND, obj["metadata"]["namespace"],
+                                   obj["metadata"]["name"], status)
+            result.status_written = True
+            self.kube.event(obj, problem.reason, problem.message, "Warning")

@@ -1,0 +1,115 @@
+"""What `tokenworks get` and `tokenworks describe` show: pure formatting of API objects."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from controllers.kube import KubeApi, ManifestT
+
+CHILD_KINDS = (("apps/v1", "Deployment", ""), ("v1", "Service", ""),
+               ("policy/v1", "PodDisruptionBudget", ""), ("v1", "ConfigMap", "-engine"))
+
+
+def _condition(obj: ManifestT, type_: str) -> dict[str, Any]:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == type_:
+            return dict(condition)
+    return {}
+
+
+def age(timestamp: str | None, now: dt.datetime | None = None) -> str:
+    """kubectl-style age: 45s, 12m, 3h, 2d."""
+    if not timestamp:
+        return "-"
+    created = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int(((now or dt.datetime.now(dt.UTC)) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def row(obj: ManifestT, now: dt.datetime | None = None) -> list[str]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    parallel = spec.get("parallelism") or {}
+    gpus_per_replica = int(parallel.get("tensor", 1)) * int(parallel.get("pipeline", 1))
+    ready = _condition(obj, "Ready").get("status", "Unknown")
+    if _condition(obj, "Degraded").get("status") == "True":
+        ready = f"{ready} (Degraded: {_condition(obj, 'Degraded').get('reason')})"
+    return [
+        obj["metadata"]["name"],
+        ready,
+        f"{status.get('readyReplicas', 0)}/{status.get('desiredReplicas', 0)}",
+        str(status.get("gpus", 0)),
+        f"{(spec.get('model') or {}).get('name', '?')}",
+        f"{(spec.get('gpu') or {}).get('product', '?')} x{gpus_per_replica}",
+        "on" if (spec.get("autoscaling") or {}).get("enabled") else "off",
+        age(obj["metadata"].get("creationTimestamp"), now),
+    ]
+
+
+def table(items: list[ManifestT], with_namespace: bool = False) -> Table:
+    grid = Table(box=None, header_style="bold", pad_edge=False)
+    columns = ["NAME", "READY", "REPLICAS", "GPUS", "MODEL", "GPU", "AUTOSCALING", "AGE"]
+    for column in (["NAMESPACE"] if with_namespace else []) + columns:
+        grid.add_column(column)
+    for obj in sorted(items, key=lambda o: (o["metadata"]["namespace"], o["metadata"]["name"])):
+        grid.add_row(*([obj["metadata"]["namespace"]] if with_namespace else []), *row(obj))
+    return grid
+
+
+def children_of(kube: KubeApi, obj: ManifestT) -> list[ManifestT]:
+    namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    found = []
+    for api_version, kind, suffix in CHILD_KINDS:
+        child = kube.get(api_version, kind, namespace, name + suffix)
+        if child is not None:
+            found.append(child)
+    return found
+
+
+def describe(obj: ManifestT, children: list[ManifestT], events: list[dict[str, Any]]) -> Group:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    model, engine = spec.get("model") or {}, spec.get("engine") or {}
+    parallel, scaling = spec.get("parallelism") or {}, spec.get("autoscaling") or {}
+    source = model.get("huggingFace") or model.get("ngc") or (model.get("pvc") or {}).get("claimName")
+    lines = [
+        f"[bold]Name:[/]        {meta['namespace']}/{meta['name']}",
+        f"[bold]Model:[/]       {model.get('name')} ({model.get('profile')}) from {source}",
+        f"[bold]Engine:[/]      TensorRT-LLM {engine.get('precision')}, max batch "
+        f"{engine.get('maxBatchSize')}, max tokens {engine.get('maxNumTokens')}",
+        f"[bold]GPUs:[/]        {(spec.get('gpu') or {}).get('product')} x "
+        f"{int(parallel.get('tensor', 1)) * int(parallel.get('pipeline', 1))} per replica "
+        f"(TP{parallel.get('tensor')} PP{parallel.get('pipeline')})",
+        f"[bold]Replicas:[/]    {status.get('readyReplicas', 0)} ready / "
+        f"{status.get('desiredReplicas', 0)} desired; autoscaling "
+        + (f"on [{scaling.get('minReplicas')}..{scaling.get('maxReplicas')}]"
+           if scaling.get("enabled") else f"off (spec.replicas={spec.get('replicas')})"),
+        f"[bold]Endpoint:[/]    {status.get('endpoint', '-')}",
+        f"[bold]Generation:[/]  {meta.get('generation')} (observed {status.get('observedGeneration')})",
+    ]
+    conditions = Table("TYPE", "STATUS", "REASON", "MESSAGE", box=None, header_style="bold",
+                       title="Conditions", title_justify="left")
+    for condition in status.get("conditions") or []:
+        conditions.add_row(condition.get("type", ""), condition.get("status", ""),
+                           condition.get("reason", ""), condition.get("message", ""))
+    kids = Table("KIND", "NAME", "STATE", box=None, header_style="bold", title="Children",
+                 title_justify="left")
+    for child in children:
+        child_status = child.get("status") or {}
+        state = (f"{child_status.get('readyReplicas', 0)}/{(child.get('spec') or {}).get('replicas')}"
+                 " ready" if child["kind"] == "Deployment" else "present")
+        kids.add_row(child["kind"], child["metadata"]["name"], state)
+    recent = Table("TYPE", "REASON", "AGE", "MESSAGE", box=None, header_style="bold",
+                   title="Events", title_justify="left")
+    ordered = sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    for event in ordered[-10:]:
+        recent.add_row(event.get("type", ""), event.get("reason", ""),
+                       age(event.get("lastTimestamp") or event.get("eventTime")),
+                       Text(event.get("message", "")))
+    return Group(*lines, "", conditions, "", kids, "", recent)

@@ -1,0 +1,303 @@
+"""ModelDeployment (tokenworks.dev/v1alpha1): the pydantic models are the source of truth.
+
+The CRD's OpenAPI schema, defaults, enums, bounds and CEL rules are generated from these models by
+``crds.generate`` (``tokenworks crds generate``); field descriptions become ``kubectl explain`` text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "tokenworks.dev"
+VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAMES = ["mdep"]
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Precision = Literal["fp8", "bf16", "fp16"]
+GpuProduct = Literal["H100-SXM", "H200-SXM", "A100-80GB", "L40S"]
+
+# GPUs in one node of each product (the common 8-GPU HGX/DGX and PCIe servers). A replica is one
+# pod, and a pod runs on one node, so tensor x pipeline may not exceed this.
+GPUS_PER_NODE: dict[str, int] = {"H100-SXM": 8, "H200-SXM": 8, "A100-80GB": 8, "L40S": 8}
+
+# Values of the `nvidia.com/gpu.product` node label (set by NVIDIA GPU feature discovery) that
+# count as each product.
+GPU_PRODUCT_NODE_LABELS: dict[str, list[str]] = {
+    "H100-SXM": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-SXM5-80GB"],
+    "H200-SXM": ["NVIDIA-H200", "NVIDIA-H200-141GB-HBM3e"],
+    "A100-80GB": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"],
+    "L40S": ["NVIDIA-L40S"],
+}
+
+
+def rule(expression: str, message: str | None = None, *, message_expression: str | None = None,
+         reason: str | None = None, field_path: str | None = None) -> JsonDict:
+    """One CEL ``x-kubernetes-validations`` entry."""
+    entry: JsonDict = {"rule": expression}
+    if message:
+        entry["message"] = message
+    if message_expression:
+        entry["messageExpression"] = message_expression
+    if reason:
+        entry["reason"] = reason
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors, as in the CRD."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class PvcSource(ApiModel):
+    claim_name: str = Field(min_length=1, description="Name of a PersistentVolumeClaim in the same "
+                            "namespace holding the model or its prebuilt engine.")
+    path: str = Field("/", description="Path inside the claim.")
+
+
+class ModelSpec(ApiModel):
+    """What to serve."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
+        "[has(self.huggingFace), has(self.ngc), has(self.pvc)].filter(x, x).size() == 1",
+        "exactly one of model.huggingFace, model.ngc or model.pvc must be set",
+    )]})
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The model name clients send (Triton model name, OpenAI `model`), e.g. "
+        "`llama-3-1-8b`.",
+    )
+    profile: Literal["Llama-3.1-8B", "Llama-3.3-70B", "Llama-3.1-405B"] = Field(
+        description="Architecture profile used by the performance model and for sizing "
+        "(parameters, layers, KV heads).",
+    )
+    hugging_face: str | None = Field(None, description="Hugging Face repository id, e.g. "
+                                     "`meta-llama/Llama-3.1-8B-Instruct`.")
+    ngc: str | None = Field(None, description="NGC model path, e.g. `nvidia/llama-3.1-8b:1.0`.")
+    pvc: PvcSource | None = Field(None, description="A PersistentVolumeClaim that holds the model.")
+    revision: str | None = Field(None, description="Revision (commit, tag or version) to pin.")
+
+
+class EngineSpec(ApiModel):
+    """TensorRT-LLM engine served by Triton."""
+
+    image: str = Field(
+        "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3",
+        min_length=1, description="Triton Inference Server image with the TensorRT-LLM backend.",
+    )
+    precision: Precision = Field("bf16", description="Weight and activation precision.")
+    max_batch_size: int = Field(256, ge=1, le=4096, description="Largest in-flight batch "
+                                "(requests decoded together per step).")
+    max_num_tokens: int = Field(8192, ge=64, le=131072, description="Most tokens one engine step "
+                                "processes (prefill chunks plus decode tokens).")
+    max_input_length: int = Field(8192, ge=1, le=131072, description="Longest prompt accepted, in "
+                                  "tokens; longer prompts are rejected with 400.")
+    max_output_length: int = Field(4096, ge=1, le=131072, description="Most tokens generated per "
+                                   "request.")
+    kv_cache_free_gpu_mem_fraction: float = Field(
+        0.9, gt=0.05, le=0.99,
+        description="Fraction of GPU memory left after the weights that the KV cache may take.",
+    )
+    enable_chunked_prefill: bool = Field(True, description="Split long prompts across engine "
+                                         "steps so decoding requests keep streaming.")
+    extra_args: list[str] = Field(default_factory=list, max_length=64,
+                                  description="Extra tritonserver command-line arguments.")
+
+
+class ParallelismSpec(ApiModel):
+    """How one replica is split across GPUs; GPUs per replica = tensor x pipeline."""
+
+    tensor: Literal[1, 2, 4, 8] = Field(1, description="Tensor-parallel ranks.")
+    pipeline: int = Field(1, ge=1, le=8, description="Pipeline-parallel stages.")
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tensor * self.pipeline
+
+
+class GpuSpec(ApiModel):
+    product: GpuProduct = Field(
+        description="GPU product; pods are placed on nodes whose `nvidia.com/gpu.product` label "
+        "names it.",
+    )
+
+
+class SloSpec(ApiModel):
+    """Latency objectives the autoscaler keeps."""
+
+    ttft_milliseconds: int = Field(2000, ge=1, description="Time to first token target, ms.")
+    inter_token_latency_milliseconds: int = Field(100, ge=1, description="Inter-token latency "
+                                                  "target, ms.")
+    percentile: float = Field(0.95, gt=0.5, lt=1.0, description="Percentile at which the "
+                              "targets apply, e.g. 0.95.")
+
+
+class AutoscalingSpec(ApiModel):
+    """SLO-aware autoscaling. When enabled, the operator owns the replica count."""
+
+    # Static messages: a messageExpression that builds strings blows the CRD's CEL cost budget.
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
+        "self.minReplicas <= self.maxReplicas",
+        "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+        reason="FieldValueInvalid",
+    )]})
+
+    enabled: bool = Field(False, description="Scale on the SLO and throughput signals.")
+    min_replicas: int = Field(1, ge=0, le=1024, description="Fewest replicas (0 allows scale to "
+                              "zero).")
+    max_replicas: int = Field(8, ge=1, le=1024, description="Most replicas.")
+    advisory: bool = Field(False, description="Compute and record decisions without applying "
+                           "them.")
+    slo: SloSpec = Field(default_factory=SloSpec, description="Latency objectives.")
+    tokens_per_second_per_replica: float | None = Field(
+        None, gt=0, description="Output tokens per second one replica should carry; unset: taken "
+        "from the performance model at the SLO.",
+    )
+    queue_per_replica: float = Field(4, gt=0, description="Waiting requests per replica above "
+                                     "which to scale up.")
+    scale_down_stabilization_seconds: int = Field(300, ge=0, le=3600, description="Scale down "
+                                                  "only to the highest recommendation of this "
+                                                  "window.")
+    tick_seconds: int = Field(15, ge=1, le=600, description="How often decisions are made.")
+
+
+class ScheduleSpec(ApiModel):
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Extra node labels "
+                                          "the pods require.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations "
+                                              "(core/v1 Toleration).")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+
+
+class ModelCacheSpec(ApiModel):
+    claim_name: str | None = Field(None, description="PersistentVolumeClaim caching downloaded "
+                                   "weights and built engines; unset: an emptyDir.")
+    size_limit: str = Field("200Gi", description="Size limit of the emptyDir when no claim is "
+                            "given.")
+
+
+class PortsSpec(ApiModel):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
+        "self.http != self.grpc && self.http != self.metrics && self.grpc != self.metrics",
+        "ports.http, ports.grpc and ports.metrics must differ",
+    )]})
+
+    http: int = Field(8000, ge=1, le=65535, description="HTTP/REST (KServe v2, OpenAI) port.")
+    grpc: int = Field(8001, ge=1, le=65535, description="gRPC (KServe v2) port.")
+    metrics: int = Field(8002, ge=1, le=65535, description="Prometheus metrics port.")
+
+
+class ModelDeploymentSpec(ApiModel):
+    """A model served by Triton + TensorRT-LLM on GPUs."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        rule(
+            "self.parallelism.tensor * self.parallelism.pipeline <= "
+            + "{" + ", ".join(f"'{k}': {v}" for k, v in GPUS_PER_NODE.items()) + "}"
+            + "[self.gpu.product]",
+            "parallelism.tensor x parallelism.pipeline (the GPUs of one replica) must not exceed "
+            "the GPUs of one node of gpu.product (8): a replica runs in one pod on one node",
+            reason="FieldValueInvalid",
+        ),
+        rule(
+            "!self.autoscaling.enabled || self.autoscaling.advisory || self.replicas == oldSelf.replicas",
+            "spec.replicas cannot be changed while spec.autoscaling.enabled is true: the "
+            "autoscaler owns the replica count; change autoscaling.minReplicas/maxReplicas, "
+            "or set autoscaling.enabled=false (or advisory=true) to scale by hand",
+            reason="FieldValueForbidden",
+        ),
+    ]})
+
+    model: ModelSpec = Field(description="The model to serve and where its weights come from.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="TensorRT-LLM engine "
+                               "settings.")
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec,
+                                         description="Tensor and pipeline parallelism.")
+    gpu: GpuSpec = Field(description="GPU product the replicas run on.")
+    replicas: int = Field(1, ge=0, le=1024, description="Replica count when autoscaling is off "
+                          "(target of the scale subresource, `kubectl scale`).")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec,
+                                         description="SLO-aware autoscaling.")
+    scheduling: ScheduleSpec = Field(default_factory=ScheduleSpec, description="Placement.")
+    model_cache: ModelCacheSpec = Field(default_factory=ModelCacheSpec, description="Where "
+                                        "weights and engines are cached.")
+    ports: PortsSpec = Field(default_factory=PortsSpec, description="Container and Service "
+                             "ports.")
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.parallelism.gpus_per_replica
+
+
+class Condition(ApiModel):
+    type: str = Field(description="Ready, Progressing, Degraded, or an autoscaler condition.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word for machines.")
+    message: str = Field("", description="What happened, for a person.")
+    last_transition_time: str | None = Field(None, description="When status last changed.")
+    observed_generation: int | None = Field(None, description="Generation the condition is about.")
+
+
+class AutoscalerStatus(ApiModel):
+    """The autoscaler's saved state, so a restart neither forgets windows nor scales down."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "x-kubernetes-preserve-unknown-fields": True})
+
+    desired_replicas: int | None = Field(None, description="Replicas the autoscaler decided.")
+
+
+class ScalingDecisionStatus(ApiModel):
+    model_config = ConfigDict(extra="allow", json_schema_extra={
+        "x-kubernetes-preserve-unknown-fields": True})
+
+    time: str | None = Field(None, description="When the decision was made.")
+    replicas: int | None = Field(None, description="Replicas decided.")
+    reason: str | None = Field(None, description="Which rule decided, and why.")
+
+
+class ModelDeploymentStatus(ApiModel):
+    observed_generation: int | None = Field(None, description="Spec generation last reconciled.")
+    replicas: int = Field(0, description="Pods that exist.")
+    ready_replicas: int = Field(0, description="Pods ready to serve.")
+    updated_replicas: int = Field(0, description="Pods on the current spec.")
+    desired_replicas: int = Field(0, description="Replicas the operator wants now.")
+    gpus: int = Field(0, description="GPUs requested by existing pods.")
+    endpoint: str | None = Field(None, description="In-cluster HTTP endpoint of the model.")
+    selector: str | None = Field(None, description="Label selector of the pods (scale "
+                                 "subresource).")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Current conditions, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    autoscaler: AutoscalerStatus | None = Field(None, description="Autoscaler state.")
+    last_scaling_decision: ScalingDecisionStatus | None = Field(
+        None, description="The autoscaler's last decision.")
+
+
+class ModelDeployment(ApiModel):
+    api_version: Literal["tokenworks.dev/v1alpha1"] = "tokenworks.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", "default"))

@@ -1,0 +1,1 @@
+"""Triton/TensorRT-LLM pod templates, GPU and model profiles, the performance model, the emulator."""

@@ -1,0 +1,347 @@
+"""The operator against the real control plane, acting as its own ServiceAccount: children, validation,
+Degraded, edits, garbage collection, kubectl scale, quiet at rest, restarts, CLI views."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from crds.models import ModelDeployment
+from inference_pods import templates
+from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
+from tests.support.waiting import assert_subset, eventually
+
+EXAMPLES = REPO_ROOT / "examples"
+GROUP, VERSION, PLURAL = "tokenworks.dev", "v1alpha1", "modeldeployments"
+POD_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor"},
+        "scope": "Namespaced",
+        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}
+
+
+class Operator:
+    """The module's operator; a test may replace the process (restart)."""
+
+    def __init__(self, plane: ControlPlane, kubeconfig: Path) -> None:
+        self.plane = plane
+        self.kubeconfig = kubeconfig
+        self.process = OperatorProcess(plane, kubeconfig, "op-main", resync_seconds=5).start()
+        eventually(self.process.is_leader, timeout=30)
+
+    def restart(self) -> None:
+        self.process.kill()
+        self.process = OperatorProcess(self.plane, self.kubeconfig, "op-restarted",
+                                       resync_seconds=5).start()
+
+
+@pytest.fixture(scope="module")
+def operator(full_control_plane: ControlPlane) -> Iterator[Operator]:
+    full_control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(POD_MONITOR_CRD))
+    full_control_plane.kubectl("wait", "--for=condition=Established",
+                               "crd/podmonitors.monitoring.coreos.com", "--timeout=30s")
+    install_api_and_rbac(full_control_plane)
+    kubeconfig = service_account_kubeconfig(full_control_plane,
+                                            full_control_plane.workdir / "operator.kubeconfig")
+    op = Operator(full_control_plane, kubeconfig)
+    yield op
+    op.process.stop()
+    assert "Forbidden" not in op.process.log_path.read_text(), "the operator's RBAC was insufficient"
+
+
+def apply_example(plane: ControlPlane, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
+    manifest = yaml.safe_load((EXAMPLES / name).read_text())
+    manifest["metadata"]["namespace"] = namespace
+    manifest["spec"].update(spec)
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    return dict(manifest)
+
+
+def custom(plane: ControlPlane) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(plane.api_client())
+
+
+def get_md(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = custom(plane).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    return obj
+
+
+def reconciled(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any] | None:
+    obj = get_md(plane, namespace, name)
+    status = obj.get("status") or {}
+    return obj if status.get("observedGeneration") == obj["metadata"]["generation"] else None
+
+
+def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def children(plane: ControlPlane, namespace: str) -> dict[str, list[str]]:
+    selector = "app.kubernetes.io/managed-by=tokenworks"
+    api = plane.api_client()
+    core, apps, policy = client.CoreV1Api(api), client.AppsV1Api(api), client.PolicyV1Api(api)
+    monitors = custom(plane).list_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "podmonitors", label_selector=selector)["items"]
+    return {
+        "Deployment": [d.metadata.name for d in apps.list_namespaced_deployment(
+            namespace, label_selector=selector).items],
+        "Service": [s.metadata.name for s in core.list_namespaced_service(
+            namespace, label_selector=selector).items],
+        "ConfigMap": [c.metadata.name for c in core.list_namespaced_config_map(
+            namespace, label_selector=selector).items],
+        "PodDisruptionBudget": [p.metadata.name for p in policy.list_namespaced_pod_disruption_budget(
+            namespace, label_selector=selector).items],
+        "PodMonitor": [m["metadata"]["name"] for m in monitors],
+    }
+
+
+def live_deployment(plane: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
+    api = plane.api_client()
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(name, namespace)
+    result: dict[str, Any] = api.sanitize_for_serialization(deployment)
+    return result
+
+
+@pytest.mark.parametrize(("example", "replicas", "gpus"), [
+    ("llama-8b-h100.yaml", 1, 1), ("llama-70b-h200-tp4.yaml", 1, 4), ("fixed-replicas.yaml", 2, 1)])
+def test_each_example_creates_exactly_the_expected_children(
+    operator: Operator, namespace: str, example: str, replicas: int, gpus: int
+) -> None:
+    plane = operator.plane
+    manifest = apply_example(plane, namespace, example)
+    name = manifest["metadata"]["name"]
+    obj = eventually(lambda: reconciled(plane, namespace, name), timeout=60)
+    assert children(plane, namespace) == {
+        "Deployment": [name], "Service": [name], "ConfigMap": [f"{name}-engine"],
+        "PodDisruptionBudget": [name], "PodMonitor": [name]}
+
+    md = ModelDeployment.model_validate(obj)
+    rendered = templates.deployment(md, replicas, "ignored")
+    live = live_deployment(plane, namespace, name)
+    assert live["spec"]["replicas"] == replicas
+    live_pod, rendered_pod = live["spec"]["template"]["spec"], rendered["spec"]["template"]["spec"]
+    for field in ("volumes", "affinity", "tolerations", "securityContext", "terminationGracePeriodSeconds"):
+        assert_subset(rendered_pod[field], live_pod[field], field)
+    container = live_pod["containers"][0]
+    assert_subset(rendered_pod["containers"][0], container, "container")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+    assert live["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+    assert obj["status"]["desiredReplicas"] == replicas
+    assert obj["status"]["endpoint"] == f"http://{name}.{namespace}.svc:8000"
+
+
+def test_a_schedulable_example_becomes_ready_on_kwok_gpu_nodes(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
+
+    def ready() -> dict[str, Any] | None:
+        obj = get_md(plane, namespace, "llama-70b")
+        return obj if condition(obj, "Ready").get("status") == "True" else None
+
+    obj = eventually(ready, timeout=90)
+    assert obj["status"]["readyReplicas"] == 1 and obj["status"]["gpus"] == 4
+    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=llama-70b").items
+    assert {"Created", "Ready"} <= {e.reason for e in events}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+    ({"autoscaling": {"tokensPerSecondPerReplica": -5}},
+     "spec.autoscaling.tokensPerSecondPerReplica in body should be greater than 0"),
+    ({"engine": {"precision": "fp4"}},
+     'spec.engine.precision: Unsupported value: "fp4": supported values: "fp8", "bf16", "fp16"'),
+    ({"parallelism": {"tensor": 8, "pipeline": 2}},
+     "parallelism.tensor x parallelism.pipeline (the GPUs of one replica) must not exceed the GPUs "
+     "of one node of gpu.product (8)"),
+    ({"model": {"name": "m", "profile": "Llama-3.1-8B", "huggingFace": "a/b", "ngc": "c"}},
+     "exactly one of model.huggingFace, model.ngc or model.pvc must be set"),
+])
+def test_invalid_resources_are_rejected_by_the_apiserver_with_clear_messages(
+    operator: Operator, namespace: str, change: dict[str, Any], message: str
+) -> None:
+    manifest = yaml.safe_load((EXAMPLES / "llama-8b-h100.yaml").read_text())
+    manifest["metadata"]["namespace"] = namespace
+    manifest["spec"].update(change)
+    output = operator.plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    assert message in output
+    assert "is invalid" in output
+
+
+def test_a_spec_that_cannot_work_is_degraded_and_running_children_are_untouched(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
+    eventually(lambda: reconciled(plane, namespace, "llama-70b"), timeout=60)
+    before = live_deployment(plane, namespace, "llama-70b")
+
+    custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-70b",
+                                                 {"spec": {"gpu": {"product": "A100-80GB"}}})
+
+    def degraded() -> dict[str, Any] | None:
+        obj = reconciled(plane, namespace, "llama-70b")
+        return obj if obj and condition(obj, "Degraded").get("status") == "True" else None
+
+    obj = eventually(degraded, timeout=60)
+    degraded_condition = condition(obj, "Degraded")
+    assert degraded_condition["reason"] == "NoMatchingGPUNodes"
+    assert "NVIDIA-A100-SXM4-80GB" in degraded_condition["message"]
+    time.sleep(2)  # give a wrongly eager operator the chance to touch the Deployment
+    after = live_deployment(plane, namespace, "llama-70b")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["spec"]["template"] == before["spec"]["template"]
+    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=llama-70b").items
+    assert any(e.reason == "NoMatchingGPUNodes" and e.type == "Warning" for e in events)
+
+    custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-70b",
+                                                 {"spec": {"gpu": {"product": "H200-SXM"}}})
+    eventually(lambda: (o := reconciled(plane, namespace, "llama-70b"))
+               and condition(o, "Degraded")["status"] == "False", timeout=60)
+
+
+def test_editing_the_spec_updates_children_and_observed_generation(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-8b-h100.yaml")
+    first = eventually(lambda: reconciled(plane, namespace, "llama-8b"), timeout=60)
+    hash_before = live_deployment(plane, namespace, "llama-8b")["spec"]["template"]["metadata"][
+        "annotations"][templates.CONFIG_HASH_ANNOTATION]
+
+    custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b",
+                                                 {"spec": {"engine": {"maxBatchSize": 64}}})
+    second = eventually(lambda: (o := reconciled(plane, namespace, "llama-8b"))
+                        and o["metadata"]["generation"] > first["metadata"]["generation"] and o, timeout=60)
+    assert second["status"]["observedGeneration"] == second["metadata"]["generation"]
+    config = client.CoreV1Api(plane.api_client()).read_namespaced_config_map("llama-8b-engine", namespace)
+    assert json.loads(config.data["engine.json"])["maxBatchSize"] == 64
+    hash_after = live_deployment(plane, namespace, "llama-8b")["spec"]["template"]["metadata"][
+        "annotations"][templates.CONFIG_HASH_ANNOTATION]
+    assert hash_after != hash_before, "a new engine configuration must roll the pods"
+
+
+def test_a_foreign_edit_of_a_child_is_reverted(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "fixed-replicas.yaml")
+    eventually(lambda: reconciled(plane, namespace, "llama-8b-fixed"), timeout=60)
+    plane.kubectl("-n", namespace, "scale", "deployment/llama-8b-fixed", "--replicas=5")
+    eventually(lambda: live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["replicas"] == 2,
+               timeout=30)
+
+
+def test_deleting_the_model_deployment_garbage_collects_its_children(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-8b-h100.yaml")
+    eventually(lambda: reconciled(plane, namespace, "llama-8b"), timeout=60)
+    plane.kubectl("-n", namespace, "delete", "mdep", "llama-8b")
+    empty = {"Deployment": [], "Service": [], "ConfigMap": [], "PodDisruptionBudget": [], "PodMonitor": []}
+    eventually(lambda: children(plane, namespace) == empty, timeout=60)
+
+
+def test_kubectl_scale_works_without_autoscaling_and_is_refused_with_it(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "fixed-replicas.yaml")
+    apply_example(plane, namespace, "llama-8b-h100.yaml")
+    eventually(lambda: reconciled(plane, namespace, "llama-8b-fixed"), timeout=60)
+
+    plane.kubectl("-n", namespace, "scale", "mdep", "llama-8b-fixed", "--replicas=3")
+    eventually(lambda: live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["replicas"] == 3,
+               timeout=30)
+    obj = eventually(lambda: (o := reconciled(plane, namespace, "llama-8b-fixed"))
+                     and o["status"]["desiredReplicas"] == 3 and o, timeout=30)
+    assert obj["spec"]["replicas"] == 3
+
+    refused = plane.kubectl("-n", namespace, "scale", "mdep", "llama-8b", "--replicas=3", check=False)
+    assert "spec.replicas cannot be changed while spec.autoscaling.enabled is true" in refused
+    assert get_md(plane, namespace, "llama-8b")["spec"]["replicas"] == 1
+
+
+def test_no_writes_at_rest(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
+    eventually(lambda: (o := get_md(plane, namespace, "llama-70b"))
+               and condition(o, "Ready").get("status") == "True", timeout=90)
+    time.sleep(3)  # let the last status write's own watch event come back and be reconciled
+    process = operator.process
+    writes = (process.metric("tokenworks_child_applies_total"),
+              process.metric("tokenworks_status_writes_total"))
+    reconciles = process.metric("tokenworks_reconcile_total")
+    time.sleep(12)  # > 2 resync periods of 5 s
+    assert process.metric("tokenworks_reconcile_total") > reconciles, "resync should reconcile"
+    assert (process.metric("tokenworks_child_applies_total"),
+            process.metric("tokenworks_status_writes_total")) == writes
+
+
+def test_tokenworks_get_and_describe(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
+    eventually(lambda: (o := get_md(plane, namespace, "llama-70b"))
+               and condition(o, "Ready").get("status") == "True", timeout=90)
+
+    def cli(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "controllers.cli", *args, f"--kubeconfig={plane.kubeconfig}",
+             "-n", namespace], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    table = cli("get")
+    assert "NAME" in table and "llama-70b" in table and "H200-SXM x4" in table
+    (line,) = [ln for ln in table.splitlines() if ln.startswith("llama-70b")]
+    assert line.split()[1:3] == ["True", "1/1"]
+
+    described = cli("describe", "llama-70b")
+    for text in ("Llama-3.3-70B", "TP4", "Conditions", "AllReplicasReady", "Children",
+                 "Deployment", "PodDisruptionBudget", "Events", "Created"):
+        assert text in described, text
+
+
+def test_kubectl_explain_shows_field_documentation(operator: Operator) -> None:
+    explained = operator.plane.kubectl("explain", "modeldeployment.spec.engine")
+    assert "TensorRT-LLM engine settings" in explained
+    assert "maxBatchSize" in explained and "kvCacheFreeGpuMemFraction" in explained
+
+
+def test_an_operator_killed_mid_reconcile_converges_without_duplicates(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    for example in ("llama-8b-h100.yaml", "llama-70b-h200-tp4.yaml", "fixed-replicas.yaml"):
+        apply_example(plane, namespace, example)
+    time.sleep(0.3)
+    operator.restart()  # SIGKILL: the Lease is held by a dead process until it expires
+    for name in ("llama-8b", "llama-70b", "llama-8b-fixed"):
+        eventually(lambda n=name: reconciled(plane, namespace, n), timeout=60)
+    found = children(plane, namespace)
+    assert {kind: sorted(names) for kind, names in found.items()} == {
+        kind: sorted(names) for kind, names in {
+            "Deployment": ["llama-8b", "llama-70b", "llama-8b-fixed"],
+            "Service": ["llama-8b", "llama-70b", "llama-8b-fixed"],
+            "ConfigMap": ["llama-8b-engine", "llama-70b-engine", "llama-8b-fixed-engine"],
+            "PodDisruptionBudget": ["llama-8b", "llama-70b", "llama-8b-fixed"],
+            "PodMonitor": ["llama-8b", "llama-70b", "llama-8b-fixed"],
+        }.items()}

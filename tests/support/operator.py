@@ -1,0 +1,109 @@
+"""Run the real operator as a subprocess, as its own ServiceAccount from operator/rbac.yaml."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from kubernetes import client
+
+from tests.support.controlplane import REPO_ROOT, ControlPlane, free_port
+
+OPERATOR_NAMESPACE = "tokenworks-system"
+OPERATOR_ACCOUNT = "tokenworks-operator"
+
+
+def install_api_and_rbac(plane: ControlPlane) -> None:
+    """CRD, namespace and RBAC exactly as shipped (idempotent)."""
+    plane.kubectl("apply", "-f", str(REPO_ROOT / "crds" / "modeldeployment.yaml"))
+    plane.kubectl("wait", "--for=condition=Established",
+                  "crd/modeldeployments.tokenworks.dev", "--timeout=30s")
+    plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "namespace.yaml"))
+    plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "rbac.yaml"))
+
+
+def service_account_kubeconfig(plane: ControlPlane, path: Path) -> Path:
+    token = client.CoreV1Api(plane.api_client()).create_namespaced_service_account_token(
+        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE,
+        client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
+            audiences=[], expiration_seconds=24 * 3600)),
+    ).status.token
+    return plane.kubeconfig_for_token(token, path, user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
+                                      f"{OPERATOR_ACCOUNT}")
+
+
+class OperatorProcess:
+    """`tokenworks operator run` in a subprocess with its own log, metrics and health ports."""
+
+    def __init__(self, plane: ControlPlane, kubeconfig: Path, name: str, lease_duration: int = 6,
+                 resync_seconds: float = 30) -> None:
+        self.name = name
+        self.log_path = plane.logs / f"operator-{name}.log"
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+        self.argv = [
+            sys.executable, "-m", "controllers.cli", "operator", "run",
+            f"--kubeconfig={kubeconfig}", f"--identity={name}",
+            f"--lease-duration={lease_duration}", f"--metrics-port={self.metrics_port}",
+            f"--health-port={self.health_port}", f"--resync-seconds={resync_seconds}",
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OperatorProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                            cwd=REPO_ROOT, start_new_session=True,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"operator {self.name} exited: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).is_success:
+                    return self
+            time.sleep(0.2)
+        raise RuntimeError(f"operator {self.name} did not serve /healthz: {self.log_tail()}")
+
+    def is_leader(self) -> bool:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1)
+        except httpx.HTTPError:
+            return False
+        return bool(response.json()["leader"])
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """Sum of a metric's samples from the operator's /metrics (0 when absent)."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#") and labels in line:
+                sample = line.split("{")[0].split(" ")[0]
+                if sample == name:
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(FileNotFoundError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def kill(self) -> None:
+        """SIGKILL: no lease release, no cleanup, like a node dying."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
