@@ -96,14 +96,30 @@ class Operator:
             if owner:
                 queue.add((body["metadata"]["namespace"], owner))
 
-        # A private registry has no default login handlers: use the kubernetes client's
-        # configuration (in-cluster service account, or the kubeconfig).
-        kopf.on.login(registry=registry)(kopf.login_via_client)
+        # A private registry has no default login handlers. Hand kopf the credentials the
+        # kubernetes client already loaded (in-cluster service account, or --kubeconfig), so both
+        # clients act as the same identity.
+        kopf.on.login(registry=registry)(self._credentials)
         kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(on_model_deployment)
         for group, version, plural in WATCHED_CHILDREN:
             kopf.on.event(group, version, plural, registry=registry,
                           labels={"app.kubernetes.io/managed-by": MANAGED_BY})(on_child)
         return registry
+
+    def _credentials(self, **_: Any) -> kopf.ConnectionInfo:
+        configuration = self.api_client.configuration
+        # The client keeps the token under "BearerToken" (kubeconfig) or "authorization".
+        keys = configuration.api_key or {}
+        token = str(keys.get("BearerToken") or keys.get("authorization") or "")
+        return kopf.ConnectionInfo(
+            server=configuration.host,
+            ca_path=configuration.ssl_ca_cert,
+            insecure=not configuration.verify_ssl,
+            scheme="Bearer" if token else None,
+            token=token.removeprefix("Bearer ") or None,
+            certificate_path=configuration.cert_file,
+            private_key_path=configuration.key_file,
+        )
 
     def _settings(self) -> kopf.OperatorSettings:
         settings = kopf.OperatorSettings()
@@ -221,8 +237,6 @@ class Operator:
         threads.append(threading.Thread(target=self.resync, name="resync", daemon=True))
         for thread in threads:
             thread.start()
-        if self.config.kubeconfig:
-            os.environ["KUBECONFIG"] = self.config.kubeconfig
         try:
             kopf.run(
                 registry=self.registry, settings=self._settings(), standalone=True,
