@@ -18,8 +18,11 @@ from typing import Any, Protocol
 from kubernetes import client, config, dynamic, watch
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from prometheus_client import Counter
 
 FIELD_MANAGER = "tokenworks"
+API_REQUESTS = Counter("tokenworks_api_requests_total",
+                       "Kubernetes API requests made by reconciles (watches excluded).", ["verb"])
 
 ManifestT = dict[str, Any]
 
@@ -50,6 +53,7 @@ class RequestCounter:
         self._lock = threading.Lock()
 
     def count(self, write: bool) -> None:
+        API_REQUESTS.labels("write" if write else "read").inc()
         with self._lock:
             if write:
                 self.writes += 1
