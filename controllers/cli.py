@@ -86,6 +86,14 @@ def operator_run(
     main(config)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def emulate(ctx: typer.Context) -> None:
+    """Run one emulated Triton + TensorRT-LLM replica (options: `tokenworks emulate --help`)."""
+    from inference_pods.emulator.__main__ import main as emulator_main
+
+    emulator_main(list(ctx.args))
+
+
 @app.command()
 def get(
     kubeconfig: Kubeconfig = None,

@@ -152,7 +152,7 @@ class ReplicaModel:
         kv_bytes = (step.decode_context + step.prefill_tokens) * self.kv_bytes_per_token
         memory = (self.model.weight_bytes(self.precision) + kv_bytes) / (
             self.gpus * self.gpu.hbm_bandwidth * BANDWIDTH_EFFICIENCY)
-        busy = (compute**OVERLAP_NORM + memory**OVERLAP_NORM) ** (1 / OVERLAP_NORM)
+        busy = float((compute**OVERLAP_NORM + memory**OVERLAP_NORM) ** (1 / OVERLAP_NORM))
         return busy + self._allreduce_seconds(tokens) + STEP_OVERHEAD_SECONDS
 
     def prefill_seconds(self, prompt_tokens: int, batch: int = 1) -> float:
