@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -75,7 +76,7 @@ class Emulator:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.engine.draining
+        return self.loaded and not self.engine.draining and self.engine.alive
 
     # -- request handling shared by every protocol ---------------------------------------------
     def check_model(self, name: str) -> None:
@@ -140,7 +141,7 @@ class Emulator:
         return wrapped
 
     async def health_live(self, _: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return web.Response(status=200 if self.engine.alive else 500)
 
     async def health_ready(self, _: web.Request) -> web.Response:
         return web.Response(status=200 if self.ready else 503)
@@ -159,20 +160,50 @@ class Emulator:
         })
 
     async def infer(self, http: web.Request) -> web.Response:
+        """KServe v2 infer with Triton's binary tensor extension (what tritonclient sends by default):
+        a JSON header of ``Inference-Header-Content-Length`` bytes, then the tensors' raw bytes."""
         self.check_model(http.match_info["model"])
-        body = await self.json_body(http)
-        inputs = {i.get("name"): i for i in body.get("inputs") or [] if isinstance(i, dict)}
-        if "text_input" not in inputs:
+        raw = await http.read()
+        header_length = int(http.headers.get("Inference-Header-Content-Length", len(raw)))
+        try:
+            body = json.loads(raw[:header_length])
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ApiError(400, f"malformed JSON: {error}") from error
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        values: dict[str, Any] = {}
+        offset = header_length
+        for tensor in body.get("inputs") or []:
+            if not isinstance(tensor, dict):
+                continue
+            size = (tensor.get("parameters") or {}).get("binary_data_size")
+            if size is not None:
+                chunk, offset = raw[offset: offset + size], offset + size
+                if tensor.get("datatype") == "BYTES":
+                    (length,) = struct.unpack_from("<I", chunk) if len(chunk) >= 4 else (0,)
+                    values[tensor.get("name", "")] = chunk[4: 4 + length].decode(errors="replace")
+                elif tensor.get("datatype") in ("INT32", "UINT32") and len(chunk) >= 4:
+                    values[tensor.get("name", "")] = struct.unpack_from("<i", chunk)[0]
+            else:
+                values[tensor.get("name", "")] = _first(tensor.get("data"))
+        if "text_input" not in values:
             raise ApiError(400, "expected input 'text_input' (BYTES) is missing")
-        text_data = inputs["text_input"].get("data") or [""]
-        max_data = (inputs.get("max_tokens") or {}).get("data") or [16]
-        text = text_data[0] if isinstance(text_data[0], str) else str(text_data[0])
-        request = self.submit(text, _first(max_data))
+        request = self.submit(str(values["text_input"]), values.get("max_tokens", 16))
         output = await self.collect(request)
-        return web.json_response({
-            "model_name": self.config.model_name, "model_version": "1", "id": body.get("id", ""),
-            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1, 1], "data": [output]}],
-        })
+        parameters = body.get("parameters") or {}
+        wants_binary = parameters.get("binary_data_output") or any(
+            (o.get("parameters") or {}).get("binary_data") for o in body.get("outputs") or [] if isinstance(o, dict))
+        result: dict[str, Any] = {"model_name": self.config.model_name, "model_version": "1",
+                                  "id": body.get("id", ""),
+                                  "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1, 1]}]}
+        if not wants_binary:
+            result["outputs"][0]["data"] = [output]
+            return web.json_response(result)
+        tensor_bytes = struct.pack("<I", len(output.encode())) + output.encode()
+        result["outputs"][0]["parameters"] = {"binary_data_size": len(tensor_bytes)}
+        header = json.dumps(result).encode()
+        return web.Response(body=header + tensor_bytes, headers={
+            "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
 
     async def generate(self, http: web.Request) -> web.Response:
         self.check_model(http.match_info["model"])
