@@ -86,6 +86,40 @@ def operator_run(
     main(config)
 
 
+@app.command()
+def plan(
+    path: Annotated[Path, typer.Argument(help="A ModelDeployment manifest (YAML).", exists=True, dir_okay=False)],
+    output: Annotated[str, typer.Option("--output", "-o", help="summary, or yaml for the full children.")] = "summary",
+    replicas: Annotated[int | None, typer.Option(help="Render at this many replicas.")] = None,
+) -> None:
+    """What the operator would create for a ModelDeployment, and what one replica can serve: a dry run
+    that needs no cluster."""
+    import yaml
+    from pydantic import ValidationError
+
+    from controllers import views
+    from crds.models import ModelDeployment
+    from inference_pods.templates import render_children
+
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault("metadata", {}).setdefault("namespace", "default")
+    raw["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+    try:
+        md = ModelDeployment.model_validate(raw)
+    except ValidationError as error:
+        for problem in error.errors():
+            console.print(f"[red]{'.'.join(str(p) for p in problem['loc'])}[/]: {problem['msg']}")
+        raise typer.Exit(2) from error
+    from controllers.reconcile import desired_replicas
+
+    count = desired_replicas(md) if replicas is None else replicas
+    children = render_children(md, count, pod_monitor_api=True)
+    if output == "yaml":
+        typer.echo(yaml.safe_dump_all(children, sort_keys=False))
+        return
+    console.print(views.plan(md, children, count))
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def emulate(ctx: typer.Context) -> None:
     """Run one emulated Triton + TensorRT-LLM replica (options: `tokenworks emulate --help`)."""

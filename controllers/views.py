@@ -10,6 +10,8 @@ from rich.table import Table
 from rich.text import Text
 
 from controllers.kube import KubeApi, ManifestT
+from crds.models import ModelDeployment
+from inference_pods.performance import ReplicaModel, weights_fit
 
 CHILD_KINDS = (("apps/v1", "Deployment", ""), ("v1", "Service", ""),
                ("policy/v1", "PodDisruptionBudget", ""), ("v1", "ConfigMap", "-engine"))
@@ -113,3 +115,47 @@ def describe(obj: ManifestT, children: list[ManifestT], events: list[dict[str, A
                        age(event.get("lastTimestamp") or event.get("eventTime")),
                        Text(event.get("message", "")))
     return Group(*lines, "", conditions, "", kids, "", recent)
+
+
+# Request shapes a plan reports capacity for: the Azure 2023 traces' means (conv, code) and a long one.
+PLAN_SHAPES = ((1155, 211, "chat (Azure conv mean)"), (2048, 28, "code (Azure code mean)"),
+               (8000, 500, "long context"))
+
+
+def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group:
+    """A dry run: the children, and what one replica of this engine can serve per the model."""
+    spec = md.spec
+    replica = ReplicaModel.for_profiles(
+        spec.model.profile, spec.gpu.product, precision=spec.engine.precision, tp=spec.parallelism.tensor,
+        pp=spec.parallelism.pipeline, max_batch_size=spec.engine.max_batch_size,
+        max_num_tokens=spec.engine.max_num_tokens, kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction,
+        chunked_prefill=spec.engine.enable_chunked_prefill)
+    fit = weights_fit(replica.model, replica.gpu, spec.engine.precision, replica.gpus)
+    lines = [
+        f"[bold]{md.name}[/]: {spec.model.profile} {spec.engine.precision} on {replica.gpus} x {spec.gpu.product} "
+        f"per replica (TP{spec.parallelism.tensor} PP{spec.parallelism.pipeline}), {replicas} replica(s), "
+        f"{replicas * replica.gpus} GPUs",
+        f"weights per GPU {fit.weight_bytes_per_gpu / 1e9:.1f} GB of {fit.usable_bytes_per_gpu / 1e9:.1f} GB usable"
+        + ("" if fit.fits else "  [red]does not fit[/]"),
+        f"KV cache {replica.kv_capacity_tokens:,} tokens; cold start {replica.load_seconds():.0f} s; "
+        f"decode step at batch 1 {replica.decode_seconds(1, 1000) * 1e3:.1f} ms",
+    ]
+    capacity = Table("REQUEST SHAPE", "IN/OUT TOKENS", "CONCURRENT", "OUTPUT TOKENS/S AT SATURATION",
+                     box=None, header_style="bold", title="One replica, per the performance model",
+                     title_justify="left")
+    for isl, osl, label in PLAN_SHAPES:
+        capacity.add_row(label, f"{isl}/{osl}", str(replica.max_concurrency(isl, osl)),
+                         f"{replica.saturation_throughput(isl, osl):,.0f}")
+    kids = Table("KIND", "NAME", "DETAIL", box=None, header_style="bold", title="Children", title_justify="left")
+    for child in children:
+        detail = ""
+        if child["kind"] == "Deployment":
+            container = child["spec"]["template"]["spec"]["containers"][0]
+            probe = container["startupProbe"]
+            detail = (f"replicas {child['spec']['replicas']}, {container['image']}, nvidia.com/gpu "
+                      f"{container['resources']['limits']['nvidia.com/gpu']}, startup allowance "
+                      f"{probe['periodSeconds'] * probe['failureThreshold']} s")
+        elif child["kind"] == "Service":
+            detail = ", ".join(f"{p['name']} {p['port']}" for p in child["spec"]["ports"])
+        kids.add_row(child["kind"], child["metadata"]["name"], detail)
+    return Group(*lines, "", capacity, "", kids)
