@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, etcd, kwok, helm) from Go modules through the configured Go module proxy, into a
+# kubectl, etcd, kwok, helm) and Prometheus with promtool from Go modules through the configured Go module proxy, into a
 # cache outside the repository. Idempotent: a binary already present is not rebuilt.
 #
 # k8s.io/kubernetes and etcd's server module cannot be `go install`ed directly: their go.mod
@@ -13,6 +13,7 @@ KUBE_VERSION="${TOKENWORKS_KUBE_VERSION:-v1.36.3}"
 ETCD_VERSION="${TOKENWORKS_ETCD_VERSION:-v3.6.8}"      # the etcd that k8s 1.36 itself pins
 KWOK_VERSION="${TOKENWORKS_KWOK_VERSION:-v0.7.0}"
 HELM_VERSION="${TOKENWORKS_HELM_VERSION:-v3.19.0}"
+PROMETHEUS_VERSION="${TOKENWORKS_PROMETHEUS_VERSION:-v0.316.0}"  # the Go module version of Prometheus 3.16
 
 CACHE="${TOKENWORKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenworks}"
 BIN="$CACHE/bin/k8s-$KUBE_VERSION"
@@ -93,4 +94,7 @@ build_etcd
 build_plain kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 build_plain helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 build_kubernetes
+# No web UI assets (the `builtinassets` tag): tests use the HTTP API only.
+build_plain prometheus "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"
+build_plain promtool "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
 echo "$BIN"

@@ -1,0 +1,269 @@
+"""The scaling decision: a pure function of (observations, spec, saved state, now).
+
+Stages, each of which can change the count and says why:
+
+1. **signals**: throughput (output tokens/s over per-replica capacity at the SLO), SLO (TTFT and ITL
+   percentiles against their targets, in the manner of Dynamo's planner), queue (waiting requests
+   per replica); combined by taking the largest, as HPA does across metrics;
+2. **tolerance**: changes within 10% of the current count are ignored;
+3. **panic**: a burst (the 30 s rate alone needs at least twice the ready replicas) enters panic
+   mode for 60 s, during which nothing scales down (as Knative's KPA);
+4. **stabilization**: a scale-down goes only to the highest recommendation of the last
+   ``scaleDownStabilizationSeconds`` (default 300 s);
+5. **rate limits**: up by at most max(4 replicas, 100%) per tick, down by at most half;
+6. **pods**: no further scale-up while pods are Pending; an unschedulable pod is reported as GPU
+   capacity exhausted rather than retried;
+7. **bounds**: [minReplicas, maxReplicas], with scale to zero only after an idle period when
+   minReplicas is 0.
+
+Missing, broken or stale metrics never scale down: with none usable the count is held, with some
+usable only a scale-up can result, and ``MetricsAvailable`` turns False.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from controllers.autoscaling.signals import Observations
+from crds.models import AutoscalingSpec
+
+TOLERANCE = 0.10
+# SLO policy: scale down only when both percentiles are under this share of their targets.
+SLO_HYSTERESIS = 0.7
+PANIC_THRESHOLD = 2.0  # short-window demand / ready replicas that starts panic mode
+PANIC_SECONDS = 60.0
+MAX_UP_FACTOR, MAX_UP_REPLICAS = 2.0, 4  # HPA's default scale-up policy: 100% or 4 pods per period
+MAX_DOWN_FRACTION = 0.5
+SCALE_TO_ZERO_IDLE_SECONDS = 300.0
+TREND_WINDOW_SECONDS = 300.0  # throughput samples kept to project the load one engine-load time ahead
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    signal: str
+    value: float | None
+    target: float | None
+    replicas: int | None  # None: no recommendation (signal missing)
+    note: str
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    replicas: int
+    rule: str  # which stage decided
+    reason: str  # a sentence for a person
+    recommendations: list[Recommendation]
+    conditions: list[Condition]
+    state: dict[str, Any]
+    metrics_available: bool
+    what_would_change: list[str] = field(default_factory=list)
+
+    @property
+    def scaled(self) -> bool:
+        return bool(self.state.get("scaled"))
+
+
+def _window(samples: list[list[float]], now: float, seconds: float) -> list[list[float]]:
+    return [s for s in samples if now - s[0] <= seconds]
+
+
+def trend_per_second(samples: list[list[float]]) -> float:
+    """Least-squares slope of (time, value) samples; 0 with fewer than 3."""
+    if len(samples) < 3:
+        return 0.0
+    n = len(samples)
+    mean_t = sum(s[0] for s in samples) / n
+    mean_v = sum(s[1] for s in samples) / n
+    var = sum((s[0] - mean_t) ** 2 for s in samples)
+    if var == 0:
+        return 0.0
+    return sum((s[0] - mean_t) * (s[1] - mean_v) for s in samples) / var
+
+
+def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second: float,
+           load_seconds: float, state: dict[str, Any] | None, now: float) -> Decision:
+    """Desired replicas for one ModelDeployment. ``capacity_tokens_per_second`` is what one replica
+    carries within the SLO; ``load_seconds`` how long a new replica takes to serve."""
+    state = dict(state or {})
+    current = obs.current_replicas
+    ready = obs.ready_replicas
+    slo = spec.slo
+    ttft_target = slo.ttft_milliseconds / 1e3
+    itl_target = slo.inter_token_latency_milliseconds / 1e3
+    recs: list[Recommendation] = []
+    out, short = obs.output_tokens_per_second, obs.output_tokens_per_second_short
+    idle_traffic = out.ok and out.value == 0
+
+    # 1. Signals. ---------------------------------------------------------------------------
+    throughput_samples = _window(state.get("throughput", []), now, TREND_WINDOW_SECONDS)
+    if out.ok and out.value is not None:
+        throughput_samples.append([now, out.value])
+        slope = trend_per_second(throughput_samples)
+        # Start-up lead: a replica ordered now serves only after load_seconds, so size for the load
+        # projected that far ahead when it is rising.
+        projected = out.value + max(0.0, slope) * load_seconds
+        replicas = math.ceil(projected / capacity_tokens_per_second) if projected > 0 else 0
+        note = (f"{out.value:.0f} tok/s now, {projected:.0f} tok/s projected {load_seconds:.0f} s ahead"
+                if projected > out.value * 1.01 else f"{out.value:.0f} tok/s")
+        recs.append(Recommendation("throughput", out.value, capacity_tokens_per_second, replicas,
+                                   f"{note} / {capacity_tokens_per_second:.0f} tok/s per replica"))
+    else:
+        recs.append(Recommendation("throughput", None, capacity_tokens_per_second, None, out.describe()))
+    state["throughput"] = throughput_samples[-40:]
+
+    ttft, itl = obs.ttft_seconds, obs.itl_seconds
+    if idle_traffic:
+        recs.append(Recommendation("slo", 0.0, 1.0, 0, "no traffic: latency targets trivially met"))
+    elif ttft.ok and itl.ok and ttft.value is not None and itl.value is not None:
+        pressure = max(ttft.value / ttft_target, itl.value / itl_target)
+        # Not-ready pods count as zero when scaling up: latency comes from the ready ones.
+        if pressure > 1:
+            replicas = max(current + 1, math.ceil(max(ready, 1) * pressure))
+            note = "over target"
+        elif pressure < SLO_HYSTERESIS and out.ok and out.value is not None and current > 1 \
+                and out.value / (current - 1) <= capacity_tokens_per_second:
+            replicas, note = current - 1, "comfortably under target and the load fits on one replica fewer"
+        else:
+            replicas, note = current, "within target"
+        recs.append(Recommendation("slo", pressure, 1.0, replicas,
+                                   f"TTFT p{slo.percentile * 100:.0f} {ttft.value * 1e3:.0f}/{ttft_target * 1e3:.0f} ms, "
+                                   f"ITL p{slo.percentile * 100:.0f} {itl.value * 1e3:.0f}/{itl_target * 1e3:.0f} ms: "
+                                   f"{note}"))
+    else:
+        missing = ttft if not ttft.ok else itl
+        recs.append(Recommendation("slo", None, 1.0, None, missing.describe()))
+
+    queue = obs.queue
+    if queue.ok and queue.value is not None:
+        replicas = math.ceil(queue.value / spec.queue_per_replica)
+        recs.append(Recommendation("queue", queue.value, spec.queue_per_replica, replicas,
+                                   f"{queue.value:.0f} waiting / {spec.queue_per_replica:g} per replica"))
+    else:
+        recs.append(Recommendation("queue", None, spec.queue_per_replica, None, queue.describe()))
+
+    usable = [r for r in recs if r.replicas is not None]
+    missing = [r.signal for r in recs if r.replicas is None]
+    metrics_available = not missing
+    conditions: list[Condition] = []
+    changes: list[str] = []
+
+    if not usable:
+        desired, rule = current, "hold"
+        reason = f"no usable metrics ({', '.join(missing)}): holding {current} replicas"
+    else:
+        winner = max(usable, key=lambda r: r.replicas or 0)
+        desired, rule = winner.replicas or 0, winner.signal
+        reason = f"{winner.signal} asks for {desired}: {winner.note}"
+        if missing and desired < current:
+            desired, rule = current, "hold"
+            reason = f"{', '.join(missing)} unavailable: never scaling down on missing data; holding {current}"
+
+    # 2. Tolerance. -------------------------------------------------------------------------
+    if current > 0 and desired != current and abs(desired / current - 1) <= TOLERANCE:
+        reason = f"{reason}; within the {TOLERANCE:.0%} tolerance of {current}: unchanged"
+        desired, rule = current, "tolerance"
+
+    # 3. Panic. -----------------------------------------------------------------------------
+    if short.ok and short.value is not None:
+        burst = math.ceil(short.value / capacity_tokens_per_second)
+        if burst >= PANIC_THRESHOLD * max(ready, 1) and burst > current:
+            state["panicUntil"] = now + PANIC_SECONDS
+            if burst > desired:
+                desired, rule = burst, "panic"
+                reason = f"burst: the 30 s rate needs {burst} replicas, {ready} ready; panic mode for 60 s"
+    panicking = now < float(state.get("panicUntil", 0))
+    if panicking and desired < current:
+        desired, rule = current, "panic"
+        reason = f"panic mode until {state['panicUntil'] - now:.0f} s from now: not scaling down"
+
+    # 4. Scale-down stabilization. ----------------------------------------------------------
+    window = spec.scale_down_stabilization_seconds
+    history = _window(state.get("history", []), now, window)
+    history.append([now, float(desired)])
+    state["history"] = history[-200:]
+    if desired < current:
+        stabilized = int(max(h[1] for h in history))
+        if stabilized > desired:
+            reason = (f"{reason}; the highest recommendation of the last {window} s is {stabilized}: "
+                      f"scaling down to {min(stabilized, current)} at most")
+            desired, rule = min(stabilized, current), "stabilization"
+            changes.append(f"load staying low for {window} s would allow {int(history[-1][1])}")
+
+    # 5. Rate limits. -----------------------------------------------------------------------
+    up_limit = max(math.ceil(current * MAX_UP_FACTOR), current + MAX_UP_REPLICAS)
+    down_limit = current - max(1, math.floor(current * MAX_DOWN_FRACTION))
+    if desired > up_limit:
+        reason, desired, rule = f"{reason}; limited to {up_limit} this tick (scale-up rate)", up_limit, "rate-limit"
+        conditions.append(Condition("ScalingLimited", True, "ScaleUpLimit", f"at most {up_limit} this tick"))
+    elif desired < down_limit:
+        reason, desired, rule = f"{reason}; limited to {down_limit} this tick (scale-down rate)", down_limit, \
+            "rate-limit"
+
+    # 6. Pods. ------------------------------------------------------------------------------
+    able = Condition("AbleToScale", True, "ReadyForNewScale", "the replica count can be changed")
+    if desired > current and obs.unschedulable:
+        able = Condition("AbleToScale", False, "GPUCapacityExhausted",
+                         "a pending pod is unschedulable: no node has the GPUs it needs; not adding more")
+        conditions.append(Condition("ScalingLimited", True, "GPUCapacityExhausted", able.message))
+        reason = f"{reason}; GPU capacity exhausted (unschedulable pod): holding {current}"
+        desired, rule = current, "gpu-capacity"
+        changes.append("free GPUs of this product (or more nodes) would let it scale up")
+    elif desired > current and obs.pending_replicas > 0:
+        able = Condition("AbleToScale", False, "WaitingForPendingPods",
+                         f"{obs.pending_replicas} pod(s) pending; no further scale-up until they start")
+        reason = f"{reason}; {obs.pending_replicas} pod(s) still pending: holding {current}"
+        desired, rule = current, "pending"
+
+    # 7. Bounds and scale to zero. ----------------------------------------------------------
+    idle = idle_traffic and queue.ok and queue.value == 0 and obs.in_flight.ok and obs.in_flight.value == 0
+    if idle:
+        state.setdefault("idleSince", now)
+    else:
+        state.pop("idleSince", None)
+    floor = spec.min_replicas
+    if spec.min_replicas == 0:
+        idle_for = now - float(state.get("idleSince", now))
+        floor = 0 if idle and idle_for >= SCALE_TO_ZERO_IDLE_SECONDS else 1
+        if floor == 0 and desired > 0:
+            desired, rule, reason = 0, "scale-to-zero", f"idle for {idle_for:.0f} s: scaling to zero"
+        if queue.ok and (queue.value or 0) > 0 and current == 0:
+            desired, rule, reason = max(desired, 1), "activation", "requests are waiting: activating from zero"
+    if desired > spec.max_replicas:
+        conditions.append(Condition("ScalingLimited", True, "TooManyReplicas",
+                                    f"{desired} wanted, maxReplicas is {spec.max_replicas}"))
+        reason, desired, rule = f"{reason}; clamped to maxReplicas {spec.max_replicas}", spec.max_replicas, "max"
+        changes.append(f"raising maxReplicas above {spec.max_replicas}")
+    elif desired < floor:
+        conditions.append(Condition("ScalingLimited", True, "TooFewReplicas",
+                                    f"{desired} wanted, the floor is {floor}"))
+        reason, desired, rule = f"{reason}; raised to the floor {floor}", floor, "min"
+
+    if not any(c.type == "ScalingLimited" for c in conditions):
+        conditions.append(Condition("ScalingLimited", False, "DesiredWithinRange", "no limit applied"))
+    conditions.append(able)
+    conditions.append(Condition(
+        "ScalingActive", bool(usable), "ValidMetricFound" if usable else "FailedGetMetrics",
+        "scaling on " + ", ".join(r.signal for r in usable) if usable else "no signal could be read"))
+    conditions.append(Condition(
+        "MetricsAvailable", metrics_available, "AllSignalsRead" if metrics_available else "SignalsMissing",
+        "every signal was read" if metrics_available else
+        "; ".join(f"{r.signal}: {r.note}" for r in recs if r.replicas is None)))
+
+    if desired != current:
+        state["lastScaleTime"] = now
+    state["desiredReplicas"] = desired
+    state["scaled"] = desired != current
+    for r in usable:
+        if r.replicas is not None and r.replicas > desired and r.signal != rule:
+            changes.append(f"{r.signal} alone would ask for {r.replicas}")
+    return Decision(desired, rule, reason, recs, conditions, state, metrics_available, changes)

@@ -1,0 +1,79 @@
+"""What the autoscaler observes: readings that say whether they can be trusted, never a silent zero."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Quality(str, Enum):
+    OK = "ok"
+    EMPTY = "empty"  # the query returned no series: no pod exports it (yet)
+    ERROR = "error"  # the metric source failed (unreachable, bad query, HTTP error)
+    NAN = "nan"  # the value is NaN or infinite (e.g. a quantile over no requests)
+    STALE = "stale"  # the newest sample is older than the staleness limit
+
+
+@dataclass(frozen=True)
+class Reading:
+    value: float | None
+    quality: Quality = Quality.OK
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.quality is Quality.OK and self.value is not None
+
+    @classmethod
+    def of(cls, value: float | None, age_seconds: float = 0.0, stale_after: float = 120.0) -> Reading:
+        """Classify a raw value: NaN/Inf and old samples are never passed on as numbers."""
+        if value is None:
+            return cls(None, Quality.EMPTY, "no series")
+        if math.isnan(value) or math.isinf(value):
+            return cls(None, Quality.NAN, f"value {value}")
+        if age_seconds > stale_after:
+            return cls(None, Quality.STALE, f"newest sample {age_seconds:.0f}s old")
+        return cls(value)
+
+    @classmethod
+    def error(cls, detail: str) -> Reading:
+        return cls(None, Quality.ERROR, detail)
+
+    @classmethod
+    def empty(cls, detail: str = "no series") -> Reading:
+        return cls(None, Quality.EMPTY, detail)
+
+    def describe(self) -> str:
+        return f"{self.value:.4g}" if self.ok and self.value is not None else f"unavailable ({self.quality.value}: {self.detail})"
+
+
+@dataclass(frozen=True)
+class Observations:
+    """Everything one decision for one ModelDeployment sees, at one instant."""
+
+    output_tokens_per_second: Reading  # over the stable window (default 2 min)
+    output_tokens_per_second_short: Reading  # over the panic window (default 30 s)
+    input_tokens_per_second: Reading
+    ttft_seconds: Reading  # at the spec's percentile
+    itl_seconds: Reading  # at the spec's percentile
+    queue: Reading  # requests waiting, all pods together
+    in_flight: Reading  # requests admitted, all pods together
+    kv_utilization: Reading  # used / max KV blocks, 0..1
+    # From the Kubernetes API, always known:
+    current_replicas: int = 0  # Deployment spec.replicas
+    ready_replicas: int = 0
+    pending_replicas: int = 0  # pods not yet scheduled or started
+    unschedulable: bool = False  # a pending pod was rejected by the scheduler
+
+    def metric_readings(self) -> dict[str, Reading]:
+        return {
+            "outputTokensPerSecond": self.output_tokens_per_second,
+            "outputTokensPerSecondShort": self.output_tokens_per_second_short,
+            "inputTokensPerSecond": self.input_tokens_per_second,
+            "ttftSeconds": self.ttft_seconds,
+            "interTokenLatencySeconds": self.itl_seconds,
+            "queue": self.queue,
+            "inFlight": self.in_flight,
+            "kvCacheUtilization": self.kv_utilization,
+        }
