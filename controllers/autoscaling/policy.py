@@ -135,13 +135,13 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
             replicas, note = current - 1, "comfortably under target and the load fits on one replica fewer"
         else:
             replicas, note = current, "within target"
+        p = f"p{slo.percentile * 100:.0f}"
         recs.append(Recommendation("slo", pressure, 1.0, replicas,
-                                   f"TTFT p{slo.percentile * 100:.0f} {ttft.value * 1e3:.0f}/{ttft_target * 1e3:.0f} ms, "
-                                   f"ITL p{slo.percentile * 100:.0f} {itl.value * 1e3:.0f}/{itl_target * 1e3:.0f} ms: "
-                                   f"{note}"))
+                                   f"TTFT {p} {ttft.value * 1e3:.0f}/{ttft_target * 1e3:.0f} ms, "
+                                   f"ITL {p} {itl.value * 1e3:.0f}/{itl_target * 1e3:.0f} ms: {note}"))
     else:
-        missing = ttft if not ttft.ok else itl
-        recs.append(Recommendation("slo", None, 1.0, None, missing.describe()))
+        unread = ttft if not ttft.ok else itl
+        recs.append(Recommendation("slo", None, 1.0, None, unread.describe()))
 
     queue = obs.queue
     if queue.ok and queue.value is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Quality(str, Enum):
+class Quality(StrEnum):
     OK = "ok"
     EMPTY = "empty"  # the query returned no series: no pod exports it (yet)
     ERROR = "error"  # the metric source failed (unreachable, bad query, HTTP error)
@@ -45,7 +45,9 @@ class Reading:
         return cls(None, Quality.EMPTY, detail)
 
     def describe(self) -> str:
-        return f"{self.value:.4g}" if self.ok and self.value is not None else f"unavailable ({self.quality.value}: {self.detail})"
+        if self.ok and self.value is not None:
+            return f"{self.value:.4g}"
+        return f"unavailable ({self.quality.value}: {self.detail})"
 
 
 @dataclass(frozen=True)
