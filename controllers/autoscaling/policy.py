@@ -132,7 +132,10 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
             note = "over target"
         elif pressure < SLO_HYSTERESIS and out.ok and out.value is not None and current > 1 \
                 and out.value / (current - 1) <= capacity_tokens_per_second:
-            replicas, note = current - 1, "comfortably under target and the load fits on one replica fewer"
+            # Comfortably under both targets and the load fits on one replica fewer: down to what
+            # carries the load.
+            replicas = max(1, math.ceil(out.value / capacity_tokens_per_second))
+            note = "comfortably under target; the load fits on fewer replicas"
         else:
             replicas, note = current, "within target"
         p = f"p{slo.percentile * 100:.0f}"
@@ -169,7 +172,7 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
             reason = f"{', '.join(missing)} unavailable: never scaling down on missing data; holding {current}"
 
     # 2. Tolerance. -------------------------------------------------------------------------
-    if current > 0 and desired != current and abs(desired / current - 1) <= TOLERANCE:
+    if current > 0 and desired != current and abs(desired / current - 1) <= TOLERANCE + 1e-9:
         reason = f"{reason}; within the {TOLERANCE:.0%} tolerance of {current}: unchanged"
         desired, rule = current, "tolerance"
 
@@ -234,7 +237,7 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     if spec.min_replicas == 0:
         idle_for = now - float(state.get("idleSince", now))
         floor = 0 if idle and idle_for >= SCALE_TO_ZERO_IDLE_SECONDS else 1
-        if floor == 0 and desired > 0:
+        if floor == 0 and current > 0:
             desired, rule, reason = 0, "scale-to-zero", f"idle for {idle_for:.0f} s: scaling to zero"
         if queue.ok and (queue.value or 0) > 0 and current == 0:
             desired, rule, reason = max(desired, 1), "activation", "requests are waiting: activating from zero"
