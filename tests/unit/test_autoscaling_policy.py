@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any
 
@@ -184,6 +185,6 @@ def test_constant_load_never_oscillates(tps: float, start: int) -> None:
     for t in range(0, 1800, 15):
         current, _, state = run(obs(tps, current=current, ttft=0.5, itl=0.04), state=state, now=t)
         counts.append(current)
-    changes = [b - a for a, b in zip(counts, counts[1:], strict=False) if b != a]
+    changes = [b - a for a, b in itertools.pairwise(counts) if b != a]
     assert all(c > 0 for c in changes) or all(c < 0 for c in changes), counts
     assert counts[-1] == counts[-20], "settled"
