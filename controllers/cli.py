@@ -71,6 +71,12 @@ def operator_run(
     metrics_port: Annotated[int, typer.Option(help="Prometheus metrics; 0 disables.")] = 8080,
     health_port: Annotated[int, typer.Option(help="/healthz and /readyz; 0 disables.")] = 8081,
     resync_seconds: Annotated[float, typer.Option(help="Re-check every resource this often.")] = 300,
+    prometheus_url: Annotated[str | None, typer.Option(envvar="TOKENWORKS_PROMETHEUS_URL",
+                                                       help="Prometheus the autoscaler reads.")] = None,
+    prometheus_token: Annotated[str | None, typer.Option(envvar="TOKENWORKS_PROMETHEUS_TOKEN",
+                                                         help="Bearer token for Prometheus.")] = None,
+    prometheus_ca_file: Annotated[str | None, typer.Option(help="CA bundle for Prometheus TLS.")] = None,
+    autoscaler_tick: Annotated[float, typer.Option(help="Seconds between autoscaling decisions.")] = 15,
 ) -> None:
     """Run the operator (leader-elected) against the cluster."""
     from controllers.manager import ManagerConfig, main
@@ -79,7 +85,9 @@ def operator_run(
         kubeconfig=kubeconfig, namespaces=list(namespace or []), leader_elect=leader_elect,
         lease_namespace=lease_namespace, lease_duration=lease_duration,
         renew_deadline=max(2, lease_duration * 2 // 3), metrics_port=metrics_port,
-        health_port=health_port, resync_seconds=resync_seconds,
+        health_port=health_port, resync_seconds=resync_seconds, prometheus_url=prometheus_url,
+        prometheus_token=prometheus_token, prometheus_ca_file=prometheus_ca_file,
+        autoscaler_tick_seconds=autoscaler_tick,
     )
     if identity:
         config.identity = identity
@@ -163,6 +171,25 @@ def describe(
     children = views.children_of(kube, obj)
     events = kube.events_for(namespace, name)
     console.print(views.describe(obj, children, events))
+
+
+@app.command()
+def explain(
+    name: Annotated[str, typer.Argument(help="ModelDeployment name.")],
+    kubeconfig: Kubeconfig = None,
+    namespace: Namespace = "default",
+) -> None:
+    """The autoscaler's last decision: each signal, its target, its recommendation, the rule that won,
+    and what would change the outcome."""
+    from controllers import views
+    from controllers.kube import Kube, load_config
+    from crds.models import API_VERSION, KIND
+
+    obj = Kube(load_config(kubeconfig)).get(API_VERSION, KIND, namespace, name)
+    if obj is None:
+        console.print(f"[red]modeldeployment {namespace}/{name} not found[/]")
+        raise typer.Exit(1)
+    console.print(views.explain(obj))
 
 
 def run() -> None:  # pragma: no cover - console entry point

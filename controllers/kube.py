@@ -33,7 +33,7 @@ class KubeApi(Protocol):
              label_selector: str | None = None) -> list[ManifestT]: ...
     def apply(self, manifest: ManifestT) -> ManifestT: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> ManifestT: ...
+                     status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT: ...
     def has_kind(self, api_version: str, kind: str) -> bool: ...
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None: ...
 
@@ -117,14 +117,16 @@ class Kube:
         return result
 
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> ManifestT:
+                     status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT:
+        """Server-side apply of the status subresource; each writer (reconciler, autoscaler) uses its
+        own field manager and so owns only its own fields and conditions."""
         self.counter.count(write=True)
         body = {"apiVersion": api_version, "kind": kind,
                 "metadata": {"name": name, "namespace": namespace}, "status": status}
         status_resource = self._resource(api_version, kind).subresources["status"]
         obj = self.dynamic.server_side_apply(
             status_resource, body=body, name=name, namespace=namespace,
-            field_manager=FIELD_MANAGER, force_conflicts=True,
+            field_manager=field_manager, force_conflicts=True,
         )
         result: ManifestT = obj.to_dict()
         return result

@@ -62,6 +62,10 @@ class ManagerConfig:
     resync_seconds: float = 300
     metrics_port: int = 8080
     health_port: int = 8081
+    prometheus_url: str | None = None
+    prometheus_token: str | None = None
+    prometheus_ca_file: str | None = None
+    autoscaler_tick_seconds: float = 15.0
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -174,6 +178,24 @@ class Operator:
             except Exception:
                 log.exception("resync list failed")
 
+    def autoscale(self) -> None:
+        """The autoscaler loop, leader only: one tick every ``autoscaler_tick_seconds``."""
+        from controllers.autoscaling.loop import AutoscalerLoop
+        from controllers.metrics import MetricSource, UnconfiguredSource
+        from controllers.metrics.prometheus import PrometheusConfig, PrometheusSource
+
+        source: MetricSource = UnconfiguredSource()
+        if self.config.prometheus_url:
+            source = PrometheusSource(PrometheusConfig(
+                url=self.config.prometheus_url, bearer_token=self.config.prometheus_token,
+                ca_file=self.config.prometheus_ca_file))
+        loop = AutoscalerLoop(self.kube, source, namespaces=self.config.namespaces)
+        while not self.stopping.wait(self.config.autoscaler_tick_seconds):
+            try:
+                loop.tick()
+            except Exception:
+                log.exception("autoscaler tick failed")
+
     # -- leader election -------------------------------------------------------------------
     def elect(self) -> None:
         from kubernetes.leaderelection import electionconfig, leaderelection
@@ -235,6 +257,7 @@ class Operator:
         threads = [threading.Thread(target=self.worker, name=f"worker-{i}", daemon=True)
                    for i in range(self.config.workers)]
         threads.append(threading.Thread(target=self.resync, name="resync", daemon=True))
+        threads.append(threading.Thread(target=self.autoscale, name="autoscaler", daemon=True))
         for thread in threads:
             thread.start()
         try:

@@ -159,3 +159,47 @@ def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group
             detail = ", ".join(f"{p['name']} {p['port']}" for p in child["spec"]["ports"])
         kids.add_row(child["kind"], child["metadata"]["name"], detail)
     return Group(*lines, "", capacity, "", kids)
+
+
+def explain(obj: ManifestT) -> Group:
+    """`tokenworks explain`: the last decision as a person wants it."""
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    scaling = spec.get("autoscaling") or {}
+    if not scaling.get("enabled"):
+        return Group(f"{meta['namespace']}/{meta['name']}: autoscaling is off; spec.replicas="
+                     f"{spec.get('replicas')} rules the count.")
+    autoscaler = status.get("autoscaler") or {}
+    last = autoscaler.get("lastDecision")
+    if not last:
+        return Group(f"{meta['namespace']}/{meta['name']}: no decision yet (is the operator running with "
+                     "--prometheus-url?)")
+    mode = " (advisory: recorded, not applied)" if scaling.get("advisory") else ""
+    lines: list[Any] = [
+        f"[bold]{meta['namespace']}/{meta['name']}[/]: {last['replicas']} replicas{mode}, decided {last['time']} "
+        f"by [bold]{last['rule']}[/]",
+        f"  {last['reason']}",
+        f"  bounds [{scaling.get('minReplicas')}..{scaling.get('maxReplicas')}], SLO TTFT "
+        f"{(scaling.get('slo') or {}).get('ttftMilliseconds')} ms, ITL "
+        f"{(scaling.get('slo') or {}).get('interTokenLatencyMilliseconds')} ms at "
+        f"p{100 * float((scaling.get('slo') or {}).get('percentile', 0.95)):.0f}",
+        "",
+    ]
+    signals = Table("SIGNAL", "VALUE", "TARGET", "RECOMMENDS", "WHY", box=None, header_style="bold")
+    for signal in last.get("signals", []):
+        value = signal.get("value")
+        target = signal.get("target")
+        signals.add_row(
+            signal["signal"] + (" [bold]<- won[/]" if signal["signal"] == last["rule"] else ""),
+            "-" if value is None else f"{value:.4g}", "-" if target is None else f"{target:.4g}",
+            "-" if signal.get("replicas") is None else str(signal["replicas"]), Text(signal.get("note", "")))
+    lines.append(signals)
+    conditions = Table("CONDITION", "STATUS", "REASON", "MESSAGE", box=None, header_style="bold")
+    for condition in status.get("conditions") or []:
+        if condition["type"] in ("AbleToScale", "ScalingActive", "ScalingLimited", "MetricsAvailable"):
+            conditions.add_row(condition["type"], condition["status"], condition["reason"],
+                               Text(condition.get("message", "")))
+    lines += ["", conditions]
+    if last.get("whatWouldChange"):
+        lines += ["", "[bold]What would change the outcome:[/]",
+                  *[f"  - {change}" for change in last["whatWouldChange"]]]
+    return Group(*lines)

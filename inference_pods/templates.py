@@ -282,6 +282,8 @@ def pod_monitor(md: ModelDeployment) -> dict[str, Any]:
         "metadata": _metadata(md, md.name),
         "spec": {
             "selector": {"matchLabels": selector_labels(md.name)},
+            # Becomes the `tokenworks_dev_model_deployment` label the autoscaler groups series by.
+            "podTargetLabels": [INSTANCE_LABEL],
             "podMetricsEndpoints": [{"port": "metrics", "interval": "15s", "path": "/metrics"}],
         },
     }

@@ -1,0 +1,218 @@
+"""The autoscaler loop: one batched read per tick, a decision for every autoscaled ModelDeployment,
+and a status write only where the decision changed.
+
+The decision state (recommendation history, throughput trend, panic and idle timers) lives in
+``status.autoscaler`` so a restarted operator neither forgets its windows nor scales down: on its first
+tick for a ModelDeployment it also records the current count in the history, so nothing scales down
+within one stabilization window of a restart.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+
+from controllers.autoscaling.policy import Decision, decide
+from controllers.autoscaling.signals import Observations, Reading
+from controllers.kube import KubeApi, ManifestT
+from controllers.metrics import SIGNALS, MetricSource, SignalReadings, Target
+from controllers.reconcile import desired_replicas
+from crds.models import API_VERSION, KIND, ModelDeployment
+from inference_pods.performance import ReplicaModel
+from inference_pods.templates import INSTANCE_LABEL, MANAGED_BY
+
+log = logging.getLogger("tokenworks.autoscaler")
+FIELD_MANAGER = "tokenworks-autoscaler"
+
+SIGNAL_VALUE = Gauge("tokenworks_autoscaler_signal", "Signal value read for a ModelDeployment (NaN: missing).",
+                     ["namespace", "name", "signal"])
+RECOMMENDATION = Gauge("tokenworks_autoscaler_recommendation", "Replicas each signal recommends (NaN: none).",
+                       ["namespace", "name", "signal"])
+TARGET = Gauge("tokenworks_autoscaler_target", "Per-replica target of each signal.", ["namespace", "name", "signal"])
+DESIRED = Gauge("tokenworks_autoscaler_desired_replicas", "Replicas decided.", ["namespace", "name"])
+DECISIONS = Counter("tokenworks_autoscaler_decisions_total", "Decisions by the rule that decided.",
+                    ["namespace", "name", "rule"])
+METRICS_AVAILABLE = Gauge("tokenworks_autoscaler_metrics_available", "1 when every signal was read.",
+                          ["namespace", "name"])
+
+DEFAULT_SHAPE = (1000, 200)  # request shape assumed until input and output rates are observed
+
+
+def _stamp(now: float) -> str:
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def capacity_for(md: ModelDeployment, readings: SignalReadings) -> float:
+    """Output tokens/s per replica within the SLO: the spec's figure, or the performance model's at the
+    observed input/output ratio."""
+    scaling = md.spec.autoscaling
+    if scaling.tokens_per_second_per_replica:
+        return scaling.tokens_per_second_per_replica
+    spec = md.spec
+    replica = ReplicaModel.for_profiles(
+        spec.model.profile, spec.gpu.product, precision=spec.engine.precision, tp=spec.parallelism.tensor,
+        pp=spec.parallelism.pipeline, max_batch_size=spec.engine.max_batch_size,
+        max_num_tokens=spec.engine.max_num_tokens, kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction)
+    inputs, outputs = readings.get("inputTokensPerSecond"), readings.get("outputTokensPerSecond")
+    isl, osl = DEFAULT_SHAPE
+    if inputs.ok and outputs.ok and inputs.value and outputs.value:
+        isl = max(16, min(16000, round(osl * inputs.value / outputs.value)))
+    return replica.capacity_at_slo(scaling.slo.inter_token_latency_milliseconds / 1e3, isl, osl)
+
+
+def decision_record(decision: Decision, now: float) -> dict[str, Any]:
+    """What `tokenworks explain` shows: every signal, its target and recommendation, the rule."""
+    return {
+        "time": _stamp(now),
+        "replicas": decision.replicas,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "signals": [{"signal": r.signal, "value": r.value, "target": r.target, "replicas": r.replicas,
+                     "note": r.note} for r in decision.recommendations],
+        "whatWouldChange": decision.what_would_change,
+    }
+
+
+def fingerprint(decision: Decision) -> str:
+    """The parts of a decision worth a write: not the readings, which move every tick."""
+    return json.dumps([decision.replicas, decision.rule, [r.replicas for r in decision.recommendations],
+                       [(c.type, c.status, c.reason) for c in decision.conditions]])
+
+
+class AutoscalerLoop:
+    def __init__(self, kube: KubeApi, source: MetricSource, clock: Callable[[], float] = time.time,
+                 namespaces: list[str] | None = None) -> None:
+        self.kube = kube
+        self.source = source
+        self.clock = clock
+        self.namespaces = namespaces or []
+        # Decision state per ModelDeployment, authoritative while this process lives; status holds the
+        # copy written with the last changed decision, for the next process.
+        self._states: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _list(self, api_version: str, kind: str, selector: str | None = None) -> list[ManifestT]:
+        scopes: list[str | None] = list(self.namespaces) or [None]
+        return [item for ns in scopes for item in self.kube.list(api_version, kind, ns, selector)]
+
+    def tick(self) -> dict[tuple[str, str], Decision]:
+        now = self.clock()
+        models = []
+        for obj in self._list(API_VERSION, KIND):
+            try:
+                md = ModelDeployment.model_validate(obj)
+            except ValueError:
+                continue  # the reconciler reports it as Degraded
+            if md.spec.autoscaling.enabled and not obj["metadata"].get("deletionTimestamp"):
+                models.append((md, obj))
+        if not models:
+            return {}
+        targets = {(md.namespace, md.name): Target(md.namespace, md.name, md.spec.autoscaling.slo.percentile)
+                   for md, _ in models}
+        try:
+            readings = self.source.observe(list(targets.values()), now)
+        except Exception as error:  # the source is broken: every signal is an error, never a zero
+            log.warning("metric source failed error=%s", error)
+            readings = {t: SignalReadings({s: Reading.error(str(error)) for s in SIGNALS})
+                        for t in targets.values()}
+        selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+        deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
+                       for d in self._list("apps/v1", "Deployment", selector)}
+        pods: dict[tuple[str, str], list[ManifestT]] = {}
+        for pod in self._list("v1", "Pod", selector):
+            owner = (pod["metadata"].get("labels") or {}).get(INSTANCE_LABEL)
+            if owner:
+                pods.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
+
+        decisions = {}
+        for md, obj in models:
+            key = (md.namespace, md.name)
+            try:
+                decisions[key] = self._decide(md, obj, readings[targets[key]], deployments.get(key),
+                                              pods.get(key, []), now)
+            except Exception:
+                log.exception("autoscaling failed object=%s/%s", *key)
+        return decisions
+
+    def _decide(self, md: ModelDeployment, obj: ManifestT, readings: SignalReadings, deployment: ManifestT | None,
+                pods: list[ManifestT], now: float) -> Decision:
+        key = (md.namespace, md.name)
+        current = int(((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
+        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
+        unschedulable = any(c.get("reason") == "Unschedulable" for p in pending
+                            for c in (p.get("status") or {}).get("conditions") or [])
+        observations = Observations(
+            output_tokens_per_second=readings.get("outputTokensPerSecond"),
+            output_tokens_per_second_short=readings.get("outputTokensPerSecondShort"),
+            input_tokens_per_second=readings.get("inputTokensPerSecond"),
+            ttft_seconds=readings.get("ttftSeconds"), itl_seconds=readings.get("interTokenLatencySeconds"),
+            queue=readings.get("queue"), in_flight=readings.get("inFlight"),
+            kv_utilization=readings.get("kvCacheUtilization"),
+            current_replicas=current, ready_replicas=ready, pending_replicas=len(pending),
+            unschedulable=unschedulable,
+        )
+        saved = ((obj.get("status") or {}).get("autoscaler") or {})
+        state = self._states.get(key)
+        if state is None:
+            # First look since this process started: nothing scales down within one window.
+            state = dict(saved.get("state") or {})
+            state["history"] = [*state.get("history", []), [now, float(current)]]
+        spec = md.spec
+        replica_model = ReplicaModel.for_profiles(spec.model.profile, spec.gpu.product,
+                                                  precision=spec.engine.precision, tp=spec.parallelism.tensor,
+                                                  pp=spec.parallelism.pipeline)
+        capacity = capacity_for(md, readings)
+        decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now)
+        self._states[key] = decision.state
+        self._export(md, decision, observations)
+        if fingerprint(decision) != saved.get("fingerprint") or saved.get("desiredReplicas") != decision.replicas:
+            self._write(md, obj, decision, now, current)
+        return decision
+
+    def _export(self, md: ModelDeployment, decision: Decision, observations: Observations) -> None:
+        labels = (md.namespace, md.name)
+        for signal, reading in observations.metric_readings().items():
+            SIGNAL_VALUE.labels(*labels, signal).set(reading.value if reading.ok and reading.value is not None
+                                                     else math.nan)
+        for rec in decision.recommendations:
+            RECOMMENDATION.labels(*labels, rec.signal).set(math.nan if rec.replicas is None else rec.replicas)
+            TARGET.labels(*labels, rec.signal).set(math.nan if rec.target is None else rec.target)
+        DESIRED.labels(*labels).set(decision.replicas)
+        DECISIONS.labels(*labels, decision.rule).inc()
+        METRICS_AVAILABLE.labels(*labels).set(1 if decision.metrics_available else 0)
+
+    def _write(self, md: ModelDeployment, obj: ManifestT, decision: Decision, now: float, current: int) -> None:
+        advisory = md.spec.autoscaling.advisory
+        state = {k: v for k, v in decision.state.items() if k not in ("scaled", "desiredReplicas")}
+        previous = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+        conditions = []
+        for c in decision.conditions:
+            truth = "True" if c.status else "False"
+            before = previous.get(c.type, {})
+            conditions.append({
+                "type": c.type, "status": truth, "reason": c.reason, "message": c.message,
+                "lastTransitionTime": before.get("lastTransitionTime", _stamp(now))
+                if before.get("status") == truth else _stamp(now),
+            })
+        status: dict[str, Any] = {
+            "autoscaler": {"desiredReplicas": decision.replicas, "advisory": advisory, "state": state,
+                           "fingerprint": fingerprint(decision), "lastDecision": decision_record(decision, now)},
+            "conditions": conditions,
+        }
+        if decision.replicas != current:
+            status["lastScalingDecision"] = {"time": _stamp(now), "replicas": decision.replicas,
+                                             "reason": decision.reason}
+        self.kube.patch_status(API_VERSION, KIND, md.namespace, md.name, status, field_manager=FIELD_MANAGER)
+        if decision.replicas != current:
+            verb = "would scale" if advisory else "scaled"
+            self.kube.event(obj, "Scaled" if not advisory else "ScaleAdvised",
+                            f"{verb} from {current} to {decision.replicas}: {decision.reason}")
+            log.info("%s object=%s/%s from=%d to=%d rule=%s", verb.replace(" ", "_"), md.namespace, md.name,
+                     current, decision.replicas, decision.rule)

@@ -1,0 +1,64 @@
+"""Metric sources for the autoscaler: a small interface, the Prometheus implementation, and a fake."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from controllers.autoscaling.signals import Reading
+
+
+@dataclass(frozen=True)
+class Target:
+    """One autoscaled ModelDeployment, as the metric source groups series."""
+
+    namespace: str
+    name: str
+    percentile: float = 0.95
+
+
+@dataclass
+class SignalReadings:
+    """What the metric source knows about one target; absent keys read as EMPTY."""
+
+    readings: dict[str, Reading] = field(default_factory=dict)
+
+    def get(self, signal: str) -> Reading:
+        return self.readings.get(signal) or Reading.empty()
+
+
+SIGNALS = ("outputTokensPerSecond", "outputTokensPerSecondShort", "inputTokensPerSecond", "ttftSeconds",
+           "interTokenLatencySeconds", "queue", "inFlight", "kvCacheUtilization")
+
+
+class MetricSource(Protocol):
+    def observe(self, targets: list[Target], now: float) -> dict[Target, SignalReadings]:
+        """Every signal for every target, in one batch per signal (not one query per target)."""
+        ...
+
+
+class FakeMetricSource:
+    """Readings set by a test; ``fail`` makes every signal an ERROR, as an unreachable server would."""
+
+    def __init__(self) -> None:
+        self.values: dict[Target, dict[str, Reading]] = {}
+        self.fail: str | None = None
+        self.calls = 0
+
+    def set(self, target: Target, **signals: float | None) -> None:
+        self.values[target] = {k: Reading.of(v) for k, v in signals.items()}
+
+    def observe(self, targets: list[Target], now: float) -> dict[Target, SignalReadings]:
+        self.calls += 1
+        if self.fail:
+            return {t: SignalReadings({s: Reading.error(self.fail) for s in SIGNALS}) for t in targets}
+        return {t: SignalReadings(dict(self.values.get(t, {}))) for t in targets}
+
+
+class UnconfiguredSource:
+    """Used when the operator runs without a Prometheus URL: every signal reads as an error, so
+    autoscaled ModelDeployments hold their count and say why."""
+
+    def observe(self, targets: list[Target], now: float) -> dict[Target, SignalReadings]:
+        message = "no metric source configured (operator started without --prometheus-url)"
+        return {t: SignalReadings({s: Reading.error(message) for s in SIGNALS}) for t in targets}

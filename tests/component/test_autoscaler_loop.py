@@ -1,0 +1,164 @@
+"""The autoscaler loop against the real control plane and the real operator, with a fake metric source
+and a fake clock: scale-up, stabilized scale-down, missing metrics, restarts, quiet ticks, explain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from controllers.autoscaling.loop import AutoscalerLoop
+from controllers.kube import Kube
+from controllers.metrics import FakeMetricSource, Target
+from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
+from tests.support.waiting import eventually
+
+GROUP, VERSION, PLURAL = "tokenworks.dev", "v1alpha1", "modeldeployments"
+CAPACITY = 1000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def operator(full_control_plane: ControlPlane) -> Iterator[OperatorProcess]:
+    install_api_and_rbac(full_control_plane)
+    kubeconfig = service_account_kubeconfig(full_control_plane, full_control_plane.workdir / "as.kubeconfig")
+    # The operator's own autoscaler never ticks here: the test drives an in-process loop instead.
+    process = OperatorProcess(full_control_plane, kubeconfig, "as-operator", resync_seconds=5)
+    process.argv.append("--autoscaler-tick=1000000")
+    process.start()
+    eventually(process.is_leader, timeout=30)
+    yield process
+    process.stop()
+
+
+def deploy(plane: ControlPlane, namespace: str, **autoscaling: Any) -> Target:
+    manifest = yaml.safe_load((REPO_ROOT / "examples" / "llama-8b-h100.yaml").read_text())
+    manifest["metadata"]["namespace"] = namespace
+    manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 8,
+                                       "tokensPerSecondPerReplica": CAPACITY,
+                                       "scaleDownStabilizationSeconds": 120, **autoscaling}
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    return Target(namespace, "llama-8b", 0.95)
+
+
+def load(source: FakeMetricSource, target: Target, tps: float | None, **overrides: float | None) -> None:
+    signals: dict[str, float | None] = {
+        "outputTokensPerSecond": tps, "outputTokensPerSecondShort": tps, "inputTokensPerSecond": tps,
+        "ttftSeconds": 0.4, "interTokenLatencySeconds": 0.03, "queue": 0.0, "inFlight": 5.0,
+        "kvCacheUtilization": 0.2}
+    signals.update(overrides)
+    source.set(target, **signals)
+
+
+def deployment_replicas(plane: ControlPlane, namespace: str) -> int:
+    return int(client.AppsV1Api(plane.api_client()).read_namespaced_deployment("llama-8b", namespace).spec.replicas)
+
+
+def md_status(plane: ControlPlane, namespace: str) -> dict[str, Any]:
+    obj = client.CustomObjectsApi(plane.api_client()).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, "llama-8b")
+    return dict(obj.get("status") or {})
+
+
+def conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status.get("conditions", [])}
+
+
+def test_scale_up_stabilized_scale_down_missing_metrics_and_restart(
+    full_control_plane: ControlPlane, operator: OperatorProcess, namespace: str
+) -> None:
+    plane = full_control_plane
+    target = deploy(plane, namespace)
+    eventually(lambda: deployment_replicas(plane, namespace) == 1, timeout=60)
+    clock, source = Clock(), FakeMetricSource()
+    kube = Kube(plane.api_client())
+    loop = AutoscalerLoop(kube, source, clock=clock, namespaces=[namespace])
+
+    # A load step: 3.5 replicas' worth. Up at once, applied by the reconciler.
+    load(source, target, 3500)
+    decision = loop.tick()[(namespace, "llama-8b")]
+    assert (decision.replicas, decision.rule) == (4, "throughput")
+    eventually(lambda: deployment_replicas(plane, namespace) == 4, timeout=30)
+    status = md_status(plane, namespace)
+    assert status["autoscaler"]["desiredReplicas"] == 4
+    assert conditions(status)["MetricsAvailable"] == ("True", "AllSignalsRead")
+    assert conditions(status)["Ready"][0] in ("True", "False"), "the reconciler's conditions survive"
+    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=llama-8b").items
+    assert any(e.reason == "Scaled" and "from 1 to 4" in e.message for e in events)
+
+    # Steady: no writes while nothing changes.
+    clock.now += 15
+    loop.tick()  # the SLO signal now recommends the new count (it was computed at 1 replica)
+    writes = kube.counter.writes
+    for _ in range(3):
+        clock.now += 15
+        loop.tick()
+    assert kube.counter.writes == writes
+
+    # The load drops: held for the 120 s window, then down.
+    load(source, target, 900)
+    for _ in range(7):
+        clock.now += 15
+        assert loop.tick()[(namespace, "llama-8b")].replicas == 4
+    clock.now += 30
+    assert loop.tick()[(namespace, "llama-8b")].replicas == 2, "past the window; at most half per tick"
+
+    # Prometheus gone: hold, say so.
+    source.fail = "connection refused"
+    clock.now += 15
+    blind = loop.tick()[(namespace, "llama-8b")]
+    assert (blind.replicas, blind.rule) == (2, "hold")
+    eventually(lambda: conditions(md_status(plane, namespace)).get("MetricsAvailable") == ("False", "SignalsMissing"),
+               timeout=10)
+    assert deployment_replicas(plane, namespace) == 2
+    source.fail = None
+
+    # An operator restart (a fresh loop) with low load: nothing scales down within a window.
+    restarted = AutoscalerLoop(Kube(plane.api_client()), source, clock=clock, namespaces=[namespace])
+    load(source, target, 100)
+    for _ in range(4):
+        clock.now += 15
+        assert restarted.tick()[(namespace, "llama-8b")].replicas == 2
+    clock.now += 120
+    assert restarted.tick()[(namespace, "llama-8b")].replicas == 1
+
+
+def test_advisory_mode_records_but_does_not_apply(
+    full_control_plane: ControlPlane, operator: OperatorProcess, namespace: str
+) -> None:
+    plane = full_control_plane
+    target = deploy(plane, namespace, advisory=True)
+    eventually(lambda: deployment_replicas(plane, namespace) == 1, timeout=60)
+    source = FakeMetricSource()
+    load(source, target, 5000)
+    decision = AutoscalerLoop(Kube(plane.api_client()), source, namespaces=[namespace]).tick()[
+        (namespace, "llama-8b")]
+    assert decision.replicas == 5
+    eventually(lambda: md_status(plane, namespace).get("autoscaler", {}).get("desiredReplicas") == 5, timeout=10)
+    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=llama-8b").items
+    assert any(e.reason == "ScaleAdvised" for e in events)
+    assert deployment_replicas(plane, namespace) == 1
+
+    explained = subprocess.run(
+        [sys.executable, "-m", "controllers.cli", "explain", "llama-8b", f"--kubeconfig={plane.kubeconfig}",
+         "-n", namespace], capture_output=True, text=True, cwd=REPO_ROOT, timeout=60, env={"COLUMNS": "200"},
+    )
+    assert explained.returncode == 0, explained.stderr
+    for text in ("5 replicas (advisory: recorded, not applied)", "throughput <- won", "5000 tok/s",
+                 "MetricsAvailable"):
+        assert text in explained.stdout, text
