@@ -77,6 +77,8 @@ def operator_run(
                                                          help="Bearer token for Prometheus.")] = None,
     prometheus_ca_file: Annotated[str | None, typer.Option(help="CA bundle for Prometheus TLS.")] = None,
     autoscaler_tick: Annotated[float, typer.Option(help="Seconds between autoscaling decisions.")] = 15,
+    prometheus_window: Annotated[str, typer.Option(help="rate() window of the stable signals.")] = "2m",
+    prometheus_short_window: Annotated[str, typer.Option(help="rate() window of the panic signal.")] = "30s",
 ) -> None:
     """Run the operator (leader-elected) against the cluster."""
     from controllers.manager import ManagerConfig, main
@@ -87,7 +89,8 @@ def operator_run(
         renew_deadline=max(2, lease_duration * 2 // 3), metrics_port=metrics_port,
         health_port=health_port, resync_seconds=resync_seconds, prometheus_url=prometheus_url,
         prometheus_token=prometheus_token, prometheus_ca_file=prometheus_ca_file,
-        autoscaler_tick_seconds=autoscaler_tick,
+        autoscaler_tick_seconds=autoscaler_tick, prometheus_window=prometheus_window,
+        prometheus_short_window=prometheus_short_window,
     )
     if identity:
         config.identity = identity

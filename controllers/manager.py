@@ -66,6 +66,8 @@ class ManagerConfig:
     prometheus_token: str | None = None
     prometheus_ca_file: str | None = None
     autoscaler_tick_seconds: float = 15.0
+    prometheus_window: str = "2m"
+    prometheus_short_window: str = "30s"
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -188,7 +190,8 @@ class Operator:
         if self.config.prometheus_url:
             source = PrometheusSource(PrometheusConfig(
                 url=self.config.prometheus_url, bearer_token=self.config.prometheus_token,
-                ca_file=self.config.prometheus_ca_file))
+                ca_file=self.config.prometheus_ca_file, window=self.config.prometheus_window,
+                short_window=self.config.prometheus_short_window))
         loop = AutoscalerLoop(self.kube, source, namespaces=self.config.namespaces)
         while not self.stopping.wait(self.config.autoscaler_tick_seconds):
             try:

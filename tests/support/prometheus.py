@@ -1,0 +1,73 @@
+"""A real Prometheus server for tests, scraping targets listed in a file_sd JSON file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.support.controlplane import Component, binary, free_port
+
+
+class PrometheusServer:
+    def __init__(self, workdir: Path, scrape_interval: str = "1s") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.targets_file = workdir / "targets.json"
+        self.config_file = workdir / "prometheus.yml"
+        self.scrape_interval = scrape_interval
+        self.component: Component | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.set_targets([])
+        self.config_file.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "scrape_configs": [{
+                "job_name": "emulators",
+                "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
+            }],
+        }))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_targets(self, groups: list[tuple[list[str], dict[str, str]]]) -> None:
+        """Replace the scraped targets: (["host:port", ...], labels) groups. Written atomically."""
+        payload = [{"targets": targets, "labels": labels} for targets, labels in groups]
+        tmp = self.targets_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, self.targets_file)
+
+    def start(self) -> PrometheusServer:
+        self.component = Component("prometheus", [
+            str(binary("prometheus")), f"--config.file={self.config_file}",
+            f"--storage.tsdb.path={self.workdir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=warn",
+        ], self.workdir / "prometheus.log")
+        self.component.start()
+        self.component.wait_until(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200,
+                                  timeout=60, what="ready")
+        return self
+
+    def stop(self) -> None:
+        if self.component:
+            self.component.stop()
+
+    def query(self, promql: str) -> list[dict[str, object]]:
+        body = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5).json()
+        result: list[dict[str, object]] = body["data"]["result"]
+        return result
+
+    def kill(self) -> None:
+        if self.component and self.component.process:
+            self.component.process.send_signal(signal.SIGKILL)
+            self.component.process.wait()
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(binary("promtool")), *args], capture_output=True, text=True, timeout=60)
