@@ -1,0 +1,79 @@
+"""The Prometheus metric source: one query per signal for all targets, and honest readings (empty,
+error, NaN, stale) rather than zeros. HTTP is answered by httpx's MockTransport."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+
+from controllers.autoscaling.signals import Quality
+from controllers.metrics import SIGNALS, Target
+from controllers.metrics.prometheus import PrometheusConfig, PrometheusSource
+
+A, B = Target("ns", "a", 0.95), Target("ns", "b", 0.95)
+C = Target("ns", "c", 0.99)
+
+
+def vector(*series: tuple[str, str]) -> dict[str, object]:
+    return {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"namespace": "ns", "tokenworks_dev_model_deployment": name}, "value": [0, value]}
+        for name, value in series]}}
+
+
+def source(answer: dict[str, dict[str, object] | int]) -> tuple[PrometheusSource, list[str]]:
+    """``answer`` maps a substring of the PromQL to a JSON body, or to an HTTP status for errors."""
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        query = parse_qs(urlparse(str(request.url)).query)["query"][0]
+        seen.append(query)
+        for fragment, body in answer.items():
+            if fragment in query:
+                return httpx.Response(body, json={}) if isinstance(body, int) else httpx.Response(200, json=body)
+        return httpx.Response(200, json=vector())
+
+    client = httpx.Client(base_url="http://prometheus", transport=httpx.MockTransport(handler))
+    return PrometheusSource(PrometheusConfig(url="http://prometheus"), client), seen
+
+
+def test_one_query_per_signal_for_all_targets_and_per_percentile_for_latency() -> None:
+    prometheus, seen = source({})
+    prometheus.observe([A, B, C], now=100)
+    shared = [q for q in seen if "histogram_quantile" not in q]
+    latency = [q for q in seen if "histogram_quantile" in q]
+    assert len(shared) == 7  # 6 rate/gauge signals + the sample age, for every target at once
+    assert len(latency) == 4  # TTFT and ITL, for each of the two percentiles
+    assert any("histogram_quantile(0.99" in q for q in latency)
+
+
+def test_values_empty_nan_and_errors_are_told_apart() -> None:
+    prometheus, _ = source({
+        "nv_llm_output_tokens_total[2m]": vector(("a", "1500"), ("b", "NaN")),
+        "nv_inference_first_response_histogram_ms_bucket": 503,
+        "timestamp(": vector(("a", "3"), ("b", "2")),
+    })
+    readings = prometheus.observe([A, B], now=100)
+    a, b = readings[A], readings[B]
+    assert a.get("outputTokensPerSecond").value == 1500
+    assert b.get("outputTokensPerSecond").quality is Quality.NAN
+    assert a.get("ttftSeconds").quality is Quality.ERROR
+    assert a.get("queue").quality is Quality.EMPTY
+    assert set(a.readings) == set(SIGNALS)
+
+
+def test_old_samples_are_stale() -> None:
+    prometheus, _ = source({
+        "nv_llm_output_tokens_total[2m]": vector(("a", "1500")),
+        "timestamp(": vector(("a", "600")),
+    })
+    assert prometheus.observe([A], now=100)[A].get("outputTokensPerSecond").quality is Quality.STALE
+
+
+def test_an_unreachable_server_is_an_error_for_every_signal() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = httpx.Client(base_url="http://prometheus", transport=httpx.MockTransport(refuse))
+    readings = PrometheusSource(PrometheusConfig(url="http://prometheus"), client).observe([A], now=1)[A]
+    assert {r.quality for r in readings.readings.values()} == {Quality.ERROR}
