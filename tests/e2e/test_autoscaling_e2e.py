@@ -4,6 +4,7 @@ stopping and coming back, and an operator restart."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -74,11 +75,9 @@ class Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _send(self, url: str) -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):
             httpx.post(f"{url}/v2/models/llama-3-1-8b/generate", json={"text_input": "w " * 200, "max_tokens": 64},
                        timeout=30)
-        except httpx.HTTPError:
-            pass
 
     def _run(self) -> None:
         counter = itertools.count()
