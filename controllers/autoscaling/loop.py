@@ -143,7 +143,13 @@ class AutoscalerLoop:
     def _decide(self, md: ModelDeployment, obj: ManifestT, readings: SignalReadings, deployment: ManifestT | None,
                 pods: list[ManifestT], now: float) -> Decision:
         key = (md.namespace, md.name)
-        current = int(((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
+        saved = ((obj.get("status") or {}).get("autoscaler") or {})
+        # The count the system is moving to: the last decision, unless advisory. The Deployment's
+        # spec lags a reconcile behind it; holding "the Deployment's count" right after a decision
+        # would undo that decision.
+        applied = saved.get("desiredReplicas")
+        current = int(applied) if isinstance(applied, int) and not md.spec.autoscaling.advisory else int(
+            ((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
         ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
         unschedulable = any(c.get("reason") == "Unschedulable" for p in pending
@@ -158,7 +164,6 @@ class AutoscalerLoop:
             current_replicas=current, ready_replicas=ready, pending_replicas=len(pending),
             unschedulable=unschedulable,
         )
-        saved = ((obj.get("status") or {}).get("autoscaler") or {})
         state = self._states.get(key)
         if state is None:
             # First look since this process started: nothing scales down within one window.

@@ -143,7 +143,8 @@ def test_load_step_prometheus_outage_and_operator_restart(stack: dict[str, Any])
     load.rate = 12.0
     started = time.monotonic()
     eventually(lambda: replicas(plane, namespace) >= 3, timeout=60, interval=1)
-    assert time.monotonic() - started < 30, "scaled up within a bounded number of ticks"
+    # 10 s for the rate window to fill, then one tick; 20 ticks is the bound on a loaded 2-core machine.
+    assert time.monotonic() - started < 20 * TICK, "scaled up within a bounded number of ticks"
     eventually(lambda: condition(plane, namespace, "MetricsAvailable") == "True", timeout=30)
     peak = replicas(plane, namespace)
 

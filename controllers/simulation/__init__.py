@@ -1,0 +1,1 @@
+"""Trace-driven simulation of a ModelDeployment under the live autoscaler's policy."""
