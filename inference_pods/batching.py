@@ -1,0 +1,121 @@
+"""TensorRT-LLM-style in-flight batching, without time: admission, iteration planning, completion.
+
+The emulator runs a ``Batcher`` in real time and the simulator in virtual time, so both schedule
+requests identically. Each iteration takes the decoding requests (one token each) plus prompt chunks
+of newly admitted requests up to ``max_num_tokens``; a request is admitted only while the paged KV
+cache can reserve its prompt plus ``max_tokens`` (the GUARANTEED_NO_EVICT policy), so long contexts
+limit concurrency and the rest wait.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from inference_pods.performance import ReplicaModel, Step
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request inside an engine."""
+
+    id: int
+    prompt_tokens: int
+    max_tokens: int
+    arrived: float
+    prefilled: int = 0
+    generated: int = 0
+    admitted_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def reserved_tokens(self) -> int:
+        return self.prompt_tokens + self.max_tokens
+
+    @property
+    def context(self) -> int:
+        return self.prompt_tokens + self.generated
+
+
+@dataclass
+class Plan:
+    step: Step
+    chunks: list[tuple[Sequence, int]] = field(default_factory=list)
+    decoding: list[Sequence] = field(default_factory=list)
+
+
+class Batcher:
+    def __init__(self, model: ReplicaModel) -> None:
+        self.model = model
+        self.waiting: deque[Sequence] = deque()
+        self.active: list[Sequence] = []
+        self.kv_capacity = model.kv_capacity_tokens
+        self.kv_reserved = 0
+
+    def add(self, sequence: Sequence) -> None:
+        self.waiting.append(sequence)
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
+
+    def admit(self, now: float) -> None:
+        while self.waiting and len(self.active) < self.model.max_batch_size:
+            head = self.waiting[0]
+            if self.kv_reserved + head.reserved_tokens > self.kv_capacity and self.active:
+                return  # wait for KV space; an empty engine takes even an oversized request
+            self.waiting.popleft()
+            head.admitted_at = now
+            self.kv_reserved += head.reserved_tokens
+            self.active.append(head)
+
+    def plan(self) -> Plan | None:
+        """The next iteration's work, or None when nothing is admitted."""
+        if not self.active:
+            return None
+        decoding = [s for s in self.active if s.prefilled >= s.prompt_tokens]
+        budget = self.model.max_num_tokens - len(decoding)
+        chunks: list[tuple[Sequence, int]] = []
+        prefill_context = 0
+        for sequence in self.active:
+            remaining = sequence.prompt_tokens - sequence.prefilled
+            if remaining <= 0 or budget <= 0:
+                continue
+            if not self.model.chunked_prefill and remaining > budget and chunks:
+                break  # without chunking a prompt goes whole, in a step of its own if need be
+            take = remaining if not self.model.chunked_prefill else min(remaining, budget)
+            chunks.append((sequence, take))
+            # Each new token attends to the tokens before it: start + (take + 1) / 2 on average.
+            prefill_context += take * sequence.prefilled + take * (take + 1) // 2
+            budget -= take
+        step = Step(
+            prefill_tokens=sum(take for _, take in chunks),
+            prefill_context=prefill_context,
+            decode_requests=len(decoding),
+            decode_context=sum(s.context for s in decoding),
+        )
+        return Plan(step, chunks, decoding)
+
+    def complete(self, plan: Plan, now: float) -> list[Sequence]:
+        """Apply a finished iteration at ``now``; returns the sequences that emitted a token, in order.
+        A prompt's last chunk ends its context phase with the first token."""
+        emitted: list[Sequence] = []
+        for sequence in plan.decoding:
+            self._emit(sequence, now)
+            emitted.append(sequence)
+        for sequence, take in plan.chunks:
+            sequence.prefilled += take
+            if sequence.prefilled >= sequence.prompt_tokens:
+                self._emit(sequence, now)
+                emitted.append(sequence)
+        self.active = [s for s in self.active if s.finished_at is None]
+        return emitted
+
+    def _emit(self, sequence: Sequence, now: float) -> None:
+        sequence.generated += 1
+        if sequence.first_token_at is None:
+            sequence.first_token_at = now
+        if sequence.generated >= sequence.max_tokens:
+            sequence.finished_at = now
+            self.kv_reserved -= sequence.reserved_tokens
