@@ -131,6 +131,66 @@ def plan(
     console.print(views.plan(md, children, count))
 
 
+DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+DEFAULT_DEPLOYMENT = Path(__file__).resolve().parents[1] / "examples" / "llama-8b-h100.yaml"
+
+
+@app.command()
+def simulate(
+    trace: Annotated[Path, typer.Argument(help="Trace: Azure 2023 CSV, JSONL or generic CSV.")] = DEFAULT_TRACE,
+    deployment: Annotated[Path, typer.Option("--deployment", "-f", help="ModelDeployment manifest.")]
+    = DEFAULT_DEPLOYMENT,
+    rate: Annotated[int, typer.Option(help="Multiply the arrival rate, keeping the trace's shape.")] = 1,
+    time_scale: Annotated[float, typer.Option(help="Compress time by this factor (faster swings).")] = 1.0,
+    start: Annotated[float, typer.Option(help="Window start, seconds into the trace.")] = 0.0,
+    duration: Annotated[float | None, typer.Option(help="Window length in seconds (default: all).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for report.json and report.png.")] = Path("out"),
+) -> None:
+    """Replay a trace against a ModelDeployment with the live autoscaler's policy, in virtual time."""
+    import yaml
+    from pydantic import ValidationError
+    from rich.progress import Progress
+
+    from controllers.simulation import output
+    from controllers.simulation.simulator import Simulator, report
+    from controllers.simulation.trace import TraceError, compress, load, multiply, window
+    from crds.models import ModelDeployment
+
+    try:
+        requests = load(trace)
+        requests = compress(multiply(window(requests, start, duration), rate), time_scale)
+        if not requests:
+            raise TraceError(f"{trace}: no requests in the window [{start}, {start + (duration or 0)})")
+    except TraceError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(2) from error
+    raw = yaml.safe_load(deployment.read_text())
+    raw.setdefault("metadata", {}).setdefault("namespace", "default")
+    try:
+        md = ModelDeployment.model_validate(raw)
+    except ValidationError as error:
+        for problem in error.errors():
+            console.print(f"[red]{'.'.join(str(p) for p in problem['loc'])}[/]: {problem['msg']}")
+        raise typer.Exit(2) from error
+    slo = md.spec.autoscaling.slo
+    end = requests[-1].arrival
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"simulating {len(requests):,} requests", total=end or 1)
+        result = Simulator(md, requests).run(lambda now: progress.update(task, completed=now))
+    summary = report(result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3, len(requests))
+    title = (f"{md.name}: {md.spec.model.profile} on {md.spec.gpu.product} x{md.spec.gpus_per_replica}, "
+             f"{trace.name} x{rate}, {end / 60:.0f} min, SLO TTFT {slo.ttft_milliseconds} ms / ITL "
+             f"{slo.inter_token_latency_milliseconds} ms")
+    console.print(output.table(summary, title))
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"trace": str(trace), "deployment": str(deployment), "rate": rate, "timeScale": time_scale,
+            "start": start, "duration": duration}
+    output.write_json(out / "report.json", summary, result, meta)
+    output.plot(out / "report.png", result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3,
+                title)
+    console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def emulate(ctx: typer.Context) -> None:
     """Run one emulated Triton + TensorRT-LLM replica (options: `tokenworks emulate --help`)."""

@@ -113,6 +113,9 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         # projected that far ahead when it is rising.
         projected = out.value + max(0.0, slope) * load_seconds
         replicas = math.ceil(projected / capacity_tokens_per_second) if projected > 0 else 0
+        # HPA's tolerance, on the usage ratio: 2,030 tok/s on 2 replicas of 1,000 is 1.015, no change.
+        if current > 0 and abs(projected / (current * capacity_tokens_per_second) - 1) <= TOLERANCE:
+            replicas = current
         note = (f"{out.value:.0f} tok/s now, {projected:.0f} tok/s projected {load_seconds:.0f} s ahead"
                 if projected > out.value * 1.01 else f"{out.value:.0f} tok/s")
         recs.append(Recommendation("throughput", out.value, capacity_tokens_per_second, replicas,

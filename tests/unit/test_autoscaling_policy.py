@@ -53,7 +53,7 @@ def condition(o: Observations, type_: str, state: dict[str, Any] | None = None) 
 @pytest.mark.parametrize(("name", "observations", "expected", "rule"), [
     ("steady load that fits: unchanged", obs(3500), 4, "throughput"),
     ("twice the load: twice the replicas", obs(8000), 8, "throughput"),
-    ("within 10%: tolerance holds", obs(10500, current=10), 10, "tolerance"),
+    ("within 10% of the usage target: unchanged", obs(10500, current=10), 10, "throughput"),
     ("TTFT at twice its target: proportional scale-up", obs(3000, ttft=4.0), 8, "slo"),
     ("ITL over target", obs(3000, itl=0.15), 6, "slo"),
     ("queue over its per-replica target", obs(1000, queue=40), 8, "rate-limit"),

@@ -1,0 +1,314 @@
+"""Replay a request trace against one ModelDeployment in virtual time.
+
+The replicas batch requests with ``inference_pods.batching`` and take ``ReplicaModel.step_seconds`` per
+iteration, exactly as the emulator does; the autoscaler is the live ``decide`` function, fed the
+signals Prometheus would show it, with the live loop's delays: a tick every ``tick_seconds``, metrics
+lagging by one scrape interval over the same rate windows, pod scheduling and engine load time before
+a new replica serves, and draining on scale-down. A router sends each request to the serving replica
+with the least outstanding work, so queueing comes from capacity rather than routing luck.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controllers.autoscaling.loop import capacity_for
+from controllers.autoscaling.policy import decide
+from controllers.autoscaling.signals import Observations, Quality, Reading
+from controllers.metrics import SignalReadings
+from controllers.simulation.trace import TraceRequest
+from crds.models import ModelDeployment
+from inference_pods.batching import Batcher, Plan, Sequence
+from inference_pods.performance import ReplicaModel
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    tick_seconds: float = 15.0
+    scrape_seconds: float = 15.0  # metrics are this old when the autoscaler reads them
+    window_seconds: float = 120.0  # the stable rate window
+    short_window_seconds: float = 30.0  # the panic window
+    scheduling_seconds: float = 5.0  # pod scheduled and container started, before the engine loads
+    load_seconds: float | None = None  # default: the performance model's engine load time
+    initial_replicas: int | None = None  # default: the autoscaler's minimum
+
+
+@dataclass(eq=False)
+class SimReplica:
+    id: int
+    batcher: Batcher
+    started_at: float
+    ready_at: float
+    draining: bool = False
+    stopped_at: float | None = None
+    plan: Plan | None = None  # the iteration in flight
+
+    @property
+    def serving(self) -> bool:
+        return self.stopped_at is None and not self.draining
+
+    def outstanding(self) -> tuple[int, int]:
+        """(requests, prompt tokens not yet processed): the router's measure of queued work."""
+        pending_prompt = sum(s.prompt_tokens - s.prefilled for s in self.batcher.active) + \
+            sum(s.prompt_tokens for s in self.batcher.waiting)
+        return len(self.batcher.active) + len(self.batcher.waiting), pending_prompt
+
+
+@dataclass
+class Completed:
+    arrival: float
+    input_tokens: int
+    output_tokens: int
+    ttft: float
+    itl: float  # mean inter-token latency of the request (0 for one token)
+
+
+@dataclass
+class SimulationResult:
+    completed: list[Completed]
+    dropped: int
+    gpu_seconds: float
+    scale_events: int
+    timeline: list[tuple[float, int, int, float]]  # (time, desired, serving, output tokens/s)
+    decisions: list[tuple[float, str, str]]
+    duration: float
+    gpus_per_replica: int
+
+    @property
+    def gpu_hours(self) -> float:
+        return self.gpu_seconds / 3600
+
+
+ARRIVAL, READY, STEP_END, TICK = range(4)
+
+
+class Simulator:
+    def __init__(self, md: ModelDeployment, requests: list[TraceRequest],
+                 config: SimulationConfig | None = None) -> None:
+        self.md = md
+        self.requests = requests
+        self.config = config or SimulationConfig()
+        spec = md.spec
+        self.replica_model = ReplicaModel.for_profiles(
+            spec.model.profile, spec.gpu.product, precision=spec.engine.precision, tp=spec.parallelism.tensor,
+            pp=spec.parallelism.pipeline, max_batch_size=spec.engine.max_batch_size,
+            max_num_tokens=spec.engine.max_num_tokens, kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction,
+            chunked_prefill=spec.engine.enable_chunked_prefill)
+        self.load_seconds = self.config.load_seconds if self.config.load_seconds is not None \
+            else self.replica_model.load_seconds()
+        self._arrival_times = [r.arrival for r in requests]
+        self._events: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        self.replicas: list[SimReplica] = []
+        self.unrouted: list[Sequence] = []
+        self.completed: list[Completed] = []
+        self.arrivals: dict[int, TraceRequest] = {}
+        self.token_seconds: dict[int, int] = {}  # output tokens emitted per whole second
+        self.first_tokens: list[tuple[float, float]] = []  # (time, ttft)
+        self.finishes: list[tuple[float, float]] = []  # (time, mean itl)
+        self.desired = 0
+        self.state: dict[str, Any] = {}
+        self.scale_events = 0
+        self.timeline: list[tuple[float, int, int, float]] = []
+        self.decisions: list[tuple[float, str, str]] = []
+
+    # -- events ----------------------------------------------------------------------------
+    def _push(self, at: float, kind: int, data: Any = None) -> None:
+        heapq.heappush(self._events, (at, next(self._seq), kind, data))
+
+    def _add_replica(self, now: float, ready_now: bool = False) -> None:
+        ready = now if ready_now else now + self.config.scheduling_seconds + self.load_seconds
+        replica = SimReplica(len(self.replicas), Batcher(self.replica_model), now, ready)
+        self.replicas.append(replica)
+        self._push(ready, READY, replica)
+
+    def _start_step(self, replica: SimReplica, now: float) -> None:
+        if replica.plan is not None or replica.stopped_at is not None or now < replica.ready_at:
+            return
+        replica.batcher.admit(now)
+        plan = replica.batcher.plan()
+        if plan is None:
+            if replica.draining:
+                replica.stopped_at = now
+            return
+        replica.plan = plan
+        self._push(now + self.replica_model.step_seconds(plan.step), STEP_END, replica)
+
+    def _route(self, sequence: Sequence, now: float) -> None:
+        serving = [r for r in self.replicas if r.serving and r.ready_at <= now]
+        if not serving:
+            self.unrouted.append(sequence)
+            return
+        target = min(serving, key=lambda r: (r.outstanding(), r.id))
+        target.batcher.add(sequence)
+        self._start_step(target, now)
+
+    def _step_end(self, replica: SimReplica, now: float) -> None:
+        plan, replica.plan = replica.plan, None
+        assert plan is not None
+        emitted = replica.batcher.complete(plan, now)
+        second = int(now)
+        self.token_seconds[second] = self.token_seconds.get(second, 0) + len(emitted)
+        for sequence in emitted:
+            if sequence.generated == 1:
+                self.first_tokens.append((now, now - sequence.arrived))
+            if sequence.finished_at is not None:
+                assert sequence.first_token_at is not None
+                itl = (now - sequence.first_token_at) / (sequence.generated - 1) if sequence.generated > 1 else 0.0
+                self.finishes.append((now, itl))
+                request = self.arrivals.pop(sequence.id)
+                self.completed.append(Completed(request.arrival, request.input_tokens, request.output_tokens,
+                                                sequence.first_token_at - sequence.arrived, itl))
+        self._start_step(replica, now)
+
+    # -- what Prometheus would show the autoscaler -----------------------------------------
+    def _rate(self, end: float, window: float) -> float:
+        start = end - window
+        return sum(self.token_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / window
+
+    @staticmethod
+    def _percentile(samples: list[tuple[float, float]], start: float, end: float, q: float) -> Reading:
+        values = sorted(v for t, v in samples if start <= t < end)
+        if not values:
+            return Reading(None, Quality.NAN, "no requests in the window")  # as histogram_quantile's NaN
+        return Reading(values[min(len(values) - 1, int(q * len(values)))])
+
+    def observations(self, now: float) -> tuple[Observations, SignalReadings]:
+        seen = now - self.config.scrape_seconds
+        window = self.config.window_seconds
+        q = self.md.spec.autoscaling.slo.percentile
+        serving = [r for r in self.replicas if r.stopped_at is None and r.ready_at <= now]
+        waiting = sum(len(r.batcher.waiting) for r in serving) + len(self.unrouted)
+        active = sum(len(r.batcher.active) for r in serving)
+        output = self._rate(seen, window)
+        readings = SignalReadings({
+            "outputTokensPerSecond": Reading(output),
+            "inputTokensPerSecond": Reading(self._input_rate(seen, window)),
+        })
+        obs = Observations(
+            output_tokens_per_second=Reading(output),
+            output_tokens_per_second_short=Reading(self._rate(seen, self.config.short_window_seconds)),
+            input_tokens_per_second=readings.get("inputTokensPerSecond"),
+            ttft_seconds=self._percentile(self.first_tokens, seen - window, seen, q),
+            itl_seconds=self._percentile(self.finishes, seen - window, seen, q),
+            queue=Reading(float(waiting)), in_flight=Reading(float(active)), kv_utilization=Reading(0.0),
+            current_replicas=self.desired,
+            ready_replicas=sum(1 for r in self.replicas if r.serving and r.ready_at <= now),
+            pending_replicas=sum(1 for r in self.replicas if r.serving and r.ready_at > now),
+        )
+        return obs, readings
+
+    def _input_rate(self, end: float, window: float) -> float:
+        return sum(r.input_tokens for r in self._arrived_between(end - window, end)) / window
+
+    def _arrived_between(self, start: float, end: float) -> list[TraceRequest]:
+        lo = bisect.bisect_left(self._arrival_times, start)
+        hi = bisect.bisect_left(self._arrival_times, end)
+        return self.requests[lo:hi]
+
+    def _tick(self, now: float) -> None:
+        obs, readings = self.observations(now)
+        decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, readings), self.load_seconds,
+                          self.state, now)
+        self.state = decision.state
+        self._scale_to(decision.replicas, now)
+        self.timeline.append((now, self.desired, obs.ready_replicas, obs.output_tokens_per_second.value or 0.0))
+        self.decisions.append((now, decision.rule, decision.reason))
+
+    def _scale_to(self, desired: int, now: float) -> None:
+        if desired == self.desired:
+            return
+        self.scale_events += 1
+        self.desired = desired
+        live = [r for r in self.replicas if r.serving]
+        for _ in range(desired - len(live)):
+            self._add_replica(now)
+        if len(live) > desired:
+            # Drain the ones still loading first, then the least loaded.
+            victims = sorted(live, key=lambda r: (r.ready_at <= now, r.outstanding()))[:len(live) - desired]
+            for replica in victims:
+                replica.draining = True
+                if replica.ready_at > now or (replica.plan is None and replica.batcher.idle):
+                    replica.stopped_at = now
+
+    # -- run -------------------------------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None) -> SimulationResult:
+        scaling = self.md.spec.autoscaling
+        initial = self.config.initial_replicas
+        if initial is None:
+            initial = max(1, scaling.min_replicas) if scaling.enabled else self.md.spec.replicas
+        self.desired = initial
+        for _ in range(initial):
+            self._add_replica(0.0, ready_now=True)
+        for index, request in enumerate(self.requests):
+            self._push(request.arrival, ARRIVAL, index)
+        if scaling.enabled:
+            self._push(self.config.tick_seconds, TICK)
+        end = self.requests[-1].arrival if self.requests else 0.0
+        now = 0.0
+        while self._events:
+            now, _, kind, data = heapq.heappop(self._events)
+            if kind == ARRIVAL:
+                request = self.requests[data]
+                self.arrivals[data] = request
+                self._route(Sequence(data, request.input_tokens, request.output_tokens, now), now)
+            elif kind == STEP_END:
+                self._step_end(data, now)
+            elif kind == READY:
+                replica: SimReplica = data
+                if replica.stopped_at is None:
+                    pending, self.unrouted = self.unrouted, []
+                    for sequence in pending:
+                        self._route(sequence, now)
+                    self._start_step(replica, now)
+            elif kind == TICK:
+                self._tick(now)
+                busy = any(r.plan is not None for r in self.replicas) or self.unrouted
+                if now < end or busy:
+                    self._push(now + self.config.tick_seconds, TICK)
+                if progress:
+                    progress(min(now, end))
+        finish = max(now, end)
+        gpus = self.replica_model.gpus
+        gpu_seconds = sum(((r.stopped_at if r.stopped_at is not None else finish) - r.started_at) * gpus
+                          for r in self.replicas)
+        # Every request either completed or is still open here (never served): counted as dropped.
+        return SimulationResult(self.completed, len(self.arrivals), gpu_seconds,
+                                self.scale_events, self.timeline, self.decisions, finish, gpus)
+
+
+@dataclass
+class Report:
+    requests: int
+    completed: int
+    dropped: int
+    attainment: float
+    ttft: dict[str, float] = field(default_factory=dict)
+    itl: dict[str, float] = field(default_factory=dict)
+    gpu_hours: float = 0.0
+    scale_events: int = 0
+    max_replicas: int = 0
+
+
+def report(result: SimulationResult, ttft_target: float, itl_target: float, total: int) -> Report:
+    def pct(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+    met = sum(1 for c in result.completed if c.ttft <= ttft_target and c.itl <= itl_target)
+    ttfts = [c.ttft for c in result.completed]
+    itls = [c.itl for c in result.completed]
+    return Report(
+        requests=total, completed=len(result.completed), dropped=result.dropped,
+        attainment=met / total if total else 1.0,
+        ttft={f"p{q}": pct(ttfts, q / 100) for q in (50, 95, 99)},
+        itl={f"p{q}": pct(itls, q / 100) for q in (50, 95, 99)},
+        gpu_hours=result.gpu_hours, scale_events=result.scale_events,
+        max_replicas=max((t[1] for t in result.timeline), default=0),
+    )
