@@ -30,7 +30,8 @@ def deployment(**autoscaling: Any) -> ModelDeployment:
     return ModelDeployment.model_validate(raw)
 
 
-def constant(rate: float, seconds: float, start: float = 0.0, prompt: int = 500, output: int = 100) -> list[TraceRequest]:
+def constant(rate: float, seconds: float, start: float = 0.0, prompt: int = 500,
+             output: int = 100) -> list[TraceRequest]:
     return [TraceRequest(start + i / rate, prompt, output) for i in range(int(rate * seconds))]
 
 
