@@ -80,7 +80,7 @@ class Kube:
         self.api_client = api_client or client.ApiClient()
         self.dynamic = dynamic.DynamicClient(self.api_client)
         self.counter = counter or RequestCounter()
-        self._kinds: dict[tuple[str, str], bool] = {}
+        self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
 
     def _resource(self, api_version: str, kind: str) -> Any:
         return self.dynamic.resources.get(api_version=api_version, kind=kind)
@@ -131,15 +131,22 @@ class Kube:
         result: ManifestT = obj.to_dict()
         return result
 
-    def has_kind(self, api_version: str, kind: str) -> bool:
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 300) -> bool:
+        """Whether the API serves ``kind`` (e.g. the Prometheus Operator's PodMonitor). A "no" is
+        re-checked every ``recheck_seconds``, so a CRD installed later is picked up."""
         key = (api_version, kind)
-        if key not in self._kinds:
-            try:
-                self._resource(api_version, kind)
-                self._kinds[key] = True
-            except ResourceNotFoundError:
-                self._kinds[key] = False
-        return self._kinds[key]
+        known = self._kinds.get(key)
+        if known is not None and (known[0] or time.monotonic() - known[1] < recheck_seconds):
+            return known[0]
+        try:
+            if known is not None:
+                self.dynamic.resources.invalidate_cache()
+            self._resource(api_version, kind)
+            found = True
+        except ResourceNotFoundError:
+            found = False
+        self._kinds[key] = (found, time.monotonic())
+        return found
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event about ``regarding``, shown by ``kubectl describe``."""
