@@ -5,12 +5,15 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from controllers import __version__
+
+if TYPE_CHECKING:
+    from crds.models import ModelDeployment
 
 app = typer.Typer(
     name="tokenworks",
@@ -27,6 +30,27 @@ console = Console()
 Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path to a kubeconfig; "
                                                 "in a pod the service account is used.")]
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
+
+
+def load_model_deployment(path: Path) -> ModelDeployment:
+    """A ModelDeployment manifest from a file; each invalid field is printed and the exit code is 2."""
+    import yaml
+    from pydantic import ValidationError
+
+    from crds.models import ModelDeployment
+
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        console.print(f"[red]{path}: not a YAML mapping[/]")
+        raise typer.Exit(2)
+    raw.setdefault("metadata", {}).setdefault("namespace", "default")
+    raw["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+    try:
+        return ModelDeployment.model_validate(raw)
+    except ValidationError as error:
+        for problem in error.errors():
+            console.print(f"[red]{'.'.join(str(p) for p in problem['loc'])}[/]: {problem['msg']}")
+        raise typer.Exit(2) from error
 
 
 @app.callback()
@@ -106,21 +130,11 @@ def plan(
     """What the operator would create for a ModelDeployment, and what one replica can serve: a dry run
     that needs no cluster."""
     import yaml
-    from pydantic import ValidationError
 
     from controllers import views
-    from crds.models import ModelDeployment
     from inference_pods.templates import render_children
 
-    raw = yaml.safe_load(path.read_text())
-    raw.setdefault("metadata", {}).setdefault("namespace", "default")
-    raw["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
-    try:
-        md = ModelDeployment.model_validate(raw)
-    except ValidationError as error:
-        for problem in error.errors():
-            console.print(f"[red]{'.'.join(str(p) for p in problem['loc'])}[/]: {problem['msg']}")
-        raise typer.Exit(2) from error
+    md = load_model_deployment(path)
     from controllers.reconcile import desired_replicas
 
     count = desired_replicas(md) if replicas is None else replicas
@@ -147,14 +161,11 @@ def simulate(
     out: Annotated[Path, typer.Option(help="Folder for report.json and report.png.")] = Path("out"),
 ) -> None:
     """Replay a trace against a ModelDeployment with the live autoscaler's policy, in virtual time."""
-    import yaml
-    from pydantic import ValidationError
     from rich.progress import Progress
 
     from controllers.simulation import output
     from controllers.simulation.simulator import Simulator, report
     from controllers.simulation.trace import TraceError, compress, load, multiply, window
-    from crds.models import ModelDeployment
 
     try:
         requests = load(trace)
@@ -164,14 +175,7 @@ def simulate(
     except TraceError as error:
         console.print(f"[red]{error}[/]")
         raise typer.Exit(2) from error
-    raw = yaml.safe_load(deployment.read_text())
-    raw.setdefault("metadata", {}).setdefault("namespace", "default")
-    try:
-        md = ModelDeployment.model_validate(raw)
-    except ValidationError as error:
-        for problem in error.errors():
-            console.print(f"[red]{'.'.join(str(p) for p in problem['loc'])}[/]: {problem['msg']}")
-        raise typer.Exit(2) from error
+    md = load_model_deployment(deployment)
     slo = md.spec.autoscaling.slo
     end = requests[-1].arrival
     with Progress(console=console, transient=True) as progress:
