@@ -50,6 +50,7 @@ class ReconcileResult:
     status_written: bool = False
     problems: list[Problem] = field(default_factory=list)
     gone: bool = False
+    reverted: list[str] = field(default_factory=list)  # children another writer had changed
 
 
 def desired_replicas(md: ModelDeployment) -> int:
@@ -233,7 +234,7 @@ class Reconciler:
         if not result.problems:
             pod_monitor = self.kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
             for child in render_children(md, replicas, pod_monitor_api=pod_monitor):
-                applied = self._apply_if_changed(child)
+                applied = self._apply_if_changed(child, result)
                 if applied is not None:
                     result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
                     if child["kind"] == "Deployment":
@@ -241,6 +242,10 @@ class Reconciler:
         else:
             replicas = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
 
+        for change in result.reverted:
+            # A second writer (an HPA on the Deployment, a hand edit): the operator owns these fields.
+            self.kube.event(obj, "ForeignWriteReverted", f"reverted the change to {change}: the operator owns "
+                            "this object's spec; scale the ModelDeployment instead", "Warning")
         status = derive_status(md, deployment, replicas, result.problems)
         if status_changed(status, current_status):
             merge_transition_times(status, current_status.get("conditions") or [], self.clock())
@@ -251,7 +256,7 @@ class Reconciler:
             self._post_events(obj, current_status, status, result)
         return result
 
-    def _apply_if_changed(self, child: ManifestT) -> ManifestT | None:
+    def _apply_if_changed(self, child: ManifestT, result: ReconcileResult) -> ManifestT | None:
         metadata = child["metadata"]
         wanted = digest(child)
         live = self.kube.get(child["apiVersion"], child["kind"], metadata["namespace"], metadata["name"])
@@ -263,6 +268,7 @@ class Reconciler:
             if foreign is not None:
                 log.info("reverted change by another writer kind=%s object=%s/%s manager=%s",
                          child["kind"], metadata["namespace"], metadata["name"], foreign)
+                result.reverted.append(f"{child['kind']}/{metadata['name']} by {foreign}")
         metadata.setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = wanted
         return self.kube.apply(child)
 

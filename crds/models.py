@@ -171,6 +171,10 @@ class AutoscalingSpec(ApiModel):
                                                   "only to the highest recommendation of this "
                                                   "window.")
     tick_seconds: int = Field(15, ge=1, le=600, description="How often decisions are made.")
+    missing_metrics_replicas: int | None = Field(
+        None, ge=0, le=1024, description="When no signal can be read: unset holds the current count; a "
+        "number scales up to it as a safe fallback (never down: missing data never scales down).",
+    )
 
 
 class ScheduleSpec(ApiModel):

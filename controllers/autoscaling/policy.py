@@ -164,8 +164,13 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     changes: list[str] = []
 
     if not usable:
-        desired, rule = current, "hold"
-        reason = f"no usable metrics ({', '.join(missing)}): holding {current} replicas"
+        fallback = spec.missing_metrics_replicas
+        if fallback is not None and fallback > current:
+            desired, rule = fallback, "fallback"
+            reason = f"no usable metrics ({', '.join(missing)}): up to the fallback of {fallback} replicas"
+        else:
+            desired, rule = current, "hold"
+            reason = f"no usable metrics ({', '.join(missing)}): holding {current} replicas"
     else:
         winner = max(usable, key=lambda r: r.replicas or 0)
         desired, rule = winner.replicas or 0, winner.signal

@@ -247,6 +247,11 @@ def test_a_foreign_edit_of_a_child_is_reverted(operator: Operator, namespace: st
     plane.kubectl("-n", namespace, "scale", "deployment/llama-8b-fixed", "--replicas=5")
     eventually(lambda: live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["replicas"] == 2,
                timeout=30)
+    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=llama-8b-fixed").items
+    reverted = [e for e in events if e.reason == "ForeignWriteReverted"]
+    assert reverted, "the second writer is reported"
+    assert "Deployment/llama-8b-fixed by kubectl" in reverted[0].message
 
 
 def test_deleting_the_model_deployment_garbage_collects_its_children(
@@ -328,6 +333,17 @@ def test_tokenworks_get_and_describe(operator: Operator, namespace: str) -> None
     for text in ("Llama-3.3-70B", "TP4", "Conditions", "AllReplicasReady", "Children",
                  "Deployment", "PodDisruptionBudget", "Events", "Created"):
         assert text in described, text
+
+
+def test_the_kustomization_renders_the_whole_operator(operator: Operator) -> None:
+    rendered = [d for d in yaml.safe_load_all(operator.plane.kubectl("kustomize", str(REPO_ROOT / "operator")))
+                if d]
+    kinds = sorted(f"{d['kind']}/{d['metadata']['name']}" for d in rendered)
+    assert "CustomResourceDefinition/modeldeployments.tokenworks.dev" in kinds
+    assert "Deployment/tokenworks-operator" in kinds
+    assert "ClusterRole/tokenworks-operator" in kinds
+    # And the API server accepts every object as it is (server-side dry run).
+    operator.plane.kubectl("apply", "--dry-run=server", "-k", str(REPO_ROOT / "operator"))
 
 
 def test_kubectl_explain_shows_field_documentation(operator: Operator) -> None:

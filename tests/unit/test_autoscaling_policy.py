@@ -76,6 +76,12 @@ def test_missing_metrics_hold_and_are_reported() -> None:
     assert condition(blind, "ScalingActive") == (False, "FailedGetMetrics")
 
 
+def test_a_configured_fallback_applies_when_blind_but_never_scales_down() -> None:
+    blind = obs(None, ttft=None, itl=None, queue=None, current=2)
+    assert run(blind, spec(missingMetricsReplicas=5))[:2] == (5, "fallback")
+    assert run(replace(blind, current_replicas=7), spec(missingMetricsReplicas=5))[:2] == (7, "hold")
+
+
 @pytest.mark.parametrize("quality", [Quality.EMPTY, Quality.ERROR, Quality.NAN, Quality.STALE])
 def test_a_missing_signal_never_scales_down(quality: Quality) -> None:
     # Throughput alone says 1 replica, but latency cannot be read: hold 6.
