@@ -11,11 +11,10 @@ import contextlib
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from kubernetes import client, config, dynamic, watch
+from kubernetes import client, config, dynamic
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 from prometheus_client import Counter
@@ -177,21 +176,3 @@ class Kube:
         serialized: builtins.list[ManifestT] = [self.api_client.sanitize_for_serialization(e)
                                        for e in events.items]
         return serialized
-
-    def watch(self, api_version: str, kind: str, stop: threading.Event,
-              on_event: Callable[[str, ManifestT], None], timeout_seconds: int = 60) -> None:
-        """List then watch ``kind`` until ``stop``; calls ``on_event(type, object)``. Used by tools
-        that do not run inside kopf (the benchmark's request counter, the CLI's `--watch`)."""
-        resource = self._resource(api_version, kind)
-        while not stop.is_set():
-            try:
-                for event in resource.watch(timeout=timeout_seconds, watcher=watch.Watch()):
-                    on_event(event["type"], event["object"].to_dict())
-                    if stop.is_set():
-                        return
-            except ApiException:
-                time.sleep(1)
-
-
-def iter_conditions(obj: ManifestT) -> Iterator[dict[str, Any]]:
-    yield from (obj.get("status") or {}).get("conditions") or []

@@ -42,20 +42,11 @@ class Request(Sequence):
 
 @dataclass
 class EngineStats:
-    """Cumulative counters the metrics layer turns into Triton's metric families."""
+    """Engine-wide counters sampled at scrape time (per-request figures go through observers)."""
 
-    success: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    prompt_tokens: int = 0
     generated_tokens: int = 0
     steps: int = 0
-    busy_seconds: float = 0.0
-    queue_seconds: float = 0.0
-    compute_seconds: float = 0.0
-    request_seconds: float = 0.0
-
-    def fail(self, reason: str) -> None:
-        self.failures[reason] = self.failures.get(reason, 0) + 1
+    busy_seconds: float = 0.0  # wall seconds spent in iterations, for GPU utilisation
 
 
 Observer = Callable[[Request], None]
@@ -101,7 +92,6 @@ class EmulatedEngine:
         if self.draining:
             raise Draining("the server is shutting down")
         if len(self.batcher.waiting) >= self.max_queue:
-            self.stats.fail("REJECTED")
             raise QueueFull(f"the request queue is full ({self.max_queue} waiting)")
         request_id = next(self._ids)
         request = Request(request_id, max(1, prompt_tokens), max(1, max_tokens), self.clock(),
@@ -173,12 +163,6 @@ class EmulatedEngine:
                 observer(request)
         if request.finished_at is not None:
             request.tokens.put_nowait(None)
-            self.stats.success += 1
-            self.stats.prompt_tokens += request.prompt_tokens
-            admitted = request.admitted_at if request.admitted_at is not None else request.arrived
-            self.stats.queue_seconds += admitted - request.arrived
-            self.stats.compute_seconds += now - admitted
-            self.stats.request_seconds += now - request.arrived
             for observer in self.on_finish:
                 observer(request)
 
