@@ -195,7 +195,7 @@ class AutoscalerLoop:
 
     def _write(self, md: ModelDeployment, obj: ManifestT, decision: Decision, now: float, current: int) -> None:
         advisory = md.spec.autoscaling.advisory
-        state = {k: v for k, v in decision.state.items() if k not in ("scaled", "desiredReplicas")}
+        state = decision.state
         previous = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
         conditions = []
         for c in decision.conditions:

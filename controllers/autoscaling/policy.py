@@ -68,10 +68,6 @@ class Decision:
     metrics_available: bool
     what_would_change: list[str] = field(default_factory=list)
 
-    @property
-    def scaled(self) -> bool:
-        return bool(self.state.get("scaled"))
-
 
 def _window(samples: list[list[float]], now: float, seconds: float) -> list[list[float]]:
     return [s for s in samples if now - s[0] <= seconds]
@@ -272,8 +268,6 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
 
     if desired != current:
         state["lastScaleTime"] = now
-    state["desiredReplicas"] = desired
-    state["scaled"] = desired != current
     for r in usable:
         if r.replicas is not None and r.replicas > desired and r.signal != rule:
             changes.append(f"{r.signal} alone would ask for {r.replicas}")
