@@ -34,7 +34,7 @@ build_kubernetes() {
   fi
   local dir="$SRC/kubernetes-$KUBE_VERSION" staging
   staging="$(staging_minor_version)"
-  log "building kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); a cold build takes 15-25 minutes on 2 cores"
+  log "building kubernetes $KUBE_VERSION (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl); a cold build takes about 20 minutes on 2 cores"
   rm -rf "$dir"; mkdir -p "$dir"; cd "$dir"
   go mod init tokenworks.local/kube-build >/dev/null 2>&1
   go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null
