@@ -48,14 +48,27 @@ class PrometheusSource:
     def queries_for(self, percentile: float) -> dict[str, str]:
         """PromQL per signal; every one returns one series per (namespace, model deployment)."""
         by, w, s = self._by(), self.config.window, self.config.short_window
+
+        def output_rate(window: str) -> str:
+            # The per-token counter where pods export it (the emulator); else the TensorRT-LLM
+            # backend's output-length histogram, counted as requests finish.
+            return (f"sum by ({by}) (rate(nv_llm_output_tokens_total[{window}])) or "
+                    f"sum by ({by}) (rate(nv_llm_output_token_len_sum[{window}]))")
+
+        # Where no ITL histogram is exported (stock Triton), the mean ITL over the window: time after
+        # the first token divided by the tokens after the first.
+        mean_itl = (f"(sum by ({by}) (rate(nv_inference_request_duration_us[{w}])) / 1e6 - sum by ({by}) "
+                    f"(rate(nv_inference_first_response_histogram_ms_sum[{w}])) / 1e3) / (sum by ({by}) "
+                    f"(rate(nv_llm_output_token_len_sum[{w}])) - sum by ({by}) "
+                    f"(rate(nv_llm_output_token_len_count[{w}])))")
         return {
-            "outputTokensPerSecond": f"sum by ({by}) (rate(nv_llm_output_tokens_total[{w}]))",
-            "outputTokensPerSecondShort": f"sum by ({by}) (rate(nv_llm_output_tokens_total[{s}]))",
+            "outputTokensPerSecond": output_rate(w),
+            "outputTokensPerSecondShort": output_rate(s),
             "inputTokensPerSecond": f"sum by ({by}) (rate(nv_llm_input_token_len_sum[{w}]))",
             "ttftSeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "
                            f"(rate(nv_inference_first_response_histogram_ms_bucket[{w}]))) / 1000",
             "interTokenLatencySeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "
-                                        f"(rate(nv_llm_inter_token_latency_ms_bucket[{w}]))) / 1000",
+                                        f"(rate(nv_llm_inter_token_latency_ms_bucket[{w}]))) / 1000 or {mean_itl}",
             "queue": f'sum by ({by}) (nv_trt_llm_request_metrics{{request_type="waiting"}})',
             "inFlight": f'sum by ({by}) (nv_trt_llm_request_metrics{{request_type="active"}})',
             "kvCacheUtilization": f'sum by ({by}) (nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type="used"}})'
