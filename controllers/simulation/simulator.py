@@ -16,7 +16,7 @@ import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from controllers.autoscaling.loop import capacity_for
 from controllers.autoscaling.policy import decide
@@ -48,6 +48,7 @@ class SimReplica:
     draining: bool = False
     stopped_at: float | None = None
     plan: Plan | None = None  # the iteration in flight
+    busy_seconds: float = 0.0  # time spent in iterations, for GPU utilisation
 
     @property
     def serving(self) -> bool:
@@ -88,9 +89,38 @@ class SimulationResult:
 ARRIVAL, READY, STEP_END, TICK = range(4)
 
 
+class ScalingPolicy(Protocol):
+    """What decides the replica count in a simulation: the live autoscaler or a peer's algorithm."""
+
+    name: str
+    tick_seconds: float
+
+    def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
+        """(replicas, rule, reason) at ``now``; ``sim`` is read, never changed."""
+        ...
+
+
+class TokenworksPolicy:
+    """The live autoscaler's ``decide``, with its state, fed what Prometheus would show."""
+
+    name = "tokenworks"
+
+    def __init__(self, md: ModelDeployment, tick_seconds: float = 15.0) -> None:
+        self.md = md
+        self.tick_seconds = tick_seconds
+        self.state: dict[str, Any] = {}
+
+    def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
+        obs, readings = sim.observations(now)
+        decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, readings), sim.load_seconds,
+                          self.state, now)
+        self.state = decision.state
+        return decision.replicas, decision.rule, decision.reason
+
+
 class Simulator:
     def __init__(self, md: ModelDeployment, requests: list[TraceRequest],
-                 config: SimulationConfig | None = None) -> None:
+                 config: SimulationConfig | None = None, policy: ScalingPolicy | None = None) -> None:
         self.md = md
         self.requests = requests
         self.config = config or SimulationConfig()
@@ -103,6 +133,7 @@ class Simulator:
         self.load_seconds = self.config.load_seconds if self.config.load_seconds is not None \
             else self.replica_model.load_seconds()
         self._arrival_times = [r.arrival for r in requests]
+        self.policy = policy or TokenworksPolicy(md, self.config.tick_seconds)
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
         self.replicas: list[SimReplica] = []
@@ -113,7 +144,6 @@ class Simulator:
         self.first_tokens: list[tuple[float, float]] = []  # (time, ttft)
         self.finishes: list[tuple[float, float]] = []  # (time, mean itl)
         self.desired = 0
-        self.state: dict[str, Any] = {}
         self.scale_events = 0
         self.timeline: list[tuple[float, int, int, float]] = []
         self.decisions: list[tuple[float, str, str]] = []
@@ -138,7 +168,9 @@ class Simulator:
                 replica.stopped_at = now
             return
         replica.plan = plan
-        self._push(now + self.replica_model.step_seconds(plan.step), STEP_END, replica)
+        seconds = self.replica_model.step_seconds(plan.step)
+        replica.busy_seconds += seconds
+        self._push(now + seconds, STEP_END, replica)
 
     def _route(self, sequence: Sequence, now: float) -> None:
         serving = [r for r in self.replicas if r.serving and r.ready_at <= now]
@@ -212,14 +244,19 @@ class Simulator:
         hi = bisect.bisect_left(self._arrival_times, end)
         return self.requests[lo:hi]
 
+    def ready_replicas(self, now: float) -> list[SimReplica]:
+        return [r for r in self.replicas if r.serving and r.ready_at <= now]
+
+    def busy_seconds(self, now: float) -> float:
+        """GPU-busy seconds of the ready replicas so far (an in-flight iteration counts as busy)."""
+        return sum(r.busy_seconds for r in self.ready_replicas(now))
+
     def _tick(self, now: float) -> None:
-        obs, readings = self.observations(now)
-        decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, readings), self.load_seconds,
-                          self.state, now)
-        self.state = decision.state
-        self._scale_to(decision.replicas, now)
-        self.timeline.append((now, self.desired, obs.ready_replicas, obs.output_tokens_per_second.value or 0.0))
-        self.decisions.append((now, decision.rule, decision.reason))
+        replicas, rule, reason = self.policy.replicas(self, now)
+        self._scale_to(replicas, now)
+        self.timeline.append((now, self.desired, len(self.ready_replicas(now)),
+                              self._rate(now - self.config.scrape_seconds, self.config.window_seconds)))
+        self.decisions.append((now, rule, reason))
 
     def _scale_to(self, desired: int, now: float) -> None:
         if desired == self.desired:
@@ -249,7 +286,7 @@ class Simulator:
         for index, request in enumerate(self.requests):
             self._push(request.arrival, ARRIVAL, index)
         if scaling.enabled:
-            self._push(self.config.tick_seconds, TICK)
+            self._push(self.policy.tick_seconds, TICK)
         end = self.requests[-1].arrival if self.requests else 0.0
         now = 0.0
         while self._events:
@@ -271,7 +308,7 @@ class Simulator:
                 self._tick(now)
                 busy = any(r.plan is not None for r in self.replicas) or self.unrouted
                 if now < end or busy:
-                    self._push(now + self.config.tick_seconds, TICK)
+                    self._push(now + self.policy.tick_seconds, TICK)
                 if progress:
                     progress(min(now, end))
         finish = max(now, end)
