@@ -1,0 +1,164 @@
+"""Peer autoscaling policies, implemented from their documented algorithms and defaults, for the
+simulator. Sources and constants are listed in docs/baselines.md; each class docstring names its rule.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from controllers.autoscaling.loop import capacity_for
+from controllers.metrics import SignalReadings
+from controllers.simulation.simulator import Simulator
+from crds.models import ModelDeployment
+
+Metric = Callable[[Simulator, float, "HpaPolicy"], float | None]
+
+
+def gpu_utilisation(sim: Simulator, now: float, policy: HpaPolicy) -> float | None:
+    """Mean GPU utilisation of the ready replicas since the previous sync (DCGM's GPU_UTIL, 0..1)."""
+    ready = sim.ready_replicas(now)
+    if not ready:
+        return None
+    busy = sim.busy_seconds(now)
+    last_time, last_busy = policy.memory.get("gpu", (now - policy.tick_seconds, busy))
+    policy.memory["gpu"] = (now, busy)
+    elapsed = max(now - last_time, 1e-9)
+    return min(1.0, max(0.0, (busy - last_busy) / (elapsed * len(ready))))
+
+
+def in_flight_per_pod(sim: Simulator, now: float, policy: HpaPolicy) -> float | None:
+    """Requests admitted or waiting per ready pod (a Pods metric)."""
+    ready = sim.ready_replicas(now)
+    if not ready:
+        return None
+    return sum(len(r.batcher.active) + len(r.batcher.waiting) for r in ready) / len(ready)
+
+
+def queue_per_pod(sim: Simulator, now: float, policy: HpaPolicy) -> float | None:
+    """KEDA's Prometheus scaler: the query's total (waiting requests) spread over the current replicas,
+    which the HPA compares with the per-replica threshold (an AverageValue target)."""
+    waiting = sum(len(r.batcher.waiting) for r in sim.ready_replicas(now)) + len(sim.unrouted)
+    return waiting / max(1, sim.desired)
+
+
+@dataclass
+class HpaPolicy:
+    """Kubernetes HPA (autoscaling/v2): desired = ceil(current x metric / target), unchanged within
+    10% tolerance; up by at most max(4 pods, 100%) per 15 s; down to the highest recommendation of the
+    last 300 s; bounded by min/max replicas."""
+
+    name: str
+    metric: Metric
+    target: float
+    min_replicas: int
+    max_replicas: int
+    tick_seconds: float = 15.0
+    tolerance: float = 0.1
+    stabilization_seconds: float = 300.0
+    memory: dict[str, tuple[float, float]] = field(default_factory=dict)
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+    def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
+        current = max(sim.desired, 1)
+        value = self.metric(sim, now, self)
+        if value is None:
+            return sim.desired, "hold", "no metric"
+        ratio = value / self.target
+        recommendation = current if abs(ratio - 1) <= self.tolerance else math.ceil(current * ratio)
+        self.history = [(t, r) for t, r in self.history if now - t <= self.stabilization_seconds]
+        self.history.append((now, recommendation))
+        desired = recommendation
+        if desired < current:
+            desired = min(current, max(r for _, r in self.history))
+        desired = min(desired, max(2 * current, current + 4))
+        desired = max(self.min_replicas, min(self.max_replicas, desired))
+        return desired, "hpa", f"{self.name}: metric {value:.3g} / target {self.target:.3g}"
+
+
+@dataclass
+class KpaPolicy:
+    """Knative's KPA: desired = ceil(average concurrency / (target x 0.7)) over a 60 s stable window,
+    ticking every 2 s; when the 6 s panic window asks for at least twice the ready pods it panics for
+    60 s, scaling on the panic window and never down; down by at most half per tick."""
+
+    target_concurrency: float
+    min_replicas: int
+    max_replicas: int
+    name: str = "knative-kpa"
+    tick_seconds: float = 2.0
+    target_utilisation: float = 0.7
+    stable_window: float = 60.0
+    panic_window: float = 6.0
+    panic_threshold: float = 2.0
+    max_scale_down_rate: float = 2.0
+    samples: list[tuple[float, float]] = field(default_factory=list)
+    panic_until: float = -1.0
+
+    def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
+        ready = sim.ready_replicas(now)
+        concurrency = sum(len(r.batcher.active) + len(r.batcher.waiting) for r in ready) + len(sim.unrouted)
+        self.samples = [(t, c) for t, c in self.samples if now - t < self.stable_window]
+        self.samples.append((now, concurrency))
+        per_pod = self.target_concurrency * self.target_utilisation
+
+        def average(window: float) -> float:
+            values = [c for t, c in self.samples if now - t < window]
+            return sum(values) / len(values)
+
+        stable = math.ceil(average(self.stable_window) / per_pod)
+        panic = math.ceil(average(self.panic_window) / per_pod)
+        current = max(sim.desired, 1)
+        if panic >= self.panic_threshold * max(len(ready), 1):
+            self.panic_until = now + self.stable_window
+        if now < self.panic_until:
+            desired, rule = max(panic, current), "panic"
+        else:
+            desired, rule = stable, "stable"
+        desired = max(desired, math.floor(current / self.max_scale_down_rate))
+        desired = max(self.min_replicas, min(self.max_replicas, desired))
+        return desired, rule, f"concurrency {concurrency} (target {per_pod:.3g} per pod)"
+
+
+@dataclass
+class DynamoPlannerPolicy:
+    """Dynamo's SLA planner, on an aggregated deployment: every 180 s, predict the next interval's load
+    as the last interval's (its constant predictor), and provision for it from per-replica capacity
+    under the SLO from the performance model: decode capacity at the ITL target, prefill capacity at
+    the TTFT target; the larger replica count wins."""
+
+    md: ModelDeployment
+    min_replicas: int
+    max_replicas: int
+    name: str = "dynamo-planner"
+    tick_seconds: float = 180.0
+
+    def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
+        window = self.tick_seconds
+        output = sim._rate(now, window)
+        requests = sim._arrived_between(now - window, now)
+        prompt_rate = sum(r.input_tokens for r in requests) / window
+        readings = SignalReadings()
+        decode_capacity = capacity_for(self.md, readings)
+        # Prefill capacity: prompt tokens per second one replica prefills at mean prompt length, with
+        # the same 80% headroom, so prompts rarely queue past the TTFT target.
+        mean_prompt = max(1, round(sum(r.input_tokens for r in requests) / len(requests))) if requests else 1000
+        prefill_capacity = 0.8 * mean_prompt / sim.replica_model.prefill_seconds(mean_prompt)
+        decode = math.ceil(output / decode_capacity) if output else 0
+        prefill = math.ceil(prompt_rate / prefill_capacity) if prompt_rate else 0
+        desired = max(self.min_replicas, min(self.max_replicas, max(decode, prefill)))
+        return desired, "planner", (f"decode {decode}, prefill {prefill} for {output:.0f} tok/s and "
+                                    f"{prompt_rate:.0f} prompt tok/s")
+
+
+@dataclass
+class StaticPolicy:
+    """Static provisioning: a fixed count, typically the trace's peak need."""
+
+    count: int
+    name: str = "static"
+    tick_seconds: float = 3600.0
+
+    def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
+        return self.count, "static", f"fixed at {self.count}"
