@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,12 @@ from crds.models import ModelDeployment
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = {"conv": "AzureLLMInferenceTrace_conv.csv", "code": "AzureLLMInferenceTrace_code.csv"}
-MODELS = {"8b": ("llama-8b-h100.yaml", {}), "70b": ("llama-70b-h200-tp4.yaml", {})}
+MODELS = {"8b": "llama-8b-h100.yaml", "70b": "llama-70b-h200-tp4.yaml"}
 SLOS = {"standard": (2000, 100), "interactive": (450, 40)}
 
 
 def deployment(model: str, slo: str, max_replicas: int) -> ModelDeployment:
-    name, _ = MODELS[model]
+    name = MODELS[model]
     raw = yaml.safe_load((ROOT / "examples" / name).read_text())
     raw["metadata"]["namespace"] = "default"
     raw["spec"]["engine"]["precision"] = "bf16"
@@ -133,7 +132,7 @@ def main() -> None:
     print(f"| oracle (lower bound) | >= 99% per minute | - | - | {oracle_gpu_hours:.2f} | 1.00 | - |")
     for policy in policies(md, peak, concurrency):
         config = SimulationConfig(initial_replicas=peak if policy.name == "static" else None)
-        result = Simulator(md, requests, replace(config), policy=policy).run()
+        result = Simulator(md, requests, config, policy=policy).run()
         r = report(result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3, len(requests))
         ttft = "/".join(f"{v * 1e3:.0f}" for v in r.ttft.values())
         itl = "/".join(f"{v * 1e3:.0f}" for v in r.itl.values())

@@ -17,7 +17,6 @@ import asyncio
 import csv
 import datetime as dt
 import os
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -130,11 +129,7 @@ def main() -> None:
     sent, streamed = asyncio.run(replay([r.url for r in replicas], requests, args.seconds))
     elapsed = time.monotonic() - began
     shares = [(cpu_seconds(p) - b) / elapsed for p, b in zip(pids, before, strict=True)]
-    rates = []
     for replica in replicas:
-        text = subprocess.run(["curl", "-s", replica.metrics_url], capture_output=True, text=True).stdout
-        rates.append(next((line for line in text.splitlines()
-                           if line.startswith("nv_inference_request_success{")), "?"))
         replica.stop()
     per_replica = len([r for r in requests if r[0] <= args.seconds]) / args.seconds
     print(f"{args.replicas} replicas x {per_replica:.2f} req/s (conv peak minute, streamed): "

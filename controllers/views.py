@@ -125,11 +125,7 @@ PLAN_SHAPES = ((1155, 211, "chat (Azure conv mean)"), (2048, 28, "code (Azure co
 def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group:
     """A dry run: the children, and what one replica of this engine can serve per the model."""
     spec = md.spec
-    replica = ReplicaModel.for_profiles(
-        spec.model.profile, spec.gpu.product, precision=spec.engine.precision, tp=spec.parallelism.tensor,
-        pp=spec.parallelism.pipeline, max_batch_size=spec.engine.max_batch_size,
-        max_num_tokens=spec.engine.max_num_tokens, kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction,
-        chunked_prefill=spec.engine.enable_chunked_prefill)
+    replica = ReplicaModel.for_spec(spec)
     fit = weights_fit(replica.model, replica.gpu, spec.engine.precision, replica.gpus)
     lines = [
         f"[bold]{md.name}[/]: {spec.model.profile} {spec.engine.precision} on {replica.gpus} x {spec.gpu.product} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from crds.models import ModelDeploymentSpec
 from inference_pods.profiles import GPUS, MODELS, GpuProfile, ModelProfile
 
 # --- efficiency constants (the only fitted numbers) ---------------------------------------------
@@ -103,6 +104,15 @@ class ReplicaModel:
     @classmethod
     def for_profiles(cls, model: str, gpu: str, **kwargs: object) -> ReplicaModel:
         return cls(MODELS[model], GPUS[gpu], **kwargs)  # type: ignore[arg-type]
+
+    @classmethod
+    def for_spec(cls, spec: ModelDeploymentSpec) -> ReplicaModel:
+        """The engine a ModelDeployment's spec describes: profile, GPU, precision, parallelism, limits."""
+        return cls(MODELS[spec.model.profile], GPUS[spec.gpu.product], precision=spec.engine.precision,
+                   tp=spec.parallelism.tensor, pp=spec.parallelism.pipeline,
+                   max_batch_size=spec.engine.max_batch_size, max_num_tokens=spec.engine.max_num_tokens,
+                   kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction,
+                   chunked_prefill=spec.engine.enable_chunked_prefill)
 
     @property
     def gpus(self) -> int:

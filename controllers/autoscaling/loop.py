@@ -55,11 +55,7 @@ def capacity_for(md: ModelDeployment, readings: SignalReadings) -> float:
     scaling = md.spec.autoscaling
     if scaling.tokens_per_second_per_replica:
         return scaling.tokens_per_second_per_replica
-    spec = md.spec
-    replica = ReplicaModel.for_profiles(
-        spec.model.profile, spec.gpu.product, precision=spec.engine.precision, tp=spec.parallelism.tensor,
-        pp=spec.parallelism.pipeline, max_batch_size=spec.engine.max_batch_size,
-        max_num_tokens=spec.engine.max_num_tokens, kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction)
+    replica = ReplicaModel.for_spec(md.spec)
     inputs, outputs = readings.get("inputTokensPerSecond"), readings.get("outputTokensPerSecond")
     isl, osl = DEFAULT_SHAPE
     if inputs.ok and outputs.ok and inputs.value and outputs.value:
@@ -170,9 +166,7 @@ class AutoscalerLoop:
             state = dict(saved.get("state") or {})
             state["history"] = [*state.get("history", []), [now, float(current)]]
         spec = md.spec
-        replica_model = ReplicaModel.for_profiles(spec.model.profile, spec.gpu.product,
-                                                  precision=spec.engine.precision, tp=spec.parallelism.tensor,
-                                                  pp=spec.parallelism.pipeline)
+        replica_model = ReplicaModel.for_spec(md.spec)
         capacity = capacity_for(md, readings)
         decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now)
         self._states[key] = decision.state

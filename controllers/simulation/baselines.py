@@ -136,8 +136,8 @@ class DynamoPlannerPolicy:
 
     def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
         window = self.tick_seconds
-        output = sim._rate(now, window)
-        requests = sim._arrived_between(now - window, now)
+        output = sim.output_rate(now, window)
+        requests = sim.arrived_between(now - window, now)
         prompt_rate = sum(r.input_tokens for r in requests) / window
         readings = SignalReadings()
         decode_capacity = capacity_for(self.md, readings)

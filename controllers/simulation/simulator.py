@@ -124,12 +124,7 @@ class Simulator:
         self.md = md
         self.requests = requests
         self.config = config or SimulationConfig()
-        spec = md.spec
-        self.replica_model = ReplicaModel.for_profiles(
-            spec.model.profile, spec.gpu.product, precision=spec.engine.precision, tp=spec.parallelism.tensor,
-            pp=spec.parallelism.pipeline, max_batch_size=spec.engine.max_batch_size,
-            max_num_tokens=spec.engine.max_num_tokens, kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction,
-            chunked_prefill=spec.engine.enable_chunked_prefill)
+        self.replica_model = ReplicaModel.for_spec(md.spec)
         self.load_seconds = self.config.load_seconds if self.config.load_seconds is not None \
             else self.replica_model.load_seconds()
         self._arrival_times = [r.arrival for r in requests]
@@ -200,7 +195,7 @@ class Simulator:
         self._start_step(replica, now)
 
     # -- what Prometheus would show the autoscaler -----------------------------------------
-    def _rate(self, end: float, window: float) -> float:
+    def output_rate(self, end: float, window: float) -> float:
         start = end - window
         return sum(self.token_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / window
 
@@ -218,14 +213,14 @@ class Simulator:
         serving = [r for r in self.replicas if r.stopped_at is None and r.ready_at <= now]
         waiting = sum(len(r.batcher.waiting) for r in serving) + len(self.unrouted)
         active = sum(len(r.batcher.active) for r in serving)
-        output = self._rate(seen, window)
+        output = self.output_rate(seen, window)
         readings = SignalReadings({
             "outputTokensPerSecond": Reading(output),
             "inputTokensPerSecond": Reading(self._input_rate(seen, window)),
         })
         obs = Observations(
             output_tokens_per_second=Reading(output),
-            output_tokens_per_second_short=Reading(self._rate(seen, self.config.short_window_seconds)),
+            output_tokens_per_second_short=Reading(self.output_rate(seen, self.config.short_window_seconds)),
             input_tokens_per_second=readings.get("inputTokensPerSecond"),
             ttft_seconds=self._percentile(self.first_tokens, seen - window, seen, q),
             itl_seconds=self._percentile(self.finishes, seen - window, seen, q),
@@ -237,9 +232,9 @@ class Simulator:
         return obs, readings
 
     def _input_rate(self, end: float, window: float) -> float:
-        return sum(r.input_tokens for r in self._arrived_between(end - window, end)) / window
+        return sum(r.input_tokens for r in self.arrived_between(end - window, end)) / window
 
-    def _arrived_between(self, start: float, end: float) -> list[TraceRequest]:
+    def arrived_between(self, start: float, end: float) -> list[TraceRequest]:
         lo = bisect.bisect_left(self._arrival_times, start)
         hi = bisect.bisect_left(self._arrival_times, end)
         return self.requests[lo:hi]
@@ -255,7 +250,7 @@ class Simulator:
         replicas, rule, reason = self.policy.replicas(self, now)
         self._scale_to(replicas, now)
         self.timeline.append((now, self.desired, len(self.ready_replicas(now)),
-                              self._rate(now - self.config.scrape_seconds, self.config.window_seconds)))
+                              self.output_rate(now - self.config.scrape_seconds, self.config.window_seconds)))
         self.decisions.append((now, rule, reason))
 
     def _scale_to(self, desired: int, now: float) -> None:
@@ -288,9 +283,11 @@ class Simulator:
         if scaling.enabled:
             self._push(self.policy.tick_seconds, TICK)
         end = self.requests[-1].arrival if self.requests else 0.0
-        now = 0.0
+        now = last_work = 0.0
         while self._events:
             now, _, kind, data = heapq.heappop(self._events)
+            if kind != TICK:
+                last_work = now
             if kind == ARRIVAL:
                 request = self.requests[data]
                 self.arrivals[data] = request
@@ -311,7 +308,9 @@ class Simulator:
                     self._push(now + self.policy.tick_seconds, TICK)
                 if progress:
                     progress(min(now, end))
-        finish = max(now, end)
+        # The run ends with its last request, not with a policy's trailing tick (a static policy ticks
+        # hourly; counting GPUs until then would bill idle time that no trace asked for).
+        finish = max(last_work, end)
         gpus = self.replica_model.gpus
         gpu_seconds = sum(((r.stopped_at if r.stopped_at is not None else finish) - r.started_at) * gpus
                           for r in self.replicas)

@@ -74,3 +74,6 @@ def test_static_keeps_its_count() -> None:
     result = Simulator(deployment(), constant(10, 300), replace(FAST, initial_replicas=3),
                        policy=StaticPolicy(3)).run()
     assert {d for _, d, _, _ in result.timeline} == {3}
+    # GPU time ends with the last request, not with the policy's next (hourly) tick.
+    assert result.gpu_seconds <= 3 * (result.duration + 1)
+    assert result.duration < 400
