@@ -52,9 +52,11 @@ class Batcher:
         self.active: list[Sequence] = []
         self.kv_capacity = model.kv_capacity_tokens
         self.kv_reserved = 0
+        self.pending_prompt_tokens = 0  # prompt tokens not yet prefilled, waiting or admitted
 
     def add(self, sequence: Sequence) -> None:
         self.waiting.append(sequence)
+        self.pending_prompt_tokens += sequence.prompt_tokens - sequence.prefilled
 
     @property
     def idle(self) -> bool:
@@ -106,11 +108,34 @@ class Batcher:
             emitted.append(sequence)
         for sequence, take in plan.chunks:
             sequence.prefilled += take
+            self.pending_prompt_tokens -= take
             if sequence.prefilled >= sequence.prompt_tokens:
                 self._emit(sequence, now)
                 emitted.append(sequence)
         self.active = [s for s in self.active if s.finished_at is None]
         return emitted
+
+    def decode_run_length(self, plan: Plan) -> int:
+        """Iterations that ``plan`` can repeat unchanged: a decode-only batch stays the same until its
+        first request finishes, as long as nothing new is admitted (the caller checks arrivals)."""
+        if plan.chunks or not plan.decoding:
+            return 1
+        return min(s.max_tokens - s.generated for s in plan.decoding)
+
+    def complete_decodes(self, plan: Plan, steps: int, now: float) -> list[Sequence]:
+        """Apply ``steps`` repeats of a decode-only ``plan`` (at most ``decode_run_length``) ending at
+        ``now``; the same as ``steps`` calls of ``complete`` since no request finishes before the last.
+        Returns the requests that finished."""
+        finished: list[Sequence] = []
+        for sequence in plan.decoding:
+            sequence.generated += steps
+            if sequence.generated >= sequence.max_tokens:
+                sequence.finished_at = now
+                self.kv_reserved -= sequence.reserved_tokens
+                finished.append(sequence)
+        if finished:
+            self.active = [s for s in self.active if s.finished_at is None]
+        return finished
 
     def _emit(self, sequence: Sequence, now: float) -> None:
         sequence.generated += 1

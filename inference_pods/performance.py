@@ -165,6 +165,33 @@ class ReplicaModel:
         busy = float((compute**OVERLAP_NORM + memory**OVERLAP_NORM) ** (1 / OVERLAP_NORM))
         return busy + self._allreduce_seconds(tokens) + STEP_OVERHEAD_SECONDS
 
+    def decode_run_ends(self, start: float, batch: int, context: int, steps: int, horizon: float) -> list[float]:
+        """End times of up to ``steps`` successive decode iterations of ``batch`` requests starting at
+        ``start`` with ``context`` tokens of KV in all (each iteration adds ``batch``), stopping after the
+        first that ends at or past ``horizon``. The same numbers as ``step_seconds`` on each
+        ``Step(decode_requests=batch, decode_context=...)``, for the simulator's fast-forward."""
+        # step_seconds with everything but the context hoisted out of the loop (a few hundred
+        # iterations per call, millions per simulated hour).
+        d_model = self.model.attention_heads * self.model.head_dim
+        compute_rate = self.gpus * self.gpu.tflops(self.precision) * 1e12 * COMPUTE_EFFICIENCY
+        memory_rate = self.gpus * self.gpu.hbm_bandwidth * BANDWIDTH_EFFICIENCY
+        weight_flops = 2 * self.model.parameters * batch
+        attention_flops = 4 * self.model.layers * d_model
+        weights, kv_bytes = self.model.weight_bytes(self.precision), self.kv_bytes_per_token
+        fixed = self._allreduce_seconds(batch) + STEP_OVERHEAD_SECONDS
+        p, inverse_p = OVERLAP_NORM, 1 / OVERLAP_NORM
+        ends: list[float] = []
+        now = start
+        for i in range(steps):
+            kv = context + i * batch
+            compute = (weight_flops + attention_flops * kv) / compute_rate
+            memory = (weights + kv * kv_bytes) / memory_rate
+            now += float((compute**p + memory**p) ** inverse_p) + fixed
+            ends.append(now)
+            if now >= horizon:
+                break
+        return ends
+
     def prefill_seconds(self, prompt_tokens: int, batch: int = 1) -> float:
         """One unchunked prefill of ``batch`` prompts of ``prompt_tokens`` (causal: each token attends
         to half the prompt on average)."""

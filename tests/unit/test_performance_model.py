@@ -106,3 +106,15 @@ def test_load_time_and_fit() -> None:
 
 def test_an_empty_step_takes_no_time() -> None:
     assert ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM").step_seconds(Step()) == 0
+
+
+def test_a_fast_forwarded_decode_run_takes_exactly_the_per_step_times() -> None:
+    model = ReplicaModel.for_profiles("Llama-3.3-70B", "H200-SXM", tp=4)
+    ends = model.decode_run_ends(10.0, 37, 40_000, 300, horizon=1e9)
+    now = 10.0
+    for i, end in enumerate(ends):
+        now += model.step_seconds(Step(decode_requests=37, decode_context=40_000 + i * 37))
+        assert end == now
+    assert len(ends) == 300
+    stopped = model.decode_run_ends(10.0, 37, 40_000, 300, horizon=10.5)
+    assert stopped == ends[:len(stopped)] and stopped[-1] >= 10.5 > stopped[-2]

@@ -4,6 +4,7 @@ after the configured delays, agreement with the emulator, and bad input through 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,20 @@ def test_the_same_inputs_give_the_same_result() -> None:
     assert first.timeline == second.timeline
     assert [(c.ttft, c.itl) for c in first.completed] == [(c.ttft, c.itl) for c in second.completed]
     assert first.gpu_seconds == second.gpu_seconds
+
+
+def test_fast_forward_gives_exactly_what_stepping_every_iteration_gives() -> None:
+    # Varied lengths, a load step that scales up and back down, and a small batch limit so requests
+    # queue behind a full engine: every path that cuts a fast-forward short.
+    requests = [TraceRequest(i / 6, 100 + 97 * (i % 7), 20 + 31 * (i % 5)) for i in range(600)] + \
+        [TraceRequest(100 + i / 40, 300 + 53 * (i % 9), 50 + 17 * (i % 4)) for i in range(4000)]
+    stepped = run(deployment(), requests, replace(FAST, fast_forward=False))
+    forwarded = run(deployment(), requests)
+    assert forwarded.timeline == stepped.timeline
+    assert [(c.arrival, c.ttft, c.itl) for c in forwarded.completed] == \
+        [(c.arrival, c.ttft, c.itl) for c in stepped.completed]
+    assert forwarded.gpu_seconds == stepped.gpu_seconds
+    assert max(d for _, d, _, _ in stepped.timeline) > 1
 
 
 def test_a_constant_rate_gives_a_flat_replica_count() -> None:
