@@ -4,7 +4,9 @@ Stages, each of which can change the count and says why:
 
 1. **signals**: throughput (output tokens/s over per-replica capacity at the SLO), SLO (TTFT and ITL
    percentiles against their targets, in the manner of Dynamo's planner), queue (waiting requests
-   per replica); combined by taking the largest, as HPA does across metrics;
+   per ready replica over ``queuePerReplica``: grow by the share the batches cannot hold); combined by
+   taking the largest, as HPA does across metrics. The lagging two (latency, queue) are not read as
+   new pressure until a scale-up has had time to show in them;
 2. **tolerance**: changes within 10% of the current count are ignored;
 3. **panic**: a burst (the 30 s rate alone needs at least twice the ready replicas) enters panic
    mode for 60 s, during which nothing scales down (as Knative's KPA);
@@ -26,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers.autoscaling.signals import Observations
+from controllers.autoscaling.signals import Observations, Reading
 from crds.models import AutoscalingSpec
 
 TOLERANCE = 0.10
@@ -37,7 +39,18 @@ PANIC_SECONDS = 60.0
 MAX_UP_FACTOR, MAX_UP_REPLICAS = 2.0, 4  # HPA's default scale-up policy: 100% or 4 pods per period
 MAX_DOWN_FRACTION = 0.5
 SCALE_TO_ZERO_IDLE_SECONDS = 300.0
-TREND_WINDOW_SECONDS = 300.0  # throughput samples kept to project the load one engine-load time ahead
+SETTLE_SECONDS = 60.0  # after new replicas serve, for latency windows and backlogs to show them
+TREND_WINDOW_SECONDS = 300.0
+# Bursts: capacity for the busiest short window of this long is kept (equal to the default
+# scale-down window: bursty traffic comes back faster than a replica loads).
+BURST_MEMORY_SECONDS = 300.0
+# Traffic whose busiest 30 s is this many times its mean over the longer memory is bursty: its bursts
+# are kept in mind for the longer memory.
+BURSTY_PEAK_TO_MEAN = 2.0
+BURSTY_MEMORY_SECONDS = 900.0
+SLO_CAP = 2.0  # latency alone asks for at most this multiple of what the measured load needs
+LEARN_LOAD = 0.5  # learn capacity only from replicas carrying at least half the planned capacity
+MIN_CAPACITY_SCALE = 0.3  # throughput samples kept to project the load one engine-load time ahead
 
 
 @dataclass(frozen=True)
@@ -86,6 +99,32 @@ def trend_per_second(samples: list[list[float]]) -> float:
     return sum((s[0] - mean_t) * (s[1] - mean_v) for s in samples) / var
 
 
+def _learned_capacity(model_capacity: float, out: Reading, pressure: float | None, ready: int,
+                      state: dict[str, Any], now: float, load_seconds: float, settling: bool) -> tuple[float, bool]:
+    """The capacity per replica to plan with: the performance model's figure times a learned scale.
+
+    The model is a prior for an average request mix; the fleet's latency says what this traffic really
+    allows. When the SLO is missed while the replicas carry less than the planned capacity, the real
+    capacity is below what they carry: the scale drops to 90% of it. When latency is comfortably under
+    target at the planned capacity, the scale recovers 1% a tick, never above the model. One cut per
+    settle period (a replica load plus a minute), and none at low load, where latency over target comes
+    from long requests rather than from a lack of capacity.
+    """
+    scale = float(state.get("capacityScale", 1.0))
+    capacity = model_capacity * scale
+    if pressure is None or not out.ok or out.value is None or ready < 1:
+        return capacity, scale < 1.0
+    per_replica = out.value / ready
+    cut_allowed = now >= float(state.get("capacityLearnedAt", -math.inf)) + load_seconds + SETTLE_SECONDS
+    if pressure > 1 and not settling and cut_allowed and LEARN_LOAD * capacity <= per_replica < capacity:
+        scale = max(MIN_CAPACITY_SCALE, 0.9 * per_replica / model_capacity)
+        state["capacityLearnedAt"] = now
+    elif pressure < SLO_HYSTERESIS and per_replica >= 0.9 * capacity:
+        scale = min(1.0, scale * 1.01)
+    state["capacityScale"] = round(scale, 4)
+    return model_capacity * scale, scale < 1.0
+
+
 def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second: float,
            load_seconds: float, state: dict[str, Any] | None, now: float) -> Decision:
     """Desired replicas for one ModelDeployment. ``capacity_tokens_per_second`` is what one replica
@@ -99,6 +138,18 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     recs: list[Recommendation] = []
     out, short = obs.output_tokens_per_second, obs.output_tokens_per_second_short
     idle_traffic = out.ok and out.value == 0
+    ttft, itl = obs.ttft_seconds, obs.itl_seconds
+    pressure: float | None = None
+    if ttft.ok and itl.ok and ttft.value is not None and itl.value is not None:
+        pressure = max(ttft.value / ttft_target, itl.value / itl_target)
+    # Latency percentiles and a backlog lag behind capacity: after a scale-up they stay high until the
+    # new replicas serve and the window moves on. Reading them as fresh pressure in that time orders
+    # replicas for a backlog that is already being drained (a 120 s TTFT p95 of 90 s asked for 438).
+    settling_until = float(state.get("lastScaleUpTime", -math.inf)) + load_seconds + SETTLE_SECONDS
+    settling = now < settling_until
+    model_capacity = capacity_tokens_per_second
+    capacity_tokens_per_second, learned = _learned_capacity(model_capacity, out, pressure, ready, state, now,
+                                                            load_seconds, settling)
 
     # 1. Signals. ---------------------------------------------------------------------------
     throughput_samples = _window(state.get("throughput", []), now, TREND_WINDOW_SECONDS)
@@ -114,21 +165,35 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
             replicas = current
         note = (f"{out.value:.0f} tok/s now, {projected:.0f} tok/s projected {load_seconds:.0f} s ahead"
                 if projected > out.value * 1.01 else f"{out.value:.0f} tok/s")
-        recs.append(Recommendation("throughput", out.value, capacity_tokens_per_second, replicas,
-                                   f"{note} / {capacity_tokens_per_second:.0f} tok/s per replica"))
+        if learned:
+            note += (f" / {capacity_tokens_per_second:.0f} tok/s per replica (learned from latency; the model "
+                     f"says {model_capacity:.0f})")
+        else:
+            note += f" / {capacity_tokens_per_second:.0f} tok/s per replica"
+        recs.append(Recommendation("throughput", out.value, capacity_tokens_per_second, replicas, note))
     else:
         recs.append(Recommendation("throughput", None, capacity_tokens_per_second, None, out.describe()))
     state["throughput"] = throughput_samples[-40:]
 
-    ttft, itl = obs.ttft_seconds, obs.itl_seconds
     if idle_traffic:
         recs.append(Recommendation("slo", 0.0, 1.0, 0, "no traffic: latency targets trivially met"))
-    elif ttft.ok and itl.ok and ttft.value is not None and itl.value is not None:
-        pressure = max(ttft.value / ttft_target, itl.value / itl_target)
+    elif pressure is not None and ttft.value is not None and itl.value is not None:
         # Not-ready pods count as zero when scaling up: latency comes from the ready ones.
-        if pressure > 1:
-            replicas = max(current + 1, math.ceil(max(ready, 1) * pressure))
+        if pressure > 1 and settling:
+            replicas = current
+            note = f"over target, but the last scale-up shows in latency only {settling_until - now:.0f} s from now"
+        elif pressure > 1:
+            # At most doubling on latency alone: how far over target says little about how many more
+            # replicas are needed once queueing sets in.
+            replicas = max(current + 1, math.ceil(max(ready, 1) * min(pressure, MAX_UP_FACTOR)))
             note = "over target"
+            load_need = max(math.ceil(r.value / capacity_tokens_per_second) for r in (out, short)
+                            if r.ok and r.value is not None) if out.ok or short.ok else 0
+            cap = max(current, math.ceil(SLO_CAP * max(1, load_need)))
+            if replicas > cap:
+                replicas = cap
+                note = (f"over target, but the load needs only {load_need}: latency alone never asks for "
+                        f"more than {SLO_CAP:g}x that (long requests are slow on any number of replicas)")
         elif pressure < SLO_HYSTERESIS and out.ok and out.value is not None and current > 1 \
                 and out.value / (current - 1) <= capacity_tokens_per_second:
             # Comfortably under both targets and the load fits on one replica fewer: down to what
@@ -147,11 +212,42 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
 
     queue = obs.queue
     if queue.ok and queue.value is not None:
-        replicas = math.ceil(queue.value / spec.queue_per_replica)
-        recs.append(Recommendation("queue", queue.value, spec.queue_per_replica, replicas,
-                                   f"{queue.value:.0f} waiting / {spec.queue_per_replica:g} per replica"))
+        per_replica = queue.value / max(ready, 1)
+        note = f"{queue.value:.0f} waiting, {per_replica:.1f} per ready replica (limit {spec.queue_per_replica:g})"
+        if per_replica <= spec.queue_per_replica:
+            replicas = 0  # no pressure from the queue; the other signals size the deployment
+        elif settling:
+            replicas = current
+            note += f"; the last scale-up drains it, serving {settling_until - now:.0f} s from now"
+        else:
+            # Engines are full and requests wait: grow by the share of demand the batches cannot hold
+            # (Knative's concurrency rule), at most doubling, since a backlog is not a rate.
+            in_flight = obs.in_flight.value if obs.in_flight.ok and obs.in_flight.value else 1.0
+            factor = min(MAX_UP_FACTOR, (in_flight + queue.value) / in_flight)
+            replicas = max(current + 1, math.ceil(max(ready, 1) * factor))
+        recs.append(Recommendation("queue", queue.value, spec.queue_per_replica, replicas, note))
     else:
         recs.append(Recommendation("queue", None, spec.queue_per_replica, None, queue.describe()))
+
+    # Bursts: the highest short-window demand of the last BURST_MEMORY_SECONDS, in replicas.
+    # Bursts: traffic that comes in 30 s bursts after idle minutes (the Azure code trace) is gone before
+    # a replica ordered for it loads, and back a minute later; capacity for the busiest short window of
+    # the last BURST_MEMORY_SECONDS is kept. For smooth traffic this is the stable rate plus its noise.
+    bursts = _window(state.get("bursts", []), now, BURSTY_MEMORY_SECONDS)
+    if short.ok and short.value is not None:
+        bursts.append([now, short.value / capacity_tokens_per_second])
+    state["bursts"] = bursts[-int(BURSTY_MEMORY_SECONDS / 5):]
+    if bursts:
+        mean = sum(b[1] for b in bursts) / len(bursts)
+        bursty = max(b[1] for b in bursts) >= BURSTY_PEAK_TO_MEAN * mean
+        memory = BURSTY_MEMORY_SECONDS if bursty else BURST_MEMORY_SECONDS
+        peak = max(b[1] for b in _window(bursts, now, memory))
+        replicas = math.ceil(peak)
+        if current > 0 and abs(peak / current - 1) <= TOLERANCE:  # the same tolerance as throughput
+            replicas = current
+        recs.append(Recommendation("burst", peak, 1.0, replicas,
+                                   f"the busiest 30 s of the last {memory:.0f} s needed "
+                                   f"{peak:.1f} replicas"))
 
     usable = [r for r in recs if r.replicas is not None]
     missing = [r.signal for r in recs if r.replicas is None]
@@ -196,7 +292,10 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     # 4. Scale-down stabilization. ----------------------------------------------------------
     window = spec.scale_down_stabilization_seconds
     history = _window(state.get("history", []), now, window)
-    history.append([now, float(desired)])
+    # The burst memory is a window of its own: recording its count here too would hold a burst twice
+    # as long (the memory's 300 s, then the window's 300 s).
+    recorded = desired if rule != "burst" else max([r.replicas or 0 for r in usable if r.signal != "burst"] + [0])
+    history.append([now, float(recorded)])
     state["history"] = history[-200:]
     if desired < current:
         stabilized = int(max(h[1] for h in history))
@@ -268,6 +367,8 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
 
     if desired != current:
         state["lastScaleTime"] = now
+    if desired > current:
+        state["lastScaleUpTime"] = now
     for r in usable:
         if r.replicas is not None and r.replicas > desired and r.signal != rule:
             changes.append(f"{r.signal} alone would ask for {r.replicas}")

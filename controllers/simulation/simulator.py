@@ -231,7 +231,15 @@ class Simulator:
     # -- what Prometheus would show the autoscaler -----------------------------------------
     def output_rate(self, end: float, window: float) -> float:
         start = end - window
-        return sum(self.token_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / window
+        return sum(self.token_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
+            self._observed(end, window)
+
+    @staticmethod
+    def _observed(end: float, window: float) -> float:
+        """The part of a rate window the run has seen: the simulation starts into traffic that was
+        already flowing, and Prometheus' rate() extrapolates over a series younger than its range
+        rather than averaging in zeros from before it existed."""
+        return max(1.0, min(window, end))
 
     @staticmethod
     def _percentile(samples: list[tuple[float, float]], start: float, end: float, q: float) -> Reading:
@@ -247,14 +255,17 @@ class Simulator:
         serving = [r for r in self.replicas if r.stopped_at is None and r.ready_at <= now]
         waiting = sum(len(r.batcher.waiting) for r in serving) + len(self.unrouted)
         active = sum(len(r.batcher.active) for r in serving)
-        output = self.output_rate(seen, window)
-        readings = SignalReadings({
-            "outputTokensPerSecond": Reading(output),
-            "inputTokensPerSecond": Reading(self._input_rate(seen, window)),
-        })
+        if seen < self.config.scrape_seconds:
+            # rate() needs two scrapes: until then the rate series are empty, and the autoscaler holds.
+            output = short = inputs = Reading.empty("fewer than two scrapes since the start")
+        else:
+            output = Reading(self.output_rate(seen, window))
+            short = Reading(self.output_rate(seen, self.config.short_window_seconds))
+            inputs = Reading(self._input_rate(seen, window))
+        readings = SignalReadings({"outputTokensPerSecond": output, "inputTokensPerSecond": inputs})
         obs = Observations(
-            output_tokens_per_second=Reading(output),
-            output_tokens_per_second_short=Reading(self.output_rate(seen, self.config.short_window_seconds)),
+            output_tokens_per_second=output,
+            output_tokens_per_second_short=short,
             input_tokens_per_second=readings.get("inputTokensPerSecond"),
             ttft_seconds=self._percentile(self.first_tokens, seen - window, seen, q),
             itl_seconds=self._percentile(self.finishes, seen - window, seen, q),
@@ -266,7 +277,7 @@ class Simulator:
         return obs, readings
 
     def _input_rate(self, end: float, window: float) -> float:
-        return sum(r.input_tokens for r in self.arrived_between(end - window, end)) / window
+        return sum(r.input_tokens for r in self.arrived_between(end - window, end)) / self._observed(end, window)
 
     def arrived_between(self, start: float, end: float) -> list[TraceRequest]:
         lo = bisect.bisect_left(self._arrival_times, start)

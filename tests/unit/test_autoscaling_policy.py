@@ -56,7 +56,10 @@ def condition(o: Observations, type_: str, state: dict[str, Any] | None = None) 
     ("within 10% of the usage target: unchanged", obs(10500, current=10), 10, "throughput"),
     ("TTFT at twice its target: proportional scale-up", obs(3000, ttft=4.0), 8, "slo"),
     ("ITL over target", obs(3000, itl=0.15), 6, "slo"),
-    ("queue over its per-replica target", obs(1000, queue=40), 8, "rate-limit"),
+    ("a queue 10 per replica over full batches: at most doubling", obs(1000, queue=40, in_flight=40), 8, "queue"),
+    ("a queue of 6 per replica behind 20 in flight each: +30%", obs(1000, queue=24, in_flight=80), 6, "queue"),
+    ("a queue within its per-replica limit: no pressure", obs(3500, queue=16), 4, "throughput"),
+    ("a latency far over target at most doubles", obs(3000, ttft=40.0), 8, "slo"),
     ("a huge jump is rate limited to max(2x, +4)", obs(50000, current=2), 6, "rate-limit"),
     ("pending pods: no further scale-up", obs(8000, pending=1), 4, "pending"),
     ("unschedulable: GPU capacity exhausted", obs(8000, pending=1, unschedulable=True), 4, "gpu-capacity"),
@@ -105,7 +108,8 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
     assert replicas == 8
     for t in range(15, 300, 15):  # the load fell to 2 replicas' worth
         replicas, rule, state = run(obs(2000, current=8, ttft=0.2, itl=0.02), state=state, now=t)
-        assert (replicas, rule) == (8, "stabilization"), t
+        # Both the scale-down window and the burst memory remember the 8 for 300 s.
+        assert (replicas, rule) in {(8, "stabilization"), (8, "burst")}, t
     replicas, _, state = run(obs(2000, current=8, ttft=0.2, itl=0.02), state=state, now=315)
     assert replicas == 4, "after 300 s, down by at most half per tick"
     replicas, _, state = run(obs(2000, current=4, ttft=0.2, itl=0.02), state=state, now=330)
@@ -115,9 +119,14 @@ def test_scale_down_waits_for_the_stabilization_window() -> None:
 def test_a_burst_enters_panic_and_panic_never_scales_down() -> None:
     replicas, rule, state = run(obs(3000, short=12000, current=4), now=0)
     assert (replicas, rule) == (8, "rate-limit"), "panic wants 12; at most double per tick"
-    replicas, rule, state = run(obs(2000, current=8, ttft=0.1, itl=0.01), state=state, now=30)
-    assert (replicas, rule) == (8, "panic")
     assert state["panicUntil"] == 60
+    # The burst is remembered: the next tick orders the rest of what it needed.
+    replicas, rule, state = run(obs(2000, current=8, ttft=0.1, itl=0.01), state=state, now=15)
+    assert (replicas, rule) == (12, "burst")
+    # A quiet short window during panic: nothing scales down, whatever the burst memory says.
+    state["bursts"] = []
+    replicas, rule, state = run(obs(2000, current=12, ttft=0.1, itl=0.01), state=state, now=30)
+    assert (replicas, rule) == (12, "panic")
 
 
 def test_conditions_for_pending_and_unschedulable_pods() -> None:
@@ -161,7 +170,7 @@ def test_a_decision_explains_itself() -> None:
     decision = decide(obs(60000, current=30), spec(), CAPACITY, LOAD_SECONDS, None, 0)
     assert "clamped to maxReplicas 32" in decision.reason
     assert "raising maxReplicas above 32" in decision.what_would_change
-    assert {r.signal for r in decision.recommendations} == {"throughput", "slo", "queue"}
+    assert {r.signal for r in decision.recommendations} == {"throughput", "slo", "queue", "burst"}
 
 
 @settings(max_examples=200, deadline=None)
@@ -194,3 +203,19 @@ def test_constant_load_never_oscillates(tps: float, start: int) -> None:
     changes = [b - a for a, b in itertools.pairwise(counts) if b != a]
     assert all(c > 0 for c in changes) or all(c < 0 for c in changes), counts
     assert counts[-1] == counts[-20], "settled"
+
+
+def test_latency_and_queue_are_not_read_as_new_pressure_while_a_scale_up_settles() -> None:
+    # Scaled up 30 s ago: the new replicas serve after 60 s of loading, and the 120 s latency window
+    # and the backlog show them only after that. Until then the lagging signals hold; throughput does not.
+    state = {"lastScaleUpTime": 970.0}
+    decision = decide(obs(3000, ttft=10.0, queue=200, in_flight=40), spec(), CAPACITY, LOAD_SECONDS, state, 1000.0)
+    assert decision.replicas == 4
+    held = {r.signal: r for r in decision.recommendations}
+    assert held["slo"].replicas == held["queue"].replicas == 4
+    assert "shows in latency only 90 s from now" in held["slo"].note
+    replicas, rule, _ = run(obs(7000, ttft=10.0, queue=200, in_flight=40), state=state)
+    assert (replicas, rule) == (7, "throughput")
+    # Once settled (load 60 s + 60 s later), the same readings are pressure again.
+    replicas, rule, _ = run(obs(3000, ttft=10.0, queue=200, in_flight=40), state={"lastScaleUpTime": 870.0})
+    assert (replicas, rule) == (8, "slo")
