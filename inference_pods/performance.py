@@ -192,6 +192,15 @@ class ReplicaModel:
                 break
         return ends
 
+    def prefill_capacity(self, prompt_tokens: int = 2048, headroom: float = 0.8) -> float:
+        """Prompt tokens per second one replica prefills, at ``headroom``: whole prompts, as many per step
+        as the step's token budget takes. Nearly independent of the prompt length up to a few thousand
+        tokens (attention is a small share of a prefill's FLOPs there), so 2,048 serves as the default.
+        Llama-3.1-8B BF16 on one H100: 4 prompts of 2,048 per 8,192-token step in 0.277 s, x 0.8 =
+        23,650 tokens/s; Llama-3.3-70B BF16 on four H200s: 9,430 tokens/s."""
+        batch = max(1, self.max_num_tokens // prompt_tokens)
+        return headroom * batch * prompt_tokens / self.prefill_seconds(prompt_tokens, batch)
+
     def prefill_seconds(self, prompt_tokens: int, batch: int = 1) -> float:
         """One unchunked prefill of ``batch`` prompts of ``prompt_tokens`` (causal: each token attends
         to half the prompt on average)."""

@@ -154,6 +154,7 @@ class AutoscalerLoop:
             output_tokens_per_second=readings.get("outputTokensPerSecond"),
             output_tokens_per_second_short=readings.get("outputTokensPerSecondShort"),
             input_tokens_per_second=readings.get("inputTokensPerSecond"),
+            input_tokens_per_second_short=readings.get("inputTokensPerSecondShort"),
             ttft_seconds=readings.get("ttftSeconds"), itl_seconds=readings.get("interTokenLatencySeconds"),
             queue=readings.get("queue"), in_flight=readings.get("inFlight"),
             kv_utilization=readings.get("kvCacheUtilization"),
@@ -168,7 +169,8 @@ class AutoscalerLoop:
         spec = md.spec
         replica_model = ReplicaModel.for_spec(md.spec)
         capacity = capacity_for(md, readings)
-        decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now)
+        decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now,
+                          prefill_tokens_per_second=replica_model.prefill_capacity())
         self._states[key] = decision.state
         self._export(md, decision, observations)
         if fingerprint(decision) != saved.get("fingerprint") or saved.get("desiredReplicas") != decision.replicas:

@@ -44,8 +44,8 @@ TREND_WINDOW_SECONDS = 300.0
 # Bursts: capacity for the busiest short window of this long is kept (equal to the default
 # scale-down window: bursty traffic comes back faster than a replica loads).
 BURST_MEMORY_SECONDS = 300.0
-# Traffic whose busiest 30 s is this many times its mean over the longer memory is bursty: its bursts
-# are kept in mind for the longer memory.
+# Traffic whose 30 s demand rises past this many times its mean more than once within the longer memory
+# is bursty: its bursts are kept in mind for the longer memory.
 BURSTY_PEAK_TO_MEAN = 2.0
 BURSTY_MEMORY_SECONDS = 900.0
 SLO_CAP = 2.0  # latency alone asks for at most this multiple of what the measured load needs
@@ -126,9 +126,11 @@ def _learned_capacity(model_capacity: float, out: Reading, pressure: float | Non
 
 
 def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second: float,
-           load_seconds: float, state: dict[str, Any] | None, now: float) -> Decision:
-    """Desired replicas for one ModelDeployment. ``capacity_tokens_per_second`` is what one replica
-    carries within the SLO; ``load_seconds`` how long a new replica takes to serve."""
+           load_seconds: float, state: dict[str, Any] | None, now: float,
+           prefill_tokens_per_second: float | None = None) -> Decision:
+    """Desired replicas for one ModelDeployment. ``capacity_tokens_per_second`` is the output tokens/s
+    one replica carries within the SLO, ``prefill_tokens_per_second`` the prompt tokens/s it prefills
+    (None: bursts are measured on output alone); ``load_seconds`` how long a new replica takes to serve."""
     state = dict(state or {})
     current = obs.current_replicas
     ready = obs.ready_replicas
@@ -235,11 +237,21 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     # the last BURST_MEMORY_SECONDS is kept. For smooth traffic this is the stable rate plus its noise.
     bursts = _window(state.get("bursts", []), now, BURSTY_MEMORY_SECONDS)
     if short.ok and short.value is not None:
-        bursts.append([now, short.value / capacity_tokens_per_second])
+        demand = short.value / capacity_tokens_per_second
+        prompts = obs.input_tokens_per_second_short
+        if prefill_tokens_per_second and prompts.ok and prompts.value is not None:
+            # A burst of long prompts is prefill work that output tokens show only later and in part
+            # (the code trace: 2,048 prompt tokens per 28 output tokens).
+            demand = max(demand, prompts.value / (prefill_tokens_per_second * capacity_tokens_per_second
+                                                  / model_capacity))
+        bursts.append([now, demand])
     state["bursts"] = bursts[-int(BURSTY_MEMORY_SECONDS / 5):]
     if bursts:
-        mean = sum(b[1] for b in bursts) / len(bursts)
-        bursty = max(b[1] for b in bursts) >= BURSTY_PEAK_TO_MEAN * mean
+        values = [b[1] for b in bursts]
+        threshold = BURSTY_PEAK_TO_MEAN * sum(values) / len(values)
+        # Bursty: demand rose past twice its mean at least twice (one drop in load is not a burst).
+        rises = sum(1 for before, value in zip([0.0, *values], values, strict=False) if value >= threshold > before)
+        bursty = threshold > 0 and rises >= 2
         memory = BURSTY_MEMORY_SECONDS if bursty else BURST_MEMORY_SECONDS
         peak = max(b[1] for b in _window(bursts, now, memory))
         replicas = math.ceil(peak)

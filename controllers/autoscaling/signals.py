@@ -67,12 +67,15 @@ class Observations:
     ready_replicas: int = 0
     pending_replicas: int = 0  # pods not yet scheduled or started
     unschedulable: bool = False  # a pending pod was rejected by the scheduler
+    # Prompt tokens over the panic window: a burst of long prompts shows here before it shows in output.
+    input_tokens_per_second_short: Reading = Reading(None, Quality.EMPTY, "not read")
 
     def metric_readings(self) -> dict[str, Reading]:
         return {
             "outputTokensPerSecond": self.output_tokens_per_second,
             "outputTokensPerSecondShort": self.output_tokens_per_second_short,
             "inputTokensPerSecond": self.input_tokens_per_second,
+            "inputTokensPerSecondShort": self.input_tokens_per_second_short,
             "ttftSeconds": self.ttft_seconds,
             "interTokenLatencySeconds": self.itl_seconds,
             "queue": self.queue,

@@ -27,7 +27,8 @@ class SignalReadings:
         return self.readings.get(signal) or Reading.empty()
 
 
-SIGNALS = ("outputTokensPerSecond", "outputTokensPerSecondShort", "inputTokensPerSecond", "ttftSeconds",
+SIGNALS = ("outputTokensPerSecond", "outputTokensPerSecondShort", "inputTokensPerSecond",
+           "inputTokensPerSecondShort", "ttftSeconds",
            "interTokenLatencySeconds", "queue", "inFlight", "kvCacheUtilization")
 
 

@@ -65,6 +65,7 @@ class PrometheusSource:
             "outputTokensPerSecond": output_rate(w),
             "outputTokensPerSecondShort": output_rate(s),
             "inputTokensPerSecond": f"sum by ({by}) (rate(nv_llm_input_token_len_sum[{w}]))",
+            "inputTokensPerSecondShort": f"sum by ({by}) (rate(nv_llm_input_token_len_sum[{s}]))",
             "ttftSeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "
                            f"(rate(nv_inference_first_response_histogram_ms_bucket[{w}]))) / 1000",
             "interTokenLatencySeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "

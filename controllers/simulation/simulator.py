@@ -132,7 +132,7 @@ class TokenworksPolicy:
     def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
         obs, readings = sim.observations(now)
         decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, readings), sim.load_seconds,
-                          self.state, now)
+                          self.state, now, prefill_tokens_per_second=sim.replica_model.prefill_capacity())
         self.state = decision.state
         return decision.replicas, decision.rule, decision.reason
 
@@ -155,6 +155,9 @@ class Simulator:
         self.completed: list[Completed] = []
         self.arrivals: dict[int, TraceRequest] = {}
         self.token_seconds: dict[int, int] = {}  # output tokens emitted per whole second
+        # Prompt tokens of the requests finished per whole second: Triton's nv_llm_input_token_len is
+        # observed when a request completes, so the prompt rate the autoscaler sees lags the arrivals.
+        self.prompt_seconds: dict[int, int] = {}
         self.first_tokens: list[tuple[float, float]] = []  # (time, ttft)
         self.finishes: list[tuple[float, float]] = []  # (time, mean itl)
         self.desired = 0
@@ -224,6 +227,7 @@ class Simulator:
                 itl = (now - sequence.first_token_at) / (sequence.generated - 1) if sequence.generated > 1 else 0.0
                 self.finishes.append((now, itl))
                 request = self.arrivals.pop(sequence.id)
+                self.prompt_seconds[int(now)] = self.prompt_seconds.get(int(now), 0) + request.input_tokens
                 self.completed.append(Completed(request.arrival, request.input_tokens, request.output_tokens,
                                                 sequence.first_token_at - sequence.arrived, itl))
         self._start_step(replica, now)
@@ -257,16 +261,17 @@ class Simulator:
         active = sum(len(r.batcher.active) for r in serving)
         if seen < self.config.scrape_seconds:
             # rate() needs two scrapes: until then the rate series are empty, and the autoscaler holds.
-            output = short = inputs = Reading.empty("fewer than two scrapes since the start")
+            output = short = inputs = inputs_short = Reading.empty("fewer than two scrapes since the start")
         else:
             output = Reading(self.output_rate(seen, window))
             short = Reading(self.output_rate(seen, self.config.short_window_seconds))
             inputs = Reading(self._input_rate(seen, window))
+            inputs_short = Reading(self._input_rate(seen, self.config.short_window_seconds))
         readings = SignalReadings({"outputTokensPerSecond": output, "inputTokensPerSecond": inputs})
         obs = Observations(
             output_tokens_per_second=output,
             output_tokens_per_second_short=short,
-            input_tokens_per_second=readings.get("inputTokensPerSecond"),
+            input_tokens_per_second=inputs, input_tokens_per_second_short=inputs_short,
             ttft_seconds=self._percentile(self.first_tokens, seen - window, seen, q),
             itl_seconds=self._percentile(self.finishes, seen - window, seen, q),
             queue=Reading(float(waiting)), in_flight=Reading(float(active)), kv_utilization=Reading(0.0),
@@ -277,7 +282,9 @@ class Simulator:
         return obs, readings
 
     def _input_rate(self, end: float, window: float) -> float:
-        return sum(r.input_tokens for r in self.arrived_between(end - window, end)) / self._observed(end, window)
+        start = end - window
+        return sum(self.prompt_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
+            self._observed(end, window)
 
     def arrived_between(self, start: float, end: float) -> list[TraceRequest]:
         lo = bisect.bisect_left(self._arrival_times, start)

@@ -219,3 +219,44 @@ def test_latency_and_queue_are_not_read_as_new_pressure_while_a_scale_up_settles
     # Once settled (load 60 s + 60 s later), the same readings are pressure again.
     replicas, rule, _ = run(obs(3000, ttft=10.0, queue=200, in_flight=40), state={"lastScaleUpTime": 870.0})
     assert (replicas, rule) == (8, "slo")
+
+
+def test_capacity_is_learned_from_latency_missed_below_the_planned_capacity() -> None:
+    # 4 replicas planned at 1,000 tok/s carry 3,200 (800 each) and still miss the TTFT target: this
+    # traffic's real capacity is under 800, so the plan uses 90% of it (720) and asks for 5.
+    decision = decide(obs(3200, ttft=3.0), spec(), CAPACITY, LOAD_SECONDS, None, 1000.0)
+    assert decision.state["capacityScale"] == pytest.approx(0.72)
+    throughput = next(r for r in decision.recommendations if r.signal == "throughput")
+    assert throughput.replicas == 5 and "learned from latency" in throughput.note
+    # One cut per settle period: a second miss right after leaves the scale alone.
+    again = decide(obs(3200, current=5, ttft=3.0), spec(), CAPACITY, LOAD_SECONDS, decision.state, 1015.0)
+    assert again.state["capacityScale"] == pytest.approx(0.72)
+    # Comfortably under target while running at the learned capacity: it recovers 1% a tick.
+    easy = decide(obs(3600, current=5, ttft=0.2, itl=0.01), spec(), CAPACITY, LOAD_SECONDS,
+                  {"capacityScale": 0.72}, 2000.0)
+    assert easy.state["capacityScale"] == pytest.approx(0.7272)
+
+
+def test_latency_missed_at_low_load_teaches_nothing_and_asks_for_at_most_twice_the_load() -> None:
+    # 400 tok/s on 4 replicas of 1,000 (10% load), TTFT at 10x its target: long prompts, not capacity.
+    decision = decide(obs(400, ttft=20.0), spec(), CAPACITY, LOAD_SECONDS, None, 1000.0)
+    assert decision.state.get("capacityScale", 1.0) == 1.0
+    slo = next(r for r in decision.recommendations if r.signal == "slo")
+    assert slo.replicas == 4 and "the load needs only 1" in slo.note
+    assert decision.replicas == 4
+
+
+def test_bursty_traffic_is_remembered_longer_than_smooth_traffic() -> None:
+    def history(samples: list[float]) -> dict[str, Any]:
+        return {"bursts": [[1000.0 - 15 * (len(samples) - i), v] for i, v in enumerate(samples)]}
+
+    # Bursts needing 10 replicas 885 s and 600 s ago, idle since: bursty, kept for 900 s.
+    bursty = history([10.0] + [0.0] * 18 + [10.0] + [0.0] * 39)
+    decision = decide(obs(500, current=10, short=500), spec(), CAPACITY, LOAD_SECONDS, bursty, 1000.0)
+    burst = next(r for r in decision.recommendations if r.signal == "burst")
+    assert burst.replicas == 10 and "last 900 s" in burst.note
+    # Smooth traffic whose highest 30 s was 600 s ago is not held for it (300 s memory).
+    smooth = history([6.0] + [5.0] * 39)
+    decision = decide(obs(5000, current=6, short=5000), spec(), CAPACITY, LOAD_SECONDS, smooth, 1000.0)
+    burst = next(r for r in decision.recommendations if r.signal == "burst")
+    assert burst.replicas == 5 and "last 300 s" in burst.note

@@ -42,7 +42,7 @@ def test_one_query_per_signal_for_all_targets_and_per_percentile_for_latency() -
     prometheus.observe([A, B, C], now=100)
     shared = [q for q in seen if "histogram_quantile" not in q]
     latency = [q for q in seen if "histogram_quantile" in q]
-    assert len(shared) == 7  # 6 rate/gauge signals + the sample age, for every target at once
+    assert len(shared) == 8  # 7 rate/gauge signals + the sample age, for every target at once
     assert len(latency) == 4  # TTFT and ITL, for each of the two percentiles
     assert any("histogram_quantile(0.99" in q for q in latency)
 
