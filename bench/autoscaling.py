@@ -61,8 +61,8 @@ MODELS = {"8b": "llama-8b-h100.yaml", "70b": "llama-70b-h200-tp4.yaml"}
 SLOS = {"standard": (2000, 100), "interactive": (450, 40)}
 # The smallest whole multiplier at which the oracle needs >= 8 replicas at peak (standard SLO).
 RATES = {("conv", "8b"): 12, ("code", "8b"): 2, ("conv", "70b"): 4, ("code", "70b"): 1}
-POLICIES = ["tokenworks", "hpa-gpu-util", "hpa-in-flight", "keda-queue", "knative-kpa", "dynamo-planner",
-            "static"]
+POLICIES = ["tokenworks", "tokenworks-p99", "hpa-gpu-util", "hpa-in-flight", "keda-queue", "knative-kpa",
+            "dynamo-planner", "static"]
 GOAL = 0.99
 CACHE = Path(os.environ.get("TOKENWORKS_CACHE", Path.home() / ".cache" / "tokenworks")) / "oracle"
 
@@ -82,8 +82,7 @@ class Config:
         return f"{self.trace}/{self.model}/{self.slo}"
 
 
-def deployment(model: str, slo: str, max_replicas: int, percentile: float = 0.95,
-               stabilization_seconds: int = 300) -> ModelDeployment:
+def deployment(model: str, slo: str, max_replicas: int) -> ModelDeployment:
     name = MODELS[model]
     raw = yaml.safe_load((ROOT / "examples" / name).read_text())
     raw["metadata"]["namespace"] = "default"
@@ -91,8 +90,7 @@ def deployment(model: str, slo: str, max_replicas: int, percentile: float = 0.95
     ttft, itl = SLOS[slo]
     raw["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": max_replicas,
                                   "slo": {"ttftMilliseconds": ttft, "interTokenLatencyMilliseconds": itl,
-                                          "percentile": percentile},
-                                  "scaleDownStabilizationSeconds": stabilization_seconds}
+                                          "percentile": 0.95}}
     return ModelDeployment.model_validate(raw)
 
 
@@ -141,12 +139,19 @@ def make_policy(name: str, md: ModelDeployment, peak: int) -> ScalingPolicy:
     match name:
         case "tokenworks":
             return TokenworksPolicy(md)
+        case "tokenworks-p99":  # the same autoscaler with its latency targets at p99 instead of p95
+            slo = md.spec.autoscaling.slo.model_copy(update={"percentile": 0.99})
+            strict = md.model_copy(update={"spec": md.spec.model_copy(update={
+                "autoscaling": md.spec.autoscaling.model_copy(update={"slo": slo})})})
+            policy = TokenworksPolicy(strict)
+            policy.name = name
+            return policy
         case "hpa-gpu-util":
             return HpaPolicy(name, gpu_utilisation, target=0.7, **bounds)
         case "hpa-in-flight":
             return HpaPolicy(name, in_flight_per_pod, target=concurrency, **bounds)
         case "keda-queue":
-            return HpaPolicy(name, queue_per_pod, target=4, **bounds)
+            return HpaPolicy(name, queue_per_pod, target=4, external=True, **bounds)
         case "knative-kpa":
             return KpaPolicy(target_concurrency=concurrency, **bounds)
         case "dynamo-planner":
@@ -157,8 +162,8 @@ def make_policy(name: str, md: ModelDeployment, peak: int) -> ScalingPolicy:
 
 
 def run_policy(config: Config, name: str, need: list[int], max_replicas: int,
-               minutes: float | None, percentile: float) -> dict[str, Any]:
-    md = deployment(config.model, config.slo, max_replicas, percentile)
+               minutes: float | None) -> dict[str, Any]:
+    md = deployment(config.model, config.slo, max_replicas)
     requests = requests_for(config, minutes)
     began = time.process_time()
     peak = max(need)
@@ -219,8 +224,6 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="only the first N minutes of each trace")
     parser.add_argument("--max-replicas", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--percentile", type=float, default=0.95,
-                        help="the SLO percentile in the Tokenworks spec (the autoscaler's target)")
     args = parser.parse_args()
 
     configs = [Config(t, m, s) for t in TRACES for m in MODELS for s in SLOS]
@@ -231,8 +234,7 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         needs = dict(zip(configs, pool.map(cached_oracle, configs, [args.max_replicas] * len(configs),
                                             [args.minutes] * len(configs)), strict=True))
-        futures = {(c, n): pool.submit(run_policy, c, n, needs[c], args.max_replicas, args.minutes,
-                                              args.percentile)
+        futures = {(c, n): pool.submit(run_policy, c, n, needs[c], args.max_replicas, args.minutes)
                    for c in configs for n in names}
         verdicts = []
         for config in configs:

@@ -45,8 +45,12 @@ def queue_per_pod(sim: Simulator, now: float, policy: HpaPolicy) -> float | None
 
 @dataclass
 class HpaPolicy:
-    """Kubernetes HPA (autoscaling/v2): desired = ceil(current x metric / target), unchanged within
-    10% tolerance; up by at most max(4 pods, 100%) per 15 s; down to the highest recommendation of the
+    """Kubernetes HPA (autoscaling/v2), as its replica calculator computes it. A Pods metric: the usage
+    ratio over the ready pods, desired = ceil(ratio x ready pods), unchanged within the 0.1 tolerance;
+    with pods not yet ready (pending, or loading and so without metrics) the ratio is recomputed with
+    them at 0 on the way up (at the target on the way down) over all pods, and no change if that flips
+    its direction. An External metric with an AverageValue target (KEDA): desired = ceil(total /
+    target). Then up by at most max(4 pods, 100%) per 15 s; down to the highest recommendation of the
     last 300 s; bounded by min/max replicas."""
 
     name: str
@@ -57,8 +61,25 @@ class HpaPolicy:
     tick_seconds: float = 15.0
     tolerance: float = 0.1
     stabilization_seconds: float = 300.0
+    external: bool = False  # KEDA's metric: an External metric with an AverageValue target
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)
     history: list[tuple[float, int]] = field(default_factory=list)
+
+    def _calculate(self, ratio: float, current: int, ready: int, not_ready: int) -> int:
+        """pkg/controller/podautoscaler/replica_calculator.go, calcPlainMetricReplicas."""
+        if self.external or not_ready == 0:
+            if abs(ratio - 1) <= self.tolerance:
+                return current
+            return math.ceil(ratio * (current if self.external else ready))
+        pods = ready + not_ready
+        # The pods without metrics count as 0 on the way up, at the target on the way down.
+        adjusted = ratio * ready / pods if ratio > 1 else (ratio * ready + not_ready) / pods
+        if abs(adjusted - 1) <= self.tolerance or (ratio < 1 < adjusted) or (ratio > 1 > adjusted):
+            return current
+        desired = math.ceil(adjusted * pods)
+        if (adjusted < 1 and desired > current) or (adjusted > 1 and desired < current):
+            return current
+        return desired
 
     def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
         current = max(sim.desired, 1)
@@ -66,7 +87,9 @@ class HpaPolicy:
         if value is None:
             return sim.desired, "hold", "no metric"
         ratio = value / self.target
-        recommendation = current if abs(ratio - 1) <= self.tolerance else math.ceil(current * ratio)
+        ready = len(sim.ready_replicas(now))
+        not_ready = sum(1 for r in sim.replicas if r.serving and r.ready_at > now)
+        recommendation = self._calculate(ratio, current, ready, not_ready)
         self.history = [(t, r) for t, r in self.history if now - t <= self.stabilization_seconds]
         self.history.append((now, recommendation))
         desired = recommendation

@@ -51,7 +51,7 @@ def test_hpa_scale_down_waits_for_its_300_s_window() -> None:
 
 
 def test_keda_queue_scaler_reacts_only_once_requests_wait() -> None:
-    policy = HpaPolicy("keda-queue", queue_per_pod, target=4, min_replicas=1, max_replicas=16)
+    policy = HpaPolicy("keda-queue", queue_per_pod, target=4, min_replicas=1, max_replicas=16, external=True)
     light = simulate(policy, rate_after=5.0)
     assert peak(light) == 1, "no queue, no scale-up"
 
@@ -77,3 +77,15 @@ def test_static_keeps_its_count() -> None:
     # GPU time ends with the last request, not with the policy's next (hourly) tick.
     assert result.gpu_seconds <= 3 * (result.duration + 1)
     assert result.duration < 400
+
+
+def test_hpa_counts_pods_still_loading_as_zero_on_the_way_up() -> None:
+    hpa = HpaPolicy("hpa", in_flight_per_pod, target=10, min_replicas=1, max_replicas=64)
+    # 2 ready pods at 3x the target, 4 more ordered and loading: (3 x 2 + 0 x 4) / 6 = 1.0, no change,
+    # rather than 6 x 3 = 18 (ordering again for load the loading pods will take).
+    assert hpa._calculate(3.0, current=6, ready=2, not_ready=4) == 6
+    assert hpa._calculate(3.0, current=2, ready=2, not_ready=0) == 6
+    # On the way down the loading pods count at the target: (0.5 x 4 + 2) / 6 = 0.67, to 4.
+    assert hpa._calculate(0.5, current=6, ready=4, not_ready=2) == 4
+    keda = HpaPolicy("keda", queue_per_pod, target=4, min_replicas=1, max_replicas=64, external=True)
+    assert keda._calculate(3.0, current=6, ready=2, not_ready=4) == 18, "an AverageValue target: total / target"
