@@ -41,13 +41,11 @@ MAX_DOWN_FRACTION = 0.5
 SCALE_TO_ZERO_IDLE_SECONDS = 300.0
 SETTLE_SECONDS = 60.0  # after new replicas serve, for latency windows and backlogs to show them
 TREND_WINDOW_SECONDS = 300.0
-# Bursts: capacity for the busiest short window of this long is kept (equal to the default
-# scale-down window: bursty traffic comes back faster than a replica loads).
-BURST_MEMORY_SECONDS = 300.0
-# Traffic whose 30 s demand rises past this many times its mean more than once within the longer memory
-# is bursty: its bursts are kept in mind for the longer memory.
+# Bursts: capacity for the busiest short window of the scale-down window is kept; traffic whose 30 s
+# demand rises past BURSTY_PEAK_TO_MEAN times its mean more than once within BURSTY_MEMORY_FACTOR times
+# that window is bursty, and its bursts are kept for the longer memory (900 s at the default 300 s).
 BURSTY_PEAK_TO_MEAN = 2.0
-BURSTY_MEMORY_SECONDS = 900.0
+BURSTY_MEMORY_FACTOR = 3
 SLO_CAP = 2.0  # latency alone asks for at most this multiple of what the measured load needs
 LEARN_LOAD = 0.5  # learn capacity only from replicas carrying at least half the planned capacity
 MIN_CAPACITY_SCALE = 0.3  # throughput samples kept to project the load one engine-load time ahead
@@ -231,11 +229,12 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     else:
         recs.append(Recommendation("queue", None, spec.queue_per_replica, None, queue.describe()))
 
-    # Bursts: the highest short-window demand of the last BURST_MEMORY_SECONDS, in replicas.
     # Bursts: traffic that comes in 30 s bursts after idle minutes (the Azure code trace) is gone before
     # a replica ordered for it loads, and back a minute later; capacity for the busiest short window of
-    # the last BURST_MEMORY_SECONDS is kept. For smooth traffic this is the stable rate plus its noise.
-    bursts = _window(state.get("bursts", []), now, BURSTY_MEMORY_SECONDS)
+    # the scale-down window is kept. For smooth traffic this is the stable rate plus its noise.
+    window = spec.scale_down_stabilization_seconds
+    long_memory = BURSTY_MEMORY_FACTOR * window
+    bursts = _window(state.get("bursts", []), now, long_memory)
     if short.ok and short.value is not None:
         demand = short.value / capacity_tokens_per_second
         prompts = obs.input_tokens_per_second_short
@@ -245,21 +244,22 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
             demand = max(demand, prompts.value / (prefill_tokens_per_second * capacity_tokens_per_second
                                                   / model_capacity))
         bursts.append([now, demand])
-    state["bursts"] = bursts[-int(BURSTY_MEMORY_SECONDS / 5):]
+    state["bursts"] = bursts[-max(1, int(long_memory / 5)):]
     if bursts:
         values = [b[1] for b in bursts]
         threshold = BURSTY_PEAK_TO_MEAN * sum(values) / len(values)
         # Bursty: demand rose past twice its mean at least twice (one drop in load is not a burst).
         rises = sum(1 for before, value in zip([0.0, *values], values, strict=False) if value >= threshold > before)
         bursty = threshold > 0 and rises >= 2
-        memory = BURSTY_MEMORY_SECONDS if bursty else BURST_MEMORY_SECONDS
-        peak = max(b[1] for b in _window(bursts, now, memory))
-        replicas = math.ceil(peak)
-        if current > 0 and abs(peak / current - 1) <= TOLERANCE:  # the same tolerance as throughput
-            replicas = current
-        recs.append(Recommendation("burst", peak, 1.0, replicas,
-                                   f"the busiest 30 s of the last {memory:.0f} s needed "
-                                   f"{peak:.1f} replicas"))
+        memory = long_memory if bursty else window
+        recent = _window(bursts, now, memory)
+        if recent:
+            peak = max(b[1] for b in recent)
+            replicas = math.ceil(peak)
+            if current > 0 and abs(peak / current - 1) <= TOLERANCE:  # the same tolerance as throughput
+                replicas = current
+            recs.append(Recommendation("burst", peak, 1.0, replicas,
+                                       f"the busiest 30 s of the last {memory:.0f} s needed {peak:.1f} replicas"))
 
     usable = [r for r in recs if r.replicas is not None]
     missing = [r.signal for r in recs if r.replicas is None]
