@@ -242,7 +242,7 @@ def main() -> None:
         for config in configs:
             rows = [futures[(config, n)].result() for n in names]
             gpus = deployment(config.model, config.slo, 1).spec.gpus_per_replica
-            print(table(config, needs[config], rows, len(requests_for(config, args.minutes)), gpus), "\n", flush=True)
+            print(table(config, needs[config], rows, len(requests_for(config, args.minutes)), gpus) + "\n", flush=True)
             verdicts.append(verdict(config, needs[config], rows, gpus))
     print("\n".join(f"- {v}" for v in verdicts if v))
     print(f"\n({time.monotonic() - began:.0f} s in all, {args.jobs} processes)")
