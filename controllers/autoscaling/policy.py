@@ -41,6 +41,9 @@ MAX_DOWN_FRACTION = 0.5
 SCALE_TO_ZERO_IDLE_SECONDS = 300.0
 SETTLE_SECONDS = 60.0  # after new replicas serve, for latency windows and backlogs to show them
 TREND_WINDOW_SECONDS = 300.0
+# Beyond the engine load time, until a replica ordered now serves: metrics up to one scrape (15 s)
+# old, and pod scheduling and container start (5 to 15 s).
+LEAD_EXTRA_SECONDS = 30.0
 # Bursts: capacity for the busiest short window of the scale-down window is kept; traffic whose 30 s
 # demand rises past BURSTY_PEAK_TO_MEAN times its mean more than once within BURSTY_MEMORY_FACTOR times
 # that window is bursty, and its bursts are kept for the longer memory (900 s at the default 300 s).
@@ -156,14 +159,16 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     if out.ok and out.value is not None:
         throughput_samples.append([now, out.value])
         slope = trend_per_second(throughput_samples)
-        # Start-up lead: a replica ordered now serves only after load_seconds, so size for the load
-        # projected that far ahead when it is rising.
-        projected = out.value + max(0.0, slope) * load_seconds
+        # Start-up lead: a replica ordered now serves only after scheduling and load_seconds, and what
+        # it is ordered for was measured up to a scrape ago; size for the load projected that far ahead
+        # when it is rising.
+        lead = load_seconds + LEAD_EXTRA_SECONDS
+        projected = out.value + max(0.0, slope) * lead
         replicas = math.ceil(projected / capacity_tokens_per_second) if projected > 0 else 0
         # HPA's tolerance, on the usage ratio: 2,030 tok/s on 2 replicas of 1,000 is 1.015, no change.
         if current > 0 and abs(projected / (current * capacity_tokens_per_second) - 1) <= TOLERANCE:
             replicas = current
-        note = (f"{out.value:.0f} tok/s now, {projected:.0f} tok/s projected {load_seconds:.0f} s ahead"
+        note = (f"{out.value:.0f} tok/s now, {projected:.0f} tok/s projected {lead:.0f} s ahead"
                 if projected > out.value * 1.01 else f"{out.value:.0f} tok/s")
         if learned:
             note += (f" / {capacity_tokens_per_second:.0f} tok/s per replica (learned from latency; the model "

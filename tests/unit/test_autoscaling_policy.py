@@ -158,12 +158,13 @@ def test_start_up_lead_scales_ahead_of_a_rising_load() -> None:
     state: dict[str, Any] = {}
     for i, t in enumerate(range(0, 75, 15)):  # +100 tok/s every 15 s: ~6.7 tok/s per second
         replicas, _, state = run(obs(3000 + 100 * i, current=4), state=state, now=t)
-    # Now 3,400 tok/s, projected 3,400 + 6.7 x 60 = 3,800: still 4; a steeper ramp orders more.
+    # Now 3,400 tok/s, projected 90 s ahead (60 s load + 30 s for the metrics' age and scheduling):
+    # 3,400 + 6.7 x 90 = 4,000: still 4; a steeper ramp orders more.
     assert replicas == 4
     state = {}
     for i, t in enumerate(range(0, 75, 15)):  # +500 tok/s every 15 s
         replicas, _, state = run(obs(3000 + 500 * i, current=4), state=state, now=t)
-    assert replicas == 7, "5,000 tok/s now, 7,000 projected one load time ahead"
+    assert replicas == 8, "5,000 tok/s now, 8,000 projected 90 s ahead"
 
 
 def test_a_decision_explains_itself() -> None:
