@@ -75,7 +75,12 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f'{stamp} {record.levelname[0]} logger={record.name} msg="{record.getMessage()}"'
+        line = f'{stamp} {record.levelname[0]} logger={record.name} msg="{record.getMessage()}"'
+        if record.exc_info:
+            # The traceback on one line, so a log collector keeps it with its event.
+            trace = self.formatException(record.exc_info).replace("\n", " | ")
+            line += f' error="{trace}"'
+        return line
 
 
 class Operator:

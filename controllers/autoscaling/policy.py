@@ -389,4 +389,7 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     for r in usable:
         if r.replicas is not None and r.replicas > desired and r.signal != rule:
             changes.append(f"{r.signal} alone would ask for {r.replicas}")
+    # One condition per type (a status list-map): the later stage's limit is the one that bound the
+    # count (a scale-up rate limit, then maxReplicas below it).
+    conditions = list({c.type: c for c in conditions}.values())
     return Decision(desired, rule, reason, recs, conditions, state, metrics_available, changes)

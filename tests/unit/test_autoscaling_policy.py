@@ -179,9 +179,11 @@ def test_a_decision_explains_itself() -> None:
        queue=st.floats(0, 1e4), min_r=st.integers(1, 8), max_r=st.integers(8, 64))
 def test_results_stay_within_bounds(tps: float, current: int, ttft: float, itl: float, queue: float, min_r: int,
                                     max_r: int) -> None:
-    replicas, _, _ = run(obs(tps, current=current, ttft=ttft, itl=itl, queue=queue),
-                         spec(minReplicas=min_r, maxReplicas=max_r))
-    assert min_r <= replicas <= max_r
+    decision = decide(obs(tps, current=current, ttft=ttft, itl=itl, queue=queue),
+                      spec(minReplicas=min_r, maxReplicas=max_r), CAPACITY, LOAD_SECONDS, None, 1000.0)
+    assert min_r <= decision.replicas <= max_r
+    types = [c.type for c in decision.conditions]
+    assert len(types) == len(set(types)), "conditions are a list-map keyed by type"
 
 
 @settings(max_examples=100, deadline=None)
@@ -261,3 +263,13 @@ def test_bursty_traffic_is_remembered_longer_than_smooth_traffic() -> None:
     decision = decide(obs(5000, current=6, short=5000), spec(), CAPACITY, LOAD_SECONDS, smooth, 1000.0)
     burst = next(r for r in decision.recommendations if r.signal == "burst")
     assert burst.replicas == 5 and "last 300 s" in burst.note
+
+
+def test_one_condition_per_type_even_when_two_limits_apply() -> None:
+    # 50 replicas' worth on 2: the rate limit allows 6, maxReplicas 4 binds below it. Two ScalingLimited
+    # entries would be rejected by the API server (conditions are a list-map keyed by type).
+    decision = decide(obs(50000, current=2), spec(maxReplicas=4), CAPACITY, LOAD_SECONDS, None, 0)
+    assert decision.replicas == 4
+    limited = [c for c in decision.conditions if c.type == "ScalingLimited"]
+    assert [(c.status, c.reason) for c in limited] == [(True, "TooManyReplicas")]
+    assert len({c.type for c in decision.conditions}) == len(decision.conditions)
