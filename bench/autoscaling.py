@@ -64,6 +64,7 @@ RATES = {("conv", "8b"): 12, ("code", "8b"): 2, ("conv", "70b"): 4, ("code", "70
 POLICIES = ["tokenworks", "tokenworks-p99", "hpa-gpu-util", "hpa-in-flight", "keda-queue", "knative-kpa",
             "dynamo-planner", "static"]
 GOAL = 0.99
+SURPRISE_LOOKBACK = 15  # minutes
 CACHE = Path(os.environ.get("TOKENWORKS_CACHE", Path.home() / ".cache" / "tokenworks")) / "oracle"
 
 
@@ -174,10 +175,33 @@ def run_policy(config: Config, name: str, need: list[int], max_replicas: int,
     result = Simulator(simulated, requests, SimulationConfig(initial_replicas=start), policy=policy).run()
     r = attainment(md, result, len(requests))
     feasible = sum(oracle_module.feasible(md, requests))
-    return {"policy": name, "attainment": r.attainment, "of_feasible": oracle_module.met(md, result) / feasible,
+    slo = md.spec.autoscaling.slo
+    missed = [int(c.arrival // 60) for c in result.completed
+              if c.ttft > slo.ttft_milliseconds / 1e3 or c.itl > slo.inter_token_latency_milliseconds / 1e3]
+    return {"policy": name, "missed_minutes": missed, "attainment": r.attainment,
+            "of_feasible": oracle_module.met(md, result) / feasible,
             "infeasible": 1 - feasible / len(requests), "ttft": r.ttft, "itl": r.itl, "gpu_hours": r.gpu_hours,
             "scale_events": r.scale_events, "max_replicas": r.max_replicas, "dropped": r.dropped,
             "cpu_seconds": time.process_time() - began}
+
+
+def surprises(need: list[int], requests: list[TraceRequest], lookback: int = SURPRISE_LOOKBACK) -> set[int]:
+    """Minutes that need more replicas than any of the ``lookback`` minutes before: load no causal policy
+    has seen the like of recently, arriving faster than a replica loads."""
+    return {m for m in range(1, len(need)) if need[m] > max(need[max(0, m - lookback):m])}
+
+
+def analysis(config: Config, need: list[int], rows: list[dict[str, Any]], requests: list[TraceRequest]) -> str:
+    """Where the misses are: the share of requests in surprise minutes, and of Tokenworks' misses there."""
+    minutes = surprises(need, requests)
+    arrived = sum(1 for r in requests if int(r.arrival // 60) in minutes)
+    line = (f"{config.key}: oracle per minute {need}; {len(minutes)} minutes need more than any of the "
+            f"{SURPRISE_LOOKBACK} before, with {100 * arrived / len(requests):.1f}% of the requests")
+    ours = next((r for r in rows if r["policy"] == "tokenworks"), None)
+    if ours and ours["missed_minutes"]:
+        there = sum(1 for m in ours["missed_minutes"] if m in minutes)
+        line += f"; {100 * there / len(ours['missed_minutes']):.0f}% of Tokenworks' misses are in them"
+    return line
 
 
 def table(config: Config, need: list[int], rows: list[dict[str, Any]], requests: int, gpus: int) -> str:
@@ -238,13 +262,15 @@ def main() -> None:
                                             [args.minutes] * len(configs)), strict=True))
         futures = {(c, n): pool.submit(run_policy, c, n, needs[c], args.max_replicas, args.minutes)
                    for c in configs for n in names}
-        verdicts = []
+        verdicts, analyses = [], []
         for config in configs:
             rows = [futures[(config, n)].result() for n in names]
             gpus = deployment(config.model, config.slo, 1).spec.gpus_per_replica
             print(table(config, needs[config], rows, len(requests_for(config, args.minutes)), gpus) + "\n", flush=True)
             verdicts.append(verdict(config, needs[config], rows, gpus))
+            analyses.append(analysis(config, needs[config], rows, requests_for(config, args.minutes)))
     print("\n".join(f"- {v}" for v in verdicts if v))
+    print("\nWhere the misses are:\n" + "\n".join(f"- {a}" for a in analyses))
     print(f"\n({time.monotonic() - began:.0f} s in all, {args.jobs} processes)")
 
 

@@ -40,7 +40,7 @@ MAX_UP_FACTOR, MAX_UP_REPLICAS = 2.0, 4  # HPA's default scale-up policy: 100% o
 MAX_DOWN_FRACTION = 0.5
 SCALE_TO_ZERO_IDLE_SECONDS = 300.0
 SETTLE_SECONDS = 60.0  # after new replicas serve, for latency windows and backlogs to show them
-TREND_WINDOW_SECONDS = 300.0
+TREND_WINDOW_SECONDS = 300.0  # throughput samples kept to project the load one start-up lead ahead
 # Beyond the engine load time, until a replica ordered now serves: metrics up to one scrape (15 s)
 # old, and pod scheduling and container start (5 to 15 s).
 LEAD_EXTRA_SECONDS = 30.0
@@ -51,7 +51,7 @@ BURSTY_PEAK_TO_MEAN = 2.0
 BURSTY_MEMORY_FACTOR = 3
 SLO_CAP = 2.0  # latency alone asks for at most this multiple of what the measured load needs
 LEARN_LOAD = 0.5  # learn capacity only from replicas carrying at least half the planned capacity
-MIN_CAPACITY_SCALE = 0.3  # throughput samples kept to project the load one engine-load time ahead
+MIN_CAPACITY_SCALE = 0.3  # the learned capacity never falls below this share of the model's
 
 
 @dataclass(frozen=True)
@@ -246,8 +246,8 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         if prefill_tokens_per_second and prompts.ok and prompts.value is not None:
             # A burst of long prompts is prefill work that output tokens show only later and in part
             # (the code trace: 2,048 prompt tokens per 28 output tokens).
-            demand = max(demand, prompts.value / (prefill_tokens_per_second * capacity_tokens_per_second
-                                                  / model_capacity))
+            learned_share = capacity_tokens_per_second / model_capacity
+            demand = max(demand, prompts.value / (prefill_tokens_per_second * learned_share))
         bursts.append([now, demand])
     state["bursts"] = bursts[-max(1, int(long_memory / 5)):]
     if bursts:

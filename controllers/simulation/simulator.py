@@ -234,8 +234,15 @@ class Simulator:
 
     # -- what Prometheus would show the autoscaler -----------------------------------------
     def output_rate(self, end: float, window: float) -> float:
+        return self._rate(self.token_seconds, end, window)
+
+    def _input_rate(self, end: float, window: float) -> float:
+        return self._rate(self.prompt_seconds, end, window)
+
+    def _rate(self, per_second: dict[int, int], end: float, window: float) -> float:
+        """What rate() over ``window`` ending at ``end`` reads from a counter kept per whole second."""
         start = end - window
-        return sum(self.token_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
+        return sum(per_second.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
             self._observed(end, window)
 
     @staticmethod
@@ -280,11 +287,6 @@ class Simulator:
             pending_replicas=sum(1 for r in self.replicas if r.serving and r.ready_at > now),
         )
         return obs, readings
-
-    def _input_rate(self, end: float, window: float) -> float:
-        start = end - window
-        return sum(self.prompt_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
-            self._observed(end, window)
 
     def arrived_between(self, start: float, end: float) -> list[TraceRequest]:
         lo = bisect.bisect_left(self._arrival_times, start)
