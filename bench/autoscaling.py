@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/autoscaling.py                      # all eight configurations, 2 processes
     .venv/bin/python bench/autoscaling.py --only conv/8b/standard --policies tokenworks,static
+    .venv/bin/python bench/autoscaling.py --backend tensorrt-engine   # pods that export token counts
 
 Each configuration raises a trace's rate by a whole multiplier, inserting evenly spaced copies of each
 request into the gap to the next (the hour-long shape is kept; time is not compressed), chosen so the
@@ -88,6 +89,8 @@ def deployment(model: str, slo: str, max_replicas: int) -> ModelDeployment:
     raw = yaml.safe_load((ROOT / "examples" / name).read_text())
     raw["metadata"]["namespace"] = "default"
     raw["spec"]["engine"]["precision"] = "bf16"
+    # Which families the pods export, and so what the policy's observer reads (docs/design/serving-path.md).
+    raw["spec"]["engine"]["backend"] = os.environ.get("TOKENWORKS_BENCH_BACKEND", "llmapi")
     ttft, itl = SLOS[slo]
     raw["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": max_replicas,
                                   "slo": {"ttftMilliseconds": ttft, "interTokenLatencyMilliseconds": itl,
@@ -116,7 +119,7 @@ def _oracle_key(md: ModelDeployment) -> str:
                  "inference_pods/profiles.py"):
         digest.update((ROOT / name).read_bytes())
     slo = md.spec.autoscaling.slo
-    digest.update(md.spec.model_dump_json(exclude={"autoscaling"}).encode())
+    digest.update(md.spec.model_dump_json(exclude={"autoscaling": True, "engine": {"backend"}}).encode())
     digest.update(f"{slo.ttft_milliseconds}/{slo.inter_token_latency_milliseconds}/{GOAL}".encode())
     return digest.hexdigest()[:12]
 
@@ -250,7 +253,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None, help="only the first N minutes of each trace")
     parser.add_argument("--max-replicas", type=int, default=64)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--backend", default="llmapi", choices=["llmapi", "tensorrt-engine"],
+                        help="the pods' backend: which metric families the autoscaler reads")
     args = parser.parse_args()
+    os.environ["TOKENWORKS_BENCH_BACKEND"] = args.backend  # read by deployment() in the worker processes
 
     configs = [Config(t, m, s) for t in TRACES for m in MODELS for s in SLOS]
     if args.only:

@@ -126,6 +126,8 @@ def plan(
     path: Annotated[Path, typer.Argument(help="A ModelDeployment manifest (YAML).", exists=True, dir_okay=False)],
     output: Annotated[str, typer.Option("--output", "-o", help="summary, or yaml for the full children.")] = "summary",
     replicas: Annotated[int | None, typer.Option(help="Render at this many replicas.")] = None,
+    show: Annotated[bool, typer.Option("--show", help="Also print the pod's prepare script, its launch "
+                                       "command and every model-repository file.")] = False,
 ) -> None:
     """What the operator would create for a ModelDeployment, and what one replica can serve: a dry run
     that needs no cluster."""
@@ -143,6 +145,8 @@ def plan(
         typer.echo(yaml.safe_dump_all(children, sort_keys=False))
         return
     console.print(views.plan(md, children, count))
+    if show:
+        console.print(views.pod_details(md, children))
 
 
 DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"

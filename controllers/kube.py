@@ -41,6 +41,10 @@ class Conflict(Exception):  # noqa: N818 - reads as what happened
     """The write lost a race (409); the reconcile is retried with fresh state."""
 
 
+class NamespaceTerminating(Exception):  # noqa: N818
+    """The namespace is being deleted: nothing can be created in it, and nothing needs to be."""
+
+
 @dataclass
 class RequestCounter:
     """Counts API requests by verb (reads vs writes) so tests and benchmarks can assert on them."""
@@ -111,6 +115,8 @@ class Kube:
         except ApiException as error:
             if error.status == 409:
                 raise Conflict(str(error.reason)) from error
+            if error.status == 403 and "NamespaceTerminating" in str(error.body):
+                raise NamespaceTerminating(metadata.get("namespace", "")) from error
             raise
         result: ManifestT = obj.to_dict()
         return result

@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from controllers.kube import Conflict, Kube, load_config
+from controllers.kube import Conflict, Kube, NamespaceTerminating, load_config
 from controllers.reconcile import Reconciler
 from controllers.workqueue import WorkQueue
 from crds.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -154,6 +154,11 @@ class Operator:
             except Conflict:
                 RECONCILES.labels("conflict").inc()
                 self.queue.retry(key)
+            except NamespaceTerminating:
+                # The garbage collector removes the ModelDeployment with its namespace; retrying only
+                # fills the log.
+                RECONCILES.labels("skipped").inc()
+                log.info("skipped reconcile object=%s/%s reason=NamespaceTerminating", namespace, name)
             except Exception:
                 RECONCILES.labels("error").inc()
                 delay = self.queue.retry(key)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,15 +19,107 @@ from pydantic import ValidationError
 
 from controllers.kube import FIELD_MANAGER, KubeApi, ManifestT
 from crds.models import API_VERSION, KIND, ModelDeployment
-from inference_pods.performance import profiles_for, weights_fit
-from inference_pods.templates import digest, render_children, selector_labels
+from inference_pods.performance import ReplicaModel, profiles_for, weights_fit
+from inference_pods.repository import PREPARE_REASONS, cache_key
+from inference_pods.templates import CACHE_KEY_ANNOTATION, digest, render_children, selector_labels
 
 log = logging.getLogger("tokenworks.reconcile")
 
 APPLIED_HASH_ANNOTATION = "tokenworks.dev/applied-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-OWN_CONDITIONS = ("Ready", "Progressing", "Degraded")
+OWN_CONDITIONS = ("Ready", "Progressing", "Degraded", "ModelPrepared")
+PREPARE_CONTAINER = "prepare"
+_QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+                      "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
+def quantity_bytes(value: str) -> float:
+    """A Kubernetes quantity as bytes: ``200Gi`` -> 214,748,364,800."""
+    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+        if value.endswith(suffix):
+            return float(value[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+    return float(value)
+
+
+def cache_bytes_needed(md: ModelDeployment) -> float:
+    """What the prepare step writes to the model cache: the weights, and on the engine path the
+    converted checkpoint and the engine beside them while it builds (each about the weights' size),
+    plus 10% for tokenizer, configs and the repository.
+
+    Llama-3.3-70B BF16: 141 GB of weights -> 155 GB on llmapi, 465 GB on tensorrt-engine."""
+    model, _ = profiles_for(md.spec.model.profile, md.spec.gpu.product)
+    copies = 3 if md.spec.engine.backend == "tensorrt-engine" else 1
+    # The download is in the checkpoint's own precision: an fp8 engine is built from 16-bit weights.
+    downloaded = model.weight_bytes("bf16") if copies == 3 else model.weight_bytes(md.spec.engine.precision)
+    return 1.1 * (downloaded + (copies - 1) * model.weight_bytes(md.spec.engine.precision))
+
+
+def engine_limit_problems(md: ModelDeployment) -> list[Problem]:
+    """Engine limits the model or the GPUs cannot hold (pure)."""
+    spec = md.spec
+    engine = spec.engine
+    model, _ = profiles_for(spec.model.profile, spec.gpu.product)
+    sequence = engine.max_input_length + engine.max_output_length
+    problems = []
+    if sequence > model.context_length:
+        problems.append(Problem("EngineLimitTooLarge", (
+            f"engine.maxInputLength + engine.maxOutputLength = {sequence} tokens exceeds {model.name}'s "
+            f"context of {model.context_length} tokens")))
+    replica = ReplicaModel.for_spec(spec)
+    if weights_fit(model, replica.gpu, engine.precision, spec.gpus_per_replica).fits \
+            and replica.kv_capacity_tokens < sequence:
+        need = sequence * replica.kv_bytes_per_token / 1e9
+        have = replica.kv_capacity_tokens * replica.kv_bytes_per_token / 1e9
+        problems.append(Problem("EngineLimitTooLarge", (
+            f"one request of maxInputLength + maxOutputLength = {sequence} tokens needs {need:.1f} GB of KV "
+            f"cache; the replica's {spec.gpus_per_replica} x {spec.gpu.product} keep {have:.1f} GB for it "
+            f"(kvCacheFreeGpuMemFraction {engine.kv_cache_free_gpu_mem_fraction}): lower the limits or add "
+            "GPUs")))
+    if not engine.enable_chunked_prefill and engine.max_input_length > engine.max_num_tokens:
+        problems.append(Problem("EngineLimitTooLarge", (
+            f"prompts of up to maxInputLength {engine.max_input_length} tokens do not fit one step of "
+            f"maxNumTokens {engine.max_num_tokens} without enableChunkedPrefill")))
+    return problems
+
+
+def _parse_termination(message: str) -> tuple[str, str]:
+    reason, _, text = message.strip().partition(": ")
+    if reason in PREPARE_REASONS and text:
+        return reason, text
+    return "PrepareFailed", message.strip()[-300:] or "the prepare step failed"
+
+
+def prepared_condition(pods: list[ManifestT], key: str, generation: int) -> dict[str, Any]:
+    """``ModelPrepared`` from the pods of the current cache key: False with the prepare step's own
+    reason when it failed (or when the kubelet could not start it, as for a missing token Secret), True
+    once a pod got past it, Unknown before any pod tried."""
+    current = [p for p in pods if ((p.get("metadata") or {}).get("annotations") or {})
+               .get(CACHE_KEY_ANNOTATION) == key]
+    failure: tuple[str, str] | None = None
+    for pod in current:
+        status = pod.get("status") or {}
+        # The main container only starts once the init container succeeded.
+        started = any({"running", "terminated"} & set(c.get("state") or {})
+                      for c in status.get("containerStatuses") or [])
+        for container in status.get("initContainerStatuses") or []:
+            if container.get("name") != PREPARE_CONTAINER:
+                continue
+            state = container.get("state") or {}
+            terminated = state.get("terminated") or {}
+            if started or terminated.get("exitCode") == 0:
+                return _condition("ModelPrepared", True, "Prepared", f"the model cache holds key {key}", generation)
+            failed = terminated or (container.get("lastState") or {}).get("terminated") or {}
+            waiting = state.get("waiting") or {}
+            if failed.get("exitCode") not in (None, 0):
+                failure = _parse_termination(failed.get("message") or "")
+            elif waiting.get("reason") == "CreateContainerConfigError":
+                text = waiting.get("message") or "the kubelet could not configure the prepare container"
+                failure = ("TokenSecretMissing" if "secret" in text.lower() else "CreateContainerConfigError", text)
+    if failure:
+        return _condition("ModelPrepared", False, failure[0], failure[1], generation)
+    return {"type": "ModelPrepared", "status": "Unknown", "reason": "NotPreparedYet",
+            "message": "no pod of the current spec has run the prepare step yet", "observedGeneration": generation}
 # Writers whose changes to a child's spec are expected (the Deployment controller writes status
 # and annotations, not spec) or our own.
 TRUSTED_MANAGERS = {FIELD_MANAGER, "kube-controller-manager"}
@@ -88,7 +181,8 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int)
 
 
 def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: int,
-                  problems: list[Problem]) -> dict[str, Any]:
+                  problems: list[Problem], pods: list[ManifestT] | None = None,
+                  image_registry: str = "") -> dict[str, Any]:
     """Status fields the reconciler owns, from the Deployment's status. Pure."""
     generation = int(md.metadata.get("generation", 0))
     observed = (deployment or {}).get("status") or {}
@@ -132,7 +226,8 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
         "gpus": existing * md.spec.gpus_per_replica,
         "endpoint": f"http://{md.name}.{md.namespace}.svc:{md.spec.ports.http}",
         "selector": ",".join(f"{k}={v}" for k, v in selector_labels(md.name).items()),
-        "conditions": [ready_condition, progressing, degraded],
+        "conditions": [ready_condition, progressing, degraded,
+                       prepared_condition(pods or [], cache_key(md.spec, image_registry), generation)],
     }
     return status
 
@@ -170,9 +265,13 @@ def status_changed(new: dict[str, Any], current: dict[str, Any]) -> bool:
 class Reconciler:
     """Reconciles one ModelDeployment per call; safe to call concurrently for different keys."""
 
-    def __init__(self, kube: KubeApi, clock: Clock = utc_now, node_cache_seconds: float = 30) -> None:
+    def __init__(self, kube: KubeApi, clock: Clock = utc_now, node_cache_seconds: float = 30,
+                 image_registry: str | None = None) -> None:
         self.kube = kube
         self.clock = clock
+        # Prefixed to the pinned images, which name no registry host (docs/design/serving-path.md).
+        self.image_registry = os.environ.get("TOKENWORKS_IMAGE_REGISTRY", "") if image_registry is None \
+            else image_registry
         self.node_cache_seconds = node_cache_seconds
         self._nodes: tuple[float, list[ManifestT]] | None = None
 
@@ -209,6 +308,39 @@ class Reconciler:
                 f"no node is labelled {GPU_PRODUCT_LABEL} in {list(gpu.node_label_values)} with at "
                 f"least {need} allocatable {GPU_RESOURCE}; running pods are left untouched",
             ))
+        problems += engine_limit_problems(md)
+        problems += self.claim_problems(md)
+        return problems
+
+    def claim_problems(self, md: ModelDeployment) -> list[Problem]:
+        """The model cache must exist and hold what the prepare step writes; a model-source claim must
+        exist. A claim's size is its bound capacity, else its request."""
+        spec = md.spec
+        need = cache_bytes_needed(md)
+        problems = []
+        if spec.model_cache.claim_name:
+            claim = self.kube.get("v1", "PersistentVolumeClaim", md.namespace, spec.model_cache.claim_name)
+            if claim is None:
+                problems.append(Problem("ModelCacheClaimMissing", (
+                    f"spec.modelCache.claimName {spec.model_cache.claim_name!r} names no PersistentVolumeClaim in "
+                    f"namespace {md.namespace}; create it (at least {need / 1e9:.0f} GB) or unset it for an "
+                    "emptyDir")))
+            else:
+                size = ((claim.get("status") or {}).get("capacity") or {}).get("storage") or \
+                    (((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+                if size and quantity_bytes(str(size)) < need:
+                    problems.append(Problem("ModelCacheTooSmall", (
+                        f"PersistentVolumeClaim {spec.model_cache.claim_name!r} holds {size}; the prepare step "
+                        f"writes about {need / 1e9:.0f} GB for {spec.model.profile} ({spec.engine.backend})")))
+        elif quantity_bytes(spec.model_cache.size_limit) < need:
+            problems.append(Problem("ModelCacheTooSmall", (
+                f"spec.modelCache.sizeLimit {spec.model_cache.size_limit} is below the about {need / 1e9:.0f} GB "
+                f"the prepare step writes for {spec.model.profile} ({spec.engine.backend})")))
+        if spec.model.pvc and self.kube.get("v1", "PersistentVolumeClaim", md.namespace,
+                                            spec.model.pvc.claim_name) is None:
+            problems.append(Problem("ModelSourceClaimMissing", (
+                f"spec.model.pvc.claimName {spec.model.pvc.claim_name!r} names no PersistentVolumeClaim in "
+                f"namespace {md.namespace}")))
         return problems
 
     def reconcile(self, namespace: str, name: str) -> ReconcileResult:
@@ -233,7 +365,8 @@ class Reconciler:
         result.problems = self.problems(md)
         if not result.problems:
             pod_monitor = self.kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
-            for child in render_children(md, replicas, pod_monitor_api=pod_monitor):
+            for child in render_children(md, replicas, pod_monitor_api=pod_monitor,
+                                         image_registry=self.image_registry):
                 applied = self._apply_if_changed(child, result)
                 if applied is not None:
                     result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
@@ -246,7 +379,9 @@ class Reconciler:
             # A second writer (an HPA on the Deployment, a hand edit): the operator owns these fields.
             self.kube.event(obj, "ForeignWriteReverted", f"reverted the change to {change}: the operator owns "
                             "this object's spec; scale the ModelDeployment instead", "Warning")
-        status = derive_status(md, deployment, replicas, result.problems)
+        pods = self.kube.list("v1", "Pod", namespace,
+                              ",".join(f"{k}={v}" for k, v in selector_labels(name).items()))
+        status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry)
         if status_changed(status, current_status):
             merge_transition_times(status, current_status.get("conditions") or [], self.clock())
             self.kube.patch_status(API_VERSION, KIND, namespace, name, status)
@@ -291,6 +426,9 @@ class Reconciler:
                 self.kube.event(obj, "Ready", condition["message"])
             elif condition["type"] == "Progressing" and condition["reason"] == "ProgressDeadlineExceeded":
                 self.kube.event(obj, "ProgressDeadlineExceeded", condition["message"], "Warning")
+            elif condition["type"] == "ModelPrepared" and condition["status"] == "False":
+                self.kube.event(obj, condition["reason"], "the prepare step failed: " + condition["message"],
+                                "Warning")
 
     def _write_degraded_only(self, obj: ManifestT, problem: Problem, result: ReconcileResult) -> None:
         generation = int(obj["metadata"].get("generation", 0))

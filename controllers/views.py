@@ -6,12 +6,14 @@ import datetime as dt
 from typing import Any
 
 from rich.console import Group
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from controllers.kube import KubeApi, ManifestT
 from crds.models import ModelDeployment
-from inference_pods.performance import ReplicaModel, weights_fit
+from inference_pods.performance import ReplicaModel, prepare_seconds, weights_fit
+from inference_pods.repository import CachePaths, cache_key, model_repository
 
 CHILD_KINDS = (("apps/v1", "Deployment", ""), ("v1", "Service", ""),
                ("policy/v1", "PodDisruptionBudget", ""), ("v1", "ConfigMap", "-engine"))
@@ -127,14 +129,20 @@ def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group
     spec = md.spec
     replica = ReplicaModel.for_spec(spec)
     fit = weights_fit(replica.model, replica.gpu, spec.engine.precision, replica.gpus)
+    load = replica.load_seconds()
+    prepare = prepare_seconds(replica.model, spec.engine.precision, spec.engine.backend)
+    first_start = prepare + load
     lines = [
         f"[bold]{md.name}[/]: {spec.model.profile} {spec.engine.precision} on {replica.gpus} x {spec.gpu.product} "
         f"per replica (TP{spec.parallelism.tensor} PP{spec.parallelism.pipeline}), {replicas} replica(s), "
         f"{replicas * replica.gpus} GPUs",
         f"weights per GPU {fit.weight_bytes_per_gpu / 1e9:.1f} GB of {fit.usable_bytes_per_gpu / 1e9:.1f} GB usable"
         + ("" if fit.fits else "  [red]does not fit[/]"),
-        f"KV cache {replica.kv_capacity_tokens:,} tokens; cold start {replica.load_seconds():.0f} s; "
-        f"decode step at batch 1 {replica.decode_seconds(1, 1000) * 1e3:.1f} ms",
+        f"KV cache {replica.kv_capacity_tokens:,} tokens; decode step at batch 1 "
+        f"{replica.decode_seconds(1, 1000) * 1e3:.1f} ms",
+        f"{spec.engine.backend} backend; start with the model cache empty about "
+        f"{first_start:.0f} s (prepare {prepare:.0f} s, estimated, + engine load {load:.0f} s); with the cache "
+        f"key complete {load:.0f} s (key {cache_key(spec)})",
     ]
     capacity = Table("REQUEST SHAPE", "IN/OUT TOKENS", "CONCURRENT", "OUTPUT TOKENS/S AT SATURATION",
                      box=None, header_style="bold", title="One replica, per the performance model",
@@ -155,6 +163,21 @@ def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group
             detail = ", ".join(f"{p['name']} {p['port']}" for p in child["spec"]["ports"])
         kids.add_row(child["kind"], child["metadata"]["name"], detail)
     return Group(*lines, "", capacity, "", kids)
+
+
+def pod_details(md: ModelDeployment, children: list[ManifestT]) -> Group:
+    """`plan --show`: the pod's init step and launch, and every file of the model repository it writes."""
+    deployment = next(c for c in children if c["kind"] == "Deployment")
+    config = next(c for c in children if c["kind"] == "ConfigMap")["data"]
+    pod = deployment["spec"]["template"]["spec"]
+    parts: list[Any] = ["[bold]Init container[/] prepare: " + " ".join(pod["initContainers"][0]["command"]),
+                        Syntax(config["prepare.sh"], "bash", word_wrap=True), "",
+                        "[bold]Container[/] triton: " + " ".join(pod["containers"][0]["command"]), "",
+                        f"[bold]Model repository[/] ({CachePaths.of(md.spec).repository})"]
+    for path, text in model_repository(md.spec).items():
+        parts += [f"[bold]{path}[/]", Syntax(text, "yaml" if path.endswith(".yaml") else "protobuf",
+                                             word_wrap=True)]
+    return Group(*parts)
 
 
 def explain(obj: ManifestT) -> Group:

@@ -21,6 +21,16 @@ SHORT_NAMES = ["mdep"]
 API_VERSION = f"{GROUP}/{VERSION}"
 
 Precision = Literal["fp8", "bf16", "fp16"]
+# The two ways NVIDIA documents to run TensorRT-LLM under Triton (docs/design/serving-path.md):
+# `llmapi`, the engine-free LLM-API (PyTorch) backend of current images, and `tensorrt-engine`, the
+# legacy inflight-batcher C++ backend over an engine built by `trtllm-build`, kept on the last release
+# that has it.
+Backend = Literal["llmapi", "tensorrt-engine"]
+# Images pinned per backend (registry host left to the operator's `--image-registry`).
+DEFAULT_IMAGES: dict[str, str] = {
+    "llmapi": "nvidia/tritonserver:26.07-trtllm-python-py3",
+    "tensorrt-engine": "nvidia/tritonserver:25.12-trtllm-python-py3",
+}
 GpuProduct = Literal["H100-SXM", "H200-SXM", "A100-80GB", "L40S"]
 
 # GPUs in one node of each product (the common 8-GPU HGX/DGX and PCIe servers). A replica is one
@@ -66,6 +76,12 @@ class PvcSource(ApiModel):
     path: str = Field("/", description="Path inside the claim.")
 
 
+class SecretKeyRef(ApiModel):
+    name: str = Field(min_length=1, max_length=253, description="Secret in the same namespace.")
+    key: str | None = Field(None, description="Key in the Secret; default `HF_TOKEN` for Hugging Face, "
+                            "`NGC_API_KEY` for NGC.")
+
+
 class ModelSpec(ApiModel):
     """What to serve."""
 
@@ -76,8 +92,9 @@ class ModelSpec(ApiModel):
 
     name: str = Field(
         min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-        description="The model name clients send (Triton model name, OpenAI `model`), e.g. "
-        "`llama-3-1-8b`.",
+        description="A name for the model, e.g. `llama-3-1-8b`, shown in status and dashboards. Triton "
+        "serves it under the model names of NVIDIA's repository layout: `tensorrt_llm` (llmapi backend) "
+        "or `ensemble` and `tensorrt_llm_bls` (tensorrt-engine backend).",
     )
     profile: Literal["Llama-3.1-8B", "Llama-3.3-70B", "Llama-3.1-405B"] = Field(
         description="Architecture profile used by the performance model and for sizing "
@@ -88,14 +105,26 @@ class ModelSpec(ApiModel):
     ngc: str | None = Field(None, description="NGC model path, e.g. `nvidia/llama-3.1-8b:1.0`.")
     pvc: PvcSource | None = Field(None, description="A PersistentVolumeClaim that holds the model.")
     revision: str | None = Field(None, description="Revision (commit, tag or version) to pin.")
+    token_secret: SecretKeyRef | None = Field(
+        None, description="Secret holding the credential the weights are fetched with: a Hugging Face "
+        "token (key `HF_TOKEN` unless set; needed for gated models such as Llama) or an NGC API key "
+        "(key `NGC_API_KEY`).",
+    )
 
 
 class EngineSpec(ApiModel):
     """TensorRT-LLM engine served by Triton."""
 
-    image: str = Field(
-        "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3",
-        min_length=1, description="Triton Inference Server image with the TensorRT-LLM backend.",
+    backend: Backend = Field(
+        "llmapi", description="`llmapi`: Triton's engine-free TensorRT-LLM LLM-API (PyTorch) backend, "
+        "configured by `model.yaml` (current images). `tensorrt-engine`: the legacy inflight-batcher "
+        "backend over an engine built by `trtllm-build` at first start and cached (last image with it: "
+        "25.12).",
+    )
+    image: str | None = Field(
+        None, min_length=1, description="Triton Inference Server image with TensorRT-LLM; unset: the "
+        "image pinned for the backend (`nvidia/tritonserver:26.07-trtllm-python-py3` for llmapi, "
+        "`:25.12-trtllm-python-py3` for tensorrt-engine), under the operator's image registry.",
     )
     precision: Precision = Field("bf16", description="Weight and activation precision.")
     max_batch_size: int = Field(256, ge=1, le=4096, description="Largest in-flight batch "
@@ -112,6 +141,10 @@ class EngineSpec(ApiModel):
     )
     enable_chunked_prefill: bool = Field(True, description="Split long prompts across engine "
                                          "steps so decoding requests keep streaming.")
+    max_queue_delay_microseconds: int = Field(
+        0, ge=0, le=1_000_000, description="Triton dynamic-batching queue delay (tensorrt-engine): above 0 "
+        "raises the chance that two requests start in the same iteration, at that cost in TTFT.",
+    )
     extra_args: list[str] = Field(default_factory=list, max_length=64,
                                   description="Extra tritonserver command-line arguments.")
 
@@ -198,7 +231,9 @@ class PortsSpec(ApiModel):
         "ports.http, ports.grpc and ports.metrics must differ",
     )]})
 
-    http: int = Field(8000, ge=1, le=65535, description="HTTP/REST (KServe v2, OpenAI) port.")
+    http: int = Field(8000, ge=1, le=65535, description="HTTP/REST port: the KServe v2 protocol with "
+                      "Triton's generate and generate_stream extensions (tritonserver serves no OpenAI "
+                      "routes).")
     grpc: int = Field(8001, ge=1, le=65535, description="gRPC (KServe v2) port.")
     metrics: int = Field(8002, ge=1, le=65535, description="Prometheus metrics port.")
 

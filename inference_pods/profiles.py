@@ -53,6 +53,7 @@ class ModelProfile:
     kv_heads: int
     head_dim: int
     vocab_size: int
+    context_length: int = 131_072  # max_position_embeddings of the published config (Llama 3.1/3.3: 128k)
 
     def weight_bytes(self, precision: str) -> float:
         return self.parameters * bytes_per_value(precision)

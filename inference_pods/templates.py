@@ -1,8 +1,12 @@
 """Children of a ModelDeployment, rendered purely from its spec (no I/O).
 
 A ModelDeployment ``m`` owns: Deployment ``m`` (Triton + TensorRT-LLM pods), Service ``m``,
-PodDisruptionBudget ``m``, ConfigMap ``m-engine`` and, where the Prometheus Operator is installed,
-PodMonitor ``m``.
+PodDisruptionBudget ``m``, ConfigMap ``m-engine`` (engine.json, the prepare script and the model
+repository's files) and, where the Prometheus Operator is installed, PodMonitor ``m``.
+
+A pod: init container ``prepare`` (same image) fills the model cache under a key of everything that
+changes what it holds; container ``triton`` runs ``tritonserver`` as NVIDIA's launcher does
+(``inference_pods.repository.launch_command``).
 """
 
 from __future__ import annotations
@@ -14,12 +18,25 @@ from typing import Any
 
 from crds.models import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
 from inference_pods.performance import engine_load_seconds, profiles_for
+from inference_pods.repository import (
+    CONFIG_PATH,
+    MODEL_CACHE_PATH,
+    CachePaths,
+    cache_key,
+    config_key,
+    launch_command,
+    model_repository,
+    prepare_script,
+    resolved_image,
+    served_models,
+    token_env_name,
+)
 
 MANAGED_BY = "tokenworks"
 INSTANCE_LABEL = "tokenworks.dev/model-deployment"
 CONFIG_HASH_ANNOTATION = "tokenworks.dev/engine-config-hash"
-ENGINE_CONFIG_PATH = "/etc/tokenworks"
-MODEL_CACHE_PATH = "/model-cache"
+CACHE_KEY_ANNOTATION = "tokenworks.dev/model-cache-key"
+ENGINE_CONFIG_PATH = CONFIG_PATH
 # Seconds between a pod leaving the Service endpoints and Triton being told to stop: kube-proxy and
 # gateways need a few seconds to stop routing to it.
 PRESTOP_SLEEP_SECONDS = 10
@@ -63,17 +80,21 @@ def _metadata(md: ModelDeployment, name: str) -> dict[str, Any]:
     }
 
 
-def engine_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
-    """What the engine is built and run with, as the pod reads it from the ConfigMap."""
+def engine_config(spec: ModelDeploymentSpec, registry: str = "") -> dict[str, Any]:
+    """What the replica is prepared and run with, as the pod reads it from the ConfigMap (and the
+    emulator twin reads it from the same path)."""
     source = (
         {"huggingFace": spec.model.hugging_face} if spec.model.hugging_face
         else {"ngc": spec.model.ngc} if spec.model.ngc
         else {"pvc": spec.model.pvc.model_dump(by_alias=True) if spec.model.pvc else None}
     )
+    paths = CachePaths.of(spec, registry)
     return {
         "model": {"name": spec.model.name, "profile": spec.model.profile,
                   "revision": spec.model.revision, **source},
-        "backend": "tensorrtllm",
+        "backend": spec.engine.backend,
+        "image": resolved_image(spec, registry),
+        "gpu": spec.gpu.product,
         "precision": spec.engine.precision,
         "tensorParallelSize": spec.parallelism.tensor,
         "pipelineParallelSize": spec.parallelism.pipeline,
@@ -83,21 +104,39 @@ def engine_config(spec: ModelDeploymentSpec) -> dict[str, Any]:
         "maxOutputLength": spec.engine.max_output_length,
         "kvCacheFreeGpuMemFraction": spec.engine.kv_cache_free_gpu_mem_fraction,
         "enableChunkedPrefill": spec.engine.enable_chunked_prefill,
-        "batchingStrategy": "inflight_fused_batching",
+        "cacheKey": cache_key(spec, registry),
+        "repository": paths.repository,
+        "servedModels": served_models(spec),
     }
 
 
-def config_map(md: ModelDeployment) -> dict[str, Any]:
+def config_map(md: ModelDeployment, registry: str = "") -> dict[str, Any]:
+    """engine.json, the prepare script and every rendered model-repository file (keys allow no '/';
+    the pod's volume maps each key back to its path)."""
+    repository = model_repository(md.spec, registry)
+    data = {
+        "engine.json": json.dumps(engine_config(md.spec, registry), indent=2, sort_keys=True),
+        "prepare.sh": prepare_script(md.spec, registry),
+        **{config_key(path): text for path, text in repository.items()},
+    }
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(md, f"{md.name}-engine"),
-        "data": {"engine.json": json.dumps(engine_config(md.spec), indent=2, sort_keys=True)},
+        "data": data,
     }
 
 
+def config_items(md: ModelDeployment) -> list[dict[str, Any]]:
+    paths = [*model_repository(md.spec)]
+    return [{"key": "engine.json", "path": "engine.json"},
+            {"key": "prepare.sh", "path": "prepare.sh", "mode": 0o755},
+            *({"key": config_key(p), "path": f"repository/{p}"} for p in paths)]
+
+
 def startup_probe_failure_threshold(spec: ModelDeploymentSpec, period_seconds: int) -> int:
-    """Enough probes to cover twice the estimated engine load time, plus one minute.
+    """Enough probes to cover twice the estimated engine load time, plus one minute. The download and
+    the engine build happen before, in the init container, which no probe times.
 
     Llama-3.3-70B BF16 on TP4 loads in about 68.5 s: (2 x 68.5 + 60) / 10 s -> 20 probes.
     """
@@ -106,25 +145,19 @@ def startup_probe_failure_threshold(spec: ModelDeploymentSpec, period_seconds: i
     return max(6, math.ceil((2 * load + 60) / period_seconds))
 
 
-def triton_args(spec: ModelDeploymentSpec) -> list[str]:
-    return [
-        f"--model-repository={MODEL_CACHE_PATH}/triton-repository",
-        f"--http-port={spec.ports.http}",
-        f"--grpc-port={spec.ports.grpc}",
-        f"--metrics-port={spec.ports.metrics}",
-        "--allow-metrics=true",
-        "--allow-gpu-metrics=true",
-        "--metrics-config=histogram_latencies=true",
-        f"--exit-timeout-secs={DRAIN_SECONDS}",
-        "--disable-auto-complete-config",
-        *spec.engine.extra_args,
-    ]
+def _token_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    ref, name = spec.model.token_secret, token_env_name(spec)
+    if ref is None or name is None:
+        return []
+    key = ref.key or name
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}]
 
 
-def pod_template(md: ModelDeployment, config_hash: str) -> dict[str, Any]:
+def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> dict[str, Any]:
     spec = md.spec
     _, gpu = profiles_for(spec.model.profile, spec.gpu.product)
     gpus = spec.gpus_per_replica
+    image = resolved_image(spec, registry)
     startup_period = 10
     model_cache: dict[str, Any] = (
         {"persistentVolumeClaim": {"claimName": spec.model_cache.claim_name}}
@@ -132,32 +165,61 @@ def pod_template(md: ModelDeployment, config_hash: str) -> dict[str, Any]:
         else {"emptyDir": {"sizeLimit": spec.model_cache.size_limit}}
     )
     volumes: list[dict[str, Any]] = [
-        # NCCL and the TensorRT-LLM runtime exchange tensors through /dev/shm; the 64 MiB default
-        # makes multi-GPU engines fail at start.
+        # NCCL, MPI and the Python backend's stubs exchange tensors through /dev/shm; the 64 MiB
+        # default makes multi-GPU replicas fail at start (facts 6.3: NVIDIA's examples mount it).
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{16 * gpus}Gi"}},
         {"name": "model-cache", **model_cache},
-        {"name": "engine-config", "configMap": {"name": f"{md.name}-engine"}},
+        {"name": "engine-config", "configMap": {"name": f"{md.name}-engine", "items": config_items(md)}},
     ]
     mounts = [
         {"name": "shm", "mountPath": "/dev/shm"},
         {"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
         {"name": "engine-config", "mountPath": ENGINE_CONFIG_PATH, "readOnly": True},
     ]
+    prepare_mounts = [
+        {"name": "model-cache", "mountPath": MODEL_CACHE_PATH},
+        {"name": "engine-config", "mountPath": ENGINE_CONFIG_PATH, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes.append({"name": "tmp", "emptyDir": {}})
     if spec.model.pvc:
         volumes.append({"name": "model-source", "persistentVolumeClaim": {
             "claimName": spec.model.pvc.claim_name, "readOnly": True}})
-        mounts.append({"name": "model-source", "mountPath": "/model-source", "readOnly": True})
+        source_mount = {"name": "model-source", "mountPath": "/model-source", "readOnly": True}
+        mounts.append(source_mount)
+        prepare_mounts.append(source_mount)
     env = [
         {"name": "TOKENWORKS_MODEL_NAME", "value": spec.model.name},
         {"name": "TOKENWORKS_ENGINE_CONFIG", "value": f"{ENGINE_CONFIG_PATH}/engine.json"},
         {"name": "HF_HOME", "value": f"{MODEL_CACHE_PATH}/huggingface"},
     ]
+    security = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_UID,
+    }
+    # Building an engine needs the GPUs (trtllm-build profiles kernels on them); a pod's effective
+    # request is the larger of its init and main containers', so asking here costs nothing extra.
+    build_gpus = {"nvidia.com/gpu": str(gpus)} if spec.engine.backend == "tensorrt-engine" else {}
+    prepare = {
+        "name": "prepare",
+        "image": image,
+        "command": ["bash", f"{ENGINE_CONFIG_PATH}/prepare.sh"],
+        "env": [*env, *_token_env(spec)],
+        "resources": {"requests": {"cpu": "4", "memory": "16Gi", **build_gpus},
+                      "limits": {"memory": f"{max(32, 16 * gpus)}Gi", **build_gpus}},
+        "volumeMounts": prepare_mounts,
+        # The script writes `Reason: message` there; the operator turns it into ModelPrepared=False.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": security,
+    }
     http = {"path": "/v2/health/ready", "port": "http"}
     container = {
         "name": "triton",
-        "image": spec.engine.image,
-        "command": ["tritonserver"],
-        "args": triton_args(spec),
+        "image": image,
+        "command": launch_command(spec, registry),
         "env": env,
         "ports": [
             {"name": "http", "containerPort": spec.ports.http, "protocol": "TCP"},
@@ -179,14 +241,10 @@ def pod_template(md: ModelDeployment, config_hash: str) -> dict[str, Any]:
                           "periodSeconds": 10, "failureThreshold": 6},
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
         "volumeMounts": mounts,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": NON_ROOT_UID,
-        },
+        "securityContext": security,
     }
     pod_spec: dict[str, Any] = {
+        "initContainers": [prepare],
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": PRESTOP_SLEEP_SECONDS + DRAIN_SECONDS + 10,
@@ -218,6 +276,7 @@ def pod_template(md: ModelDeployment, config_hash: str) -> dict[str, Any]:
             "labels": labels(md.name),
             "annotations": {
                 CONFIG_HASH_ANNOTATION: config_hash,
+                CACHE_KEY_ANNOTATION: cache_key(spec, registry),
                 "prometheus.io/scrape": "true",
                 "prometheus.io/port": str(spec.ports.metrics),
             },
@@ -226,7 +285,7 @@ def pod_template(md: ModelDeployment, config_hash: str) -> dict[str, Any]:
     }
 
 
-def deployment(md: ModelDeployment, replicas: int, config_hash: str) -> dict[str, Any]:
+def deployment(md: ModelDeployment, replicas: int, config_hash: str, registry: str = "") -> dict[str, Any]:
     model, _ = profiles_for(md.spec.model.profile, md.spec.gpu.product)
     load = engine_load_seconds(model, md.spec.engine.precision, md.spec.gpus_per_replica)
     return {
@@ -241,7 +300,7 @@ def deployment(md: ModelDeployment, replicas: int, config_hash: str) -> dict[str
                          "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "progressDeadlineSeconds": int(600 + 2 * load),
             "revisionHistoryLimit": 5,
-            "template": pod_template(md, config_hash),
+            "template": pod_template(md, config_hash, registry),
         },
     }
 
@@ -293,12 +352,13 @@ def digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool) -> list[dict[str, Any]]:
+def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool,
+                    image_registry: str = "") -> list[dict[str, Any]]:
     """Every child of ``md`` at ``replicas``; the order is the order to apply them in."""
-    config = config_map(md)
+    config = config_map(md, image_registry)
     children = [
         config,
-        deployment(md, replicas, digest(config["data"])),
+        deployment(md, replicas, digest(config["data"]), image_registry),
         service(md),
         pod_disruption_budget(md),
     ]

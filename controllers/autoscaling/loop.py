@@ -19,6 +19,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from controllers.autoscaling.observer import DEFAULT_SHAPE, count_pods, observe
 from controllers.autoscaling.policy import Decision, decide
 from controllers.autoscaling.signals import Observations, Reading
 from controllers.kube import KubeApi, ManifestT
@@ -42,22 +43,23 @@ DECISIONS = Counter("tokenworks_autoscaler_decisions_total", "Decisions by the r
 METRICS_AVAILABLE = Gauge("tokenworks_autoscaler_metrics_available", "1 when every signal was read.",
                           ["namespace", "name"])
 
-DEFAULT_SHAPE = (1000, 200)  # request shape assumed until input and output rates are observed
 
 
 def _stamp(now: float) -> str:
     return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def capacity_for(md: ModelDeployment, readings: SignalReadings) -> float:
+def capacity_for(md: ModelDeployment, observations: Observations | None = None) -> float:
     """Output tokens/s per replica within the SLO: the spec's figure, or the performance model's at the
-    observed input/output ratio."""
+    observed input/output ratio (the default shape where prompts are not counted, as on llmapi)."""
     scaling = md.spec.autoscaling
     if scaling.tokens_per_second_per_replica:
         return scaling.tokens_per_second_per_replica
     replica = ReplicaModel.for_spec(md.spec)
-    inputs, outputs = readings.get("inputTokensPerSecond"), readings.get("outputTokensPerSecond")
     isl, osl = DEFAULT_SHAPE
+    if observations is None:
+        return replica.capacity_at_slo(scaling.slo.inter_token_latency_milliseconds / 1e3, isl, osl)
+    inputs, outputs = observations.input_tokens_per_second, observations.output_tokens_per_second
     if inputs.ok and outputs.ok and inputs.value and outputs.value:
         isl = max(16, min(16000, round(osl * inputs.value / outputs.value)))
     return replica.capacity_at_slo(scaling.slo.inter_token_latency_milliseconds / 1e3, isl, osl)
@@ -146,29 +148,15 @@ class AutoscalerLoop:
         applied = saved.get("desiredReplicas")
         current = int(applied) if isinstance(applied, int) and not md.spec.autoscaling.advisory else int(
             ((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
-        ready = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
-        pending = [p for p in pods if (p.get("status") or {}).get("phase") == "Pending"]
-        unschedulable = any(c.get("reason") == "Unschedulable" for p in pending
-                            for c in (p.get("status") or {}).get("conditions") or [])
-        observations = Observations(
-            output_tokens_per_second=readings.get("outputTokensPerSecond"),
-            output_tokens_per_second_short=readings.get("outputTokensPerSecondShort"),
-            input_tokens_per_second=readings.get("inputTokensPerSecond"),
-            input_tokens_per_second_short=readings.get("inputTokensPerSecondShort"),
-            ttft_seconds=readings.get("ttftSeconds"), itl_seconds=readings.get("interTokenLatencySeconds"),
-            queue=readings.get("queue"), in_flight=readings.get("inFlight"),
-            kv_utilization=readings.get("kvCacheUtilization"),
-            current_replicas=current, ready_replicas=ready, pending_replicas=len(pending),
-            unschedulable=unschedulable,
-        )
+        replica_model = ReplicaModel.for_spec(md.spec)
+        observations = observe(readings, md.spec.engine.backend, replica_model, count_pods(pods, current))
         state = self._states.get(key)
         if state is None:
             # First look since this process started: nothing scales down within one window.
             state = dict(saved.get("state") or {})
             state["history"] = [*state.get("history", []), [now, float(current)]]
         spec = md.spec
-        replica_model = ReplicaModel.for_spec(md.spec)
-        capacity = capacity_for(md, readings)
+        capacity = capacity_for(md, observations)
         decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now,
                           prefill_tokens_per_second=replica_model.prefill_capacity())
         self._states[key] = decision.state

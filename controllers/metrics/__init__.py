@@ -27,9 +27,22 @@ class SignalReadings:
         return self.readings.get(signal) or Reading.empty()
 
 
-SIGNALS = ("outputTokensPerSecond", "outputTokensPerSecondShort", "inputTokensPerSecond",
-           "inputTokensPerSecondShort", "ttftSeconds",
-           "interTokenLatencySeconds", "queue", "inFlight", "kvCacheUtilization")
+# What a metric source reads per ModelDeployment, each from a family a real pod exports (on the model
+# `tensorrt_llm`, docs/autoscaling.md has what each measures, its lag and resolution). The observer
+# (controllers.autoscaling.observer) turns them into the policy's observations.
+CORE_SIGNALS = (
+    "requestsPerSecond", "requestsPerSecondShort",  # nv_inference_request_success
+    "requestSeconds", "requestSecondsShort",  # nv_inference_request_duration_us: mean requests in flight
+    "firstResponseSeconds", "firstResponseSecondsShort",  # first-response histogram sum: mean awaiting token 1
+    "ttftSeconds",  # first-response histogram quantile
+)
+# Only the legacy tensorrtllm backend exports these (its custom metrics reporter).
+ENGINE_SIGNALS = (
+    "outputTokensPerSecond", "outputTokensPerSecondShort",  # nv_llm_output_token_len_sum
+    "inputTokensPerSecond", "inputTokensPerSecondShort",  # nv_llm_input_token_len_sum
+    "waiting", "active", "kvCacheUtilization",  # nv_trt_llm_request_metrics, nv_trt_llm_kv_cache_block_metrics
+)
+SIGNALS = CORE_SIGNALS + ENGINE_SIGNALS
 
 
 class MetricSource(Protocol):

@@ -15,9 +15,10 @@ import httpx
 
 from controllers.autoscaling.signals import Reading
 from controllers.metrics import SIGNALS, SignalReadings, Target
+from inference_pods.repository import TRTLLM_MODEL
 
 DEFAULT_DEPLOYMENT_LABEL = "tokenworks_dev_model_deployment"
-LATENCY_SIGNALS = ("ttftSeconds", "interTokenLatencySeconds")
+LATENCY_SIGNALS = ("ttftSeconds",)
 
 
 @dataclass(frozen=True)
@@ -46,36 +47,36 @@ class PrometheusSource:
         return f"namespace, {self.config.deployment_label}"
 
     def queries_for(self, percentile: float) -> dict[str, str]:
-        """PromQL per signal; every one returns one series per (namespace, model deployment)."""
+        """PromQL per signal; every one returns one series per (namespace, model deployment) and reads
+        only the ``tensorrt_llm`` model's series (an ensemble's, BLS' and pre/postprocessing's would count
+        every request up to four times)."""
         by, w, s = self._by(), self.config.window, self.config.short_window
+        m = f'model="{TRTLLM_MODEL}"'
 
-        def output_rate(window: str) -> str:
-            # The per-token counter where pods export it (the emulator); else the TensorRT-LLM
-            # backend's output-length histogram, counted as requests finish.
-            return (f"sum by ({by}) (rate(nv_llm_output_tokens_total[{window}])) or "
-                    f"sum by ({by}) (rate(nv_llm_output_token_len_sum[{window}]))")
+        def rate(family: str, window: str, scale: str = "") -> str:
+            return f"sum by ({by}) (rate({family}{{{m}}}[{window}])){scale}"
 
-        # Where no ITL histogram is exported (stock Triton), the mean ITL over the window: time after
-        # the first token divided by the tokens after the first.
-        mean_itl = (f"(sum by ({by}) (rate(nv_inference_request_duration_us[{w}])) / 1e6 - sum by ({by}) "
-                    f"(rate(nv_inference_first_response_histogram_ms_sum[{w}])) / 1e3) / (sum by ({by}) "
-                    f"(rate(nv_llm_output_token_len_sum[{w}])) - sum by ({by}) "
-                    f"(rate(nv_llm_output_token_len_count[{w}])))")
+        def gauge(family: str, selector: str) -> str:
+            return f"sum by ({by}) ({family}{{{m},{selector}}})"
+
         return {
-            "outputTokensPerSecond": output_rate(w),
-            "outputTokensPerSecondShort": output_rate(s),
-            "inputTokensPerSecond": f"sum by ({by}) (rate(nv_llm_input_token_len_sum[{w}]))",
-            "inputTokensPerSecondShort": f"sum by ({by}) (rate(nv_llm_input_token_len_sum[{s}]))",
+            "requestsPerSecond": rate("nv_inference_request_success", w),
+            "requestsPerSecondShort": rate("nv_inference_request_success", s),
+            "requestSeconds": rate("nv_inference_request_duration_us", w, " / 1e6"),
+            "requestSecondsShort": rate("nv_inference_request_duration_us", s, " / 1e6"),
+            "firstResponseSeconds": rate("nv_inference_first_response_histogram_ms_sum", w, " / 1e3"),
+            "firstResponseSecondsShort": rate("nv_inference_first_response_histogram_ms_sum", s, " / 1e3"),
             "ttftSeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "
-                           f"(rate(nv_inference_first_response_histogram_ms_bucket[{w}]))) / 1000",
-            "interTokenLatencySeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "
-                                        f"(rate(nv_llm_inter_token_latency_ms_bucket[{w}]))) / 1000 or {mean_itl}",
-            "queue": f'sum by ({by}) (nv_trt_llm_request_metrics{{request_type="waiting"}})',
-            "inFlight": f'sum by ({by}) (nv_trt_llm_request_metrics{{request_type="active"}})',
-            "kvCacheUtilization": f'sum by ({by}) (nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type="used"}})'
-                                  f' / sum by ({by}) (nv_trt_llm_kv_cache_block_metrics'
-                                  f'{{kv_cache_block_type="max"}})',
-            "age": f'time() - max by ({by}) (timestamp(nv_trt_llm_request_metrics{{request_type="active"}}))',
+                           f"(rate(nv_inference_first_response_histogram_ms_bucket{{{m}}}[{w}]))) / 1e3",
+            "outputTokensPerSecond": rate("nv_llm_output_token_len_sum", w),
+            "outputTokensPerSecondShort": rate("nv_llm_output_token_len_sum", s),
+            "inputTokensPerSecond": rate("nv_llm_input_token_len_sum", w),
+            "inputTokensPerSecondShort": rate("nv_llm_input_token_len_sum", s),
+            "waiting": gauge("nv_trt_llm_request_metrics", 'request_type="waiting"'),
+            "active": gauge("nv_trt_llm_request_metrics", 'request_type="active"'),
+            "kvCacheUtilization": gauge("nv_trt_llm_kv_cache_block_metrics", 'kv_cache_block_type="used"')
+            + " / " + gauge("nv_trt_llm_kv_cache_block_metrics", 'kv_cache_block_type="max"'),
+            "age": f"time() - max by ({by}) (timestamp(nv_inference_request_success{{{m}}}))",
         }
 
     def _query(self, promql: str, now: float) -> dict[tuple[str, str], float]:

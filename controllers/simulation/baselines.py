@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from controllers.autoscaling.loop import capacity_for
-from controllers.metrics import SignalReadings
 from controllers.simulation.simulator import Simulator
 from crds.models import ModelDeployment
 
@@ -162,8 +161,7 @@ class DynamoPlannerPolicy:
         output = sim.output_rate(now, window)
         requests = sim.arrived_between(now - window, now)
         prompt_rate = sum(r.input_tokens for r in requests) / window
-        readings = SignalReadings()
-        decode_capacity = capacity_for(self.md, readings)
+        decode_capacity = capacity_for(self.md)
         # Prefill capacity: prompt tokens per second one replica prefills at mean prompt length, with
         # the same 80% headroom, so prompts rarely queue past the TTFT target.
         mean_prompt = max(1, round(sum(r.input_tokens for r in requests) / len(requests))) if requests else 1000

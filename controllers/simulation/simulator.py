@@ -1,11 +1,14 @@
 """Replay a request trace against one ModelDeployment in virtual time.
 
 The replicas batch requests with ``inference_pods.batching`` and take ``ReplicaModel.step_seconds`` per
-iteration, exactly as the emulator does; the autoscaler is the live ``decide`` function, fed the
-signals Prometheus would show it, with the live loop's delays: a tick every ``tick_seconds``, metrics
-lagging by one scrape interval over the same rate windows, pod scheduling and engine load time before
-a new replica serves, and draining on scale-down. A router sends each request to the serving replica
-with the least outstanding work, so queueing comes from capacity rather than routing luck.
+iteration, exactly as the emulator does; the autoscaler is the live ``decide`` function, fed by the live
+loop's observer (``controllers.autoscaling.observer.observe``) from the families a real pod exports
+(``controllers.simulation.series``: completion-counted counters, the bucketed TTFT histogram, gauges
+per scrape) and from the replicas described as pods (Pending while scheduled, Running while the engine
+loads, Ready after), with the live loop's delays: a tick every ``tick_seconds``, metrics lagging by one
+scrape interval over the same rate windows, and draining on scale-down. A router sends each request to
+the serving replica with the least outstanding work, so queueing comes from capacity rather than
+routing luck.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controllers.autoscaling.loop import capacity_for
+from controllers.autoscaling.observer import count_pods, observe
 from controllers.autoscaling.policy import decide
-from controllers.autoscaling.signals import Observations, Quality, Reading
+from controllers.autoscaling.signals import Observations
 from controllers.metrics import SignalReadings
+from controllers.simulation.series import SimulatedSeries
 from controllers.simulation.trace import TraceRequest
 from crds.models import ModelDeployment
 from inference_pods.batching import Batcher, Plan, Sequence
+from inference_pods.emulator.engine import KV_BLOCK_TOKENS
 from inference_pods.performance import ReplicaModel
+from inference_pods.repository import first_response_buckets
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ class SimulationResult:
         return self.gpu_seconds / 3600
 
 
-ARRIVAL, READY, STEP_END, TICK = range(4)
+ARRIVAL, READY, STEP_END, TICK, SCRAPE = range(5)
 # A fast-forwarded run of decode iterations stops after this long, so the token counts the autoscaler
 # reads (15 s old) are always complete.
 FAST_FORWARD_HORIZON = 5.0
@@ -130,8 +137,8 @@ class TokenworksPolicy:
         self.state: dict[str, Any] = {}
 
     def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
-        obs, readings = sim.observations(now)
-        decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, readings), sim.load_seconds,
+        obs, _ = sim.observations(now)
+        decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, obs), sim.load_seconds,
                           self.state, now, prefill_tokens_per_second=sim.replica_model.prefill_capacity())
         self.state = decision.state
         return decision.replicas, decision.rule, decision.reason
@@ -154,12 +161,11 @@ class Simulator:
         self.unrouted: list[Sequence] = []
         self.completed: list[Completed] = []
         self.arrivals: dict[int, TraceRequest] = {}
-        self.token_seconds: dict[int, int] = {}  # output tokens emitted per whole second
-        # Prompt tokens of the requests finished per whole second: Triton's nv_llm_input_token_len is
-        # observed when a request completes, so the prompt rate the autoscaler sees lags the arrivals.
-        self.prompt_seconds: dict[int, int] = {}
-        self.first_tokens: list[tuple[float, float]] = []  # (time, ttft)
-        self.finishes: list[tuple[float, float]] = []  # (time, mean itl)
+        # Output tokens emitted per whole second: the ground truth for the timeline and for peers that
+        # count tokens at their own frontend; the policy reads only what the pods export (`series`).
+        self.token_seconds: dict[int, int] = {}
+        self.series = SimulatedSeries(first_response_buckets(md.spec.autoscaling.slo.ttft_milliseconds),
+                                      self.config.scrape_seconds)
         self.desired = 0
         self.scale_events = 0
         self.timeline: list[tuple[float, int, int, float]] = []
@@ -221,71 +227,58 @@ class Simulator:
             self.token_seconds[second] = self.token_seconds.get(second, 0) + len(emitted)
         for sequence in emitted:
             if sequence.generated == 1:
-                self.first_tokens.append((now, now - sequence.arrived))
+                self.series.first_token(now, now - sequence.arrived)
             if sequence.finished_at is not None:
                 assert sequence.first_token_at is not None
                 itl = (now - sequence.first_token_at) / (sequence.generated - 1) if sequence.generated > 1 else 0.0
-                self.finishes.append((now, itl))
                 request = self.arrivals.pop(sequence.id)
-                self.prompt_seconds[int(now)] = self.prompt_seconds.get(int(now), 0) + request.input_tokens
+                self.series.finished(now, now - sequence.arrived, request.input_tokens, sequence.generated)
                 self.completed.append(Completed(request.arrival, request.input_tokens, request.output_tokens,
                                                 sequence.first_token_at - sequence.arrived, itl))
         self._start_step(replica, now)
 
     # -- what Prometheus would show the autoscaler -----------------------------------------
     def output_rate(self, end: float, window: float) -> float:
-        return self._rate(self.token_seconds, end, window)
-
-    def _input_rate(self, end: float, window: float) -> float:
-        return self._rate(self.prompt_seconds, end, window)
-
-    def _rate(self, per_second: dict[int, int], end: float, window: float) -> float:
-        """What rate() over ``window`` ending at ``end`` reads from a counter kept per whole second."""
+        """Output tokens/s emitted over ``window`` ending at ``end`` (ground truth, not a pod metric)."""
         start = end - window
-        return sum(per_second.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
-            self._observed(end, window)
+        return sum(self.token_seconds.get(s, 0) for s in range(math.floor(start), math.floor(end))) / \
+            SimulatedSeries._observed(end, window)
 
-    @staticmethod
-    def _observed(end: float, window: float) -> float:
-        """The part of a rate window the run has seen: the simulation starts into traffic that was
-        already flowing, and Prometheus' rate() extrapolates over a series younger than its range
-        rather than averaging in zeros from before it existed."""
-        return max(1.0, min(window, end))
+    def pods(self, now: float) -> list[dict[str, Any]]:
+        """The replicas as the Kubernetes API would show their pods."""
+        pods: list[dict[str, Any]] = []
+        for r in self.replicas:
+            if r.stopped_at is not None:
+                continue
+            metadata: dict[str, Any] = {"deletionTimestamp": "draining"} if r.draining else {}
+            if now < r.started_at + self.config.scheduling_seconds and now < r.ready_at:
+                status: dict[str, Any] = {"phase": "Pending"}
+            else:
+                ready = "True" if r.ready_at <= now else "False"
+                status = {"phase": "Running", "conditions": [{"type": "Ready", "status": ready}]}
+            pods.append({"metadata": metadata, "status": status})
+        return pods
 
-    @staticmethod
-    def _percentile(samples: list[tuple[float, float]], start: float, end: float, q: float) -> Reading:
-        values = sorted(v for t, v in samples if start <= t < end)
-        if not values:
-            return Reading(None, Quality.NAN, "no requests in the window")  # as histogram_quantile's NaN
-        return Reading(values[min(len(values) - 1, int(q * len(values)))])
+    def _scrape(self, now: float) -> None:
+        """Gauges as the engine backend's pods export them at a scrape."""
+        serving = [r for r in self.replicas if r.stopped_at is None and r.ready_at <= now]
+        waiting = sum(len(r.batcher.waiting) for r in serving) + len(self.unrouted)
+        active = sum(len(r.batcher.active) for r in serving)
+        used = sum(-(-sum(s.context for s in r.batcher.active) // KV_BLOCK_TOKENS) for r in serving)
+        blocks = len(serving) * (self.replica_model.kv_capacity_tokens // KV_BLOCK_TOKENS)
+        self.series.scrape(now, {"waiting": float(waiting), "active": float(active + waiting),
+                                 "kvCacheUtilization": used / blocks if blocks else 0.0})
 
     def observations(self, now: float) -> tuple[Observations, SignalReadings]:
         seen = now - self.config.scrape_seconds
         window = self.config.window_seconds
-        q = self.md.spec.autoscaling.slo.percentile
-        serving = [r for r in self.replicas if r.stopped_at is None and r.ready_at <= now]
-        waiting = sum(len(r.batcher.waiting) for r in serving) + len(self.unrouted)
-        active = sum(len(r.batcher.active) for r in serving)
-        if seen < self.config.scrape_seconds:
-            # rate() needs two scrapes: until then the rate series are empty, and the autoscaler holds.
-            output = short = inputs = inputs_short = Reading.empty("fewer than two scrapes since the start")
-        else:
-            output = Reading(self.output_rate(seen, window))
-            short = Reading(self.output_rate(seen, self.config.short_window_seconds))
-            inputs = Reading(self._input_rate(seen, window))
-            inputs_short = Reading(self._input_rate(seen, self.config.short_window_seconds))
-        readings = SignalReadings({"outputTokensPerSecond": output, "inputTokensPerSecond": inputs})
-        obs = Observations(
-            output_tokens_per_second=output,
-            output_tokens_per_second_short=short,
-            input_tokens_per_second=inputs, input_tokens_per_second_short=inputs_short,
-            ttft_seconds=self._percentile(self.first_tokens, seen - window, seen, q),
-            itl_seconds=self._percentile(self.finishes, seen - window, seen, q),
-            queue=Reading(float(waiting)), in_flight=Reading(float(active)), kv_utilization=Reading(0.0),
-            current_replicas=self.desired,
-            ready_replicas=sum(1 for r in self.replicas if r.serving and r.ready_at <= now),
-            pending_replicas=sum(1 for r in self.replicas if r.serving and r.ready_at > now),
-        )
+        alive = any(r.started_at < seen and (r.stopped_at is None or r.stopped_at > seen - window)
+                    for r in self.replicas)
+        readings = self.series.readings(now, window, self.config.short_window_seconds,
+                                        self.md.spec.autoscaling.slo.percentile,
+                                        self.md.spec.engine.backend == "tensorrt-engine", alive)
+        obs = observe(readings, self.md.spec.engine.backend, self.replica_model,
+                      count_pods(self.pods(now), self.desired))
         return obs, readings
 
     def arrived_between(self, start: float, end: float) -> list[TraceRequest]:
@@ -342,13 +335,14 @@ class Simulator:
             self._push(request.arrival, ARRIVAL, index)
         if scaling.enabled:
             self._push(self.policy.tick_seconds, TICK)
+            self._push(self.config.scrape_seconds, SCRAPE)
         end = self.requests[-1].arrival if self.requests else 0.0
         now = last_work = 0.0
         while self._events:
             now, _, kind, data = heapq.heappop(self._events)
             if kind == STEP_END and data[1] != data[0].version:
                 continue  # a fast-forward that an arrival cut short
-            if kind != TICK:
+            if kind not in (TICK, SCRAPE):
                 last_work = now
             if kind == ARRIVAL:
                 request = self.requests[data]
@@ -362,6 +356,10 @@ class Simulator:
                     for sequence in pending:
                         self._route(sequence, now)
                     self._start_step(data, now)
+            elif kind == SCRAPE:
+                self._scrape(now)
+                if now < end or any(r.plan is not None for r in self.replicas) or self.unrouted:
+                    self._push(now + self.config.scrape_seconds, SCRAPE)
             elif kind == TICK:
                 self._tick(now)
                 busy = any(r.plan is not None for r in self.replicas) or self.unrouted

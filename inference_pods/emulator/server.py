@@ -1,5 +1,10 @@
-"""HTTP faces of the emulator: Triton's KServe v2 protocol with the generate extension, an
-OpenAI-compatible API, and Prometheus metrics on their own port.
+"""HTTP faces of the emulator: what ``tritonserver`` serves for the pod's model repository, Triton's
+KServe v2 protocol with the generate extensions, and Prometheus metrics on their own port.
+
+Decoupled models (every streaming LLM model) answer as Triton does: HTTP ``infer`` and gRPC
+``ModelInfer`` refuse them, ``generate_stream`` and gRPC ``ModelStreamInfer`` stream. The request
+inputs are those of the served model: ``sampling_param_max_tokens`` and ``streaming`` on the LLM-API
+``tensorrt_llm`` model, ``max_tokens`` and ``stream`` on the engine path's ``ensemble`` and BLS.
 
 Prompt length in tokens is the number of whitespace-separated words of the text, so a load generator
 controls it exactly.
@@ -21,25 +26,40 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from inference_pods.emulator.engine import Draining, EmulatedEngine, QueueFull, Request
-from inference_pods.emulator.metrics import EmulatorMetrics
+from inference_pods.emulator.metrics import PodMetrics
+from inference_pods.emulator.pod import Launch
 from inference_pods.performance import ReplicaModel
+from inference_pods.repository import TRTLLM_MODEL
 
 log = logging.getLogger("tokenworks.emulator")
 
 
 @dataclass(frozen=True)
 class EmulatorConfig:
-    model_name: str
+    """How the twin runs; what it serves comes from the pod's ``Launch``."""
+
     host: str = "127.0.0.1"
-    http_port: int = 8000
-    grpc_port: int = 0
-    metrics_port: int = 8002
     time_scale: float = 1.0
     seed: int = 0
     load_seconds: float | None = None  # default: the performance model's engine load time
     max_queue: int = 1024
-    max_input_length: int = 8192
-    max_output_length: int = 4096
+
+
+def replica_for(launch: Launch) -> ReplicaModel:
+    """The performance model of the pod's replica: hardware and weights from engine.json, the engine's
+    limits from what the server itself reads (model.yaml on the LLM-API path)."""
+    engine = launch.engine
+    model = launch.model(TRTLLM_MODEL)
+    args = (model.llm_args if model else None) or {}
+    # The C++ backend's batch limit is the tensorrt_llm model's max_batch_size (the LLM-API model has
+    # 0 there: Triton does not batch it, model.yaml says what the LLM API does).
+    batch = model.max_batch_size if model and model.max_batch_size > 0 else args.get("max_batch_size")
+    return ReplicaModel.for_profiles(
+        engine["model"]["profile"], engine["gpu"], precision=engine["precision"],
+        tp=int(args.get("tensor_parallel_size", engine["tensorParallelSize"])),
+        pp=int(args.get("pipeline_parallel_size", engine["pipelineParallelSize"])),
+        max_batch_size=int(batch or engine["maxBatchSize"]),
+        max_num_tokens=int(args.get("max_num_tokens", engine["maxNumTokens"])))
 
 
 class ApiError(Exception):
@@ -52,19 +72,25 @@ class ApiError(Exception):
         self.reason = reason  # nv_inference_request_failure reason, when the failure counts
 
 
+DEFAULT_LLMAPI_MAX_TOKENS = 32  # the LLM API's SamplingParams default
+
+
 def count_tokens(text: str) -> int:
     return max(1, len(text.split()))
 
 
 class Emulator:
-    def __init__(self, replica: ReplicaModel, config: EmulatorConfig) -> None:
-        self.replica = replica
-        self.config = config
+    def __init__(self, launch: Launch, config: EmulatorConfig | None = None) -> None:
+        self.launch = launch
+        self.config = config = config or EmulatorConfig()
+        self.replica = replica = replica_for(launch)
         self.engine = EmulatedEngine(replica, time_scale=config.time_scale, seed=config.seed,
                                      max_queue=config.max_queue)
-        self.metrics = EmulatorMetrics(self.engine, config.model_name, replica.gpus)
-        self.started = time.monotonic()
         load = replica.load_seconds() if config.load_seconds is None else config.load_seconds
+        self.metrics = PodMetrics(self.engine, launch.exposition(replica.gpus), load)
+        self.max_input_length = int(launch.engine["maxInputLength"])
+        self.max_output_length = int(launch.engine["maxOutputLength"])
+        self.started = time.monotonic()
         self.ready_after = load / config.time_scale
         self.runners: list[web.AppRunner] = []
         self.grpc_server: Any = None
@@ -80,30 +106,51 @@ class Emulator:
 
     # -- request handling shared by every protocol ---------------------------------------------
     def check_model(self, name: str) -> None:
-        if name != self.config.model_name:
+        if self.launch.model(name) is None:
             raise ApiError(404, f"Request for unknown model: '{name}' is not found", "model_not_found")
 
-    def submit(self, text: str, max_tokens: Any) -> Request:
+    def decoupled(self, name: str) -> bool:
+        model = self.launch.model(name)
+        return model is not None and model.decoupled
+
+    def inputs(self, name: str) -> tuple[str, str]:
+        """(max-tokens input, streaming input) of a served model."""
+        return ("sampling_param_max_tokens", "streaming") if name == TRTLLM_MODEL else ("max_tokens", "stream")
+
+    def max_tokens(self, name: str, values: dict[str, Any]) -> Any:
+        key, _ = self.inputs(name)
+        if key not in values:
+            if name == TRTLLM_MODEL:
+                return DEFAULT_LLMAPI_MAX_TOKENS
+            raise ApiError(400, f"expected input '{key}' is missing")
+        return values[key]
+
+    def submit(self, model: str, text: str, max_tokens: Any) -> Request:
+        if model not in self.launch.served:
+            raise ApiError(400, f"model '{model}' takes token ids, not text; send requests to "
+                           f"{' or '.join(self.launch.served)}")
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ApiError(400, f"max_tokens must be a positive integer, got {max_tokens!r}")
-        if max_tokens > self.config.max_output_length:
+        if max_tokens > self.max_output_length:
             raise ApiError(400, f"max_tokens {max_tokens} exceeds the engine's max output length "
-                           f"{self.config.max_output_length}")
+                           f"{self.max_output_length}")
         if not self.ready:
             raise ApiError(503, "the model is not ready (loading or shutting down)", "server_error",
                            reason="REJECTED")
         prompt = count_tokens(text)
-        if prompt > self.config.max_input_length:
-            self.metrics.fail("REJECTED")
+        if prompt > self.max_input_length:
+            self.metrics.fail(model, "BACKEND")
             raise ApiError(400, f"prompt of {prompt} tokens exceeds the engine's max input length "
-                           f"{self.config.max_input_length}")
+                           f"{self.max_input_length}")
         try:
-            return self.engine.submit(prompt, max_tokens)
+            request = self.engine.submit(prompt, max_tokens)
         except QueueFull as error:
-            self.metrics.fail("REJECTED")
+            self.metrics.fail(model, "REJECTED")
             raise ApiError(503, str(error), "rate_limit_exceeded") from error
         except Draining as error:
             raise ApiError(503, str(error), "server_error") from error
+        self.metrics.started(request, model)
+        return request
 
     async def collect(self, request: Request) -> str:
         return "".join([token async for token in self.engine.stream(request)])
@@ -129,17 +176,6 @@ class Emulator:
                 return web.json_response({"error": error.message}, status=status)
         return wrapped
 
-    def openai_errors(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                      ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def wrapped(http: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(http)
-            except ApiError as error:
-                status = 429 if error.openai_type == "rate_limit_exceeded" else error.status
-                return web.json_response({"error": {"message": error.message, "type": error.openai_type,
-                                                    "code": status}}, status=status)
-        return wrapped
-
     async def health_live(self, _: web.Request) -> web.Response:
         return web.Response(status=200 if self.engine.alive else 500)
 
@@ -151,18 +187,24 @@ class Emulator:
         return web.Response(status=200 if self.ready else 503)
 
     async def model_metadata(self, http: web.Request) -> web.Response:
-        self.check_model(http.match_info["model"])
+        name = http.match_info["model"]
+        self.check_model(name)
+        model = self.launch.model(name)
+        assert model is not None
         return web.json_response({
-            "name": self.config.model_name, "versions": ["1"], "platform": "ensemble",
-            "inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [-1, 1]},
-                       {"name": "max_tokens", "datatype": "INT32", "shape": [-1, 1]}],
-            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1, 1]}],
+            "name": name, "versions": ["1"], "platform": model.platform or model.backend,
+            "inputs": [{"name": i, "datatype": "BYTES" if i == "text_input" else "INT32", "shape": [-1]}
+                       for i in model.inputs],
+            "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [-1]}],
         })
 
     async def infer(self, http: web.Request) -> web.Response:
         """KServe v2 infer with Triton's binary tensor extension (what tritonclient sends by default):
         a JSON header of ``Inference-Header-Content-Length`` bytes, then the tensors' raw bytes."""
-        self.check_model(http.match_info["model"])
+        name = http.match_info["model"]
+        self.check_model(name)
+        if self.decoupled(name):
+            raise ApiError(400, "HTTP end point doesn't support models with decoupled transaction policy")
         raw = await http.read()
         header_length = int(http.headers.get("Inference-Header-Content-Length", len(raw)))
         try:
@@ -188,12 +230,12 @@ class Emulator:
                 values[tensor.get("name", "")] = _first(tensor.get("data"))
         if "text_input" not in values:
             raise ApiError(400, "expected input 'text_input' (BYTES) is missing")
-        request = self.submit(str(values["text_input"]), values.get("max_tokens", 16))
+        request = self.submit(name, str(values["text_input"]), self.max_tokens(name, values))
         output = await self.collect(request)
         parameters = body.get("parameters") or {}
         wants_binary = parameters.get("binary_data_output") or any(
             (o.get("parameters") or {}).get("binary_data") for o in body.get("outputs") or [] if isinstance(o, dict))
-        result: dict[str, Any] = {"model_name": self.config.model_name, "model_version": "1",
+        result: dict[str, Any] = {"model_name": name, "model_version": "1",
                                   "id": body.get("id", ""),
                                   "outputs": [{"name": "text_output", "datatype": "BYTES", "shape": [1, 1]}]}
         if not wants_binary:
@@ -206,75 +248,36 @@ class Emulator:
             "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
 
     async def generate(self, http: web.Request) -> web.Response:
-        self.check_model(http.match_info["model"])
+        name = http.match_info["model"]
+        self.check_model(name)
+        if self.decoupled(name):
+            # NVIDIA's guide: a decoupled model answers the non-streaming endpoint with 501.
+            raise ApiError(501, "the model is decoupled: use generate_stream")
         body = await self.json_body(http)
-        request = self.submit(str(body.get("text_input", "")), body.get("max_tokens", 16))
+        request = self.submit(name, str(body.get("text_input", "")), self.max_tokens(name, body))
         output = await self.collect(request)
-        return web.json_response({"model_name": self.config.model_name, "model_version": "1",
-                                  "text_output": output})
+        return web.json_response({"model_name": name, "model_version": "1", "text_output": output})
 
     async def generate_stream(self, http: web.Request) -> web.StreamResponse:
-        self.check_model(http.match_info["model"])
+        name = http.match_info["model"]
+        self.check_model(name)
         body = await self.json_body(http)
-        request = self.submit(str(body.get("text_input", "")), body.get("max_tokens", 16))
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        request = self.submit(name, str(body.get("text_input", "")), self.max_tokens(name, body))
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                               "Cache-Control": "no-cache"})
         await response.prepare(http)
         async for token in self.engine.stream(request):
-            event = {"model_name": self.config.model_name, "model_version": "1", "text_output": token}
+            event = {"model_name": name, "model_version": "1", "text_output": token}
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
         await response.write_eof()
         return response
-
-    async def completions(self, http: web.Request) -> web.StreamResponse:
-        body = await self.json_body(http)
-        chat = http.path.endswith("/chat/completions")
-        self.check_model(str(body.get("model", "")))
-        if chat:
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ApiError(400, "'messages' must be a non-empty list")
-            text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-        else:
-            if "prompt" not in body:
-                raise ApiError(400, "'prompt' is required")
-            text = str(body["prompt"])
-        request = self.submit(text, body.get("max_tokens", 16))
-        created = int(time.time())
-        kind = "chat.completion" if chat else "text_completion"
-        ident = f"{'chatcmpl' if chat else 'cmpl'}-{request.id}"
-        if not body.get("stream"):
-            output = await self.collect(request)
-            choice: dict[str, Any] = ({"index": 0, "message": {"role": "assistant", "content": output},
-                                       "finish_reason": "length"} if chat else
-                                      {"index": 0, "text": output, "finish_reason": "length"})
-            return web.json_response({
-                "id": ident, "object": kind, "created": created, "model": self.config.model_name,
-                "choices": [choice],
-                "usage": {"prompt_tokens": request.prompt_tokens, "completion_tokens": request.generated,
-                          "total_tokens": request.prompt_tokens + request.generated},
-            })
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        await response.prepare(http)
-        async for token in self.engine.stream(request):
-            delta: dict[str, Any] = ({"index": 0, "delta": {"content": token}, "finish_reason": None}
-                                     if chat else {"index": 0, "text": token, "finish_reason": None})
-            chunk = {"id": ident, "object": f"{kind}.chunk" if chat else kind, "created": created,
-                     "model": self.config.model_name, "choices": [delta]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-        return response
-
-    async def list_models(self, _: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [
-            {"id": self.config.model_name, "object": "model", "owned_by": "tokenworks-emulator"}]})
 
     async def scrape(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     def http_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        k, o = self.kserve_errors, self.openai_errors
+        k = self.kserve_errors
         app.add_routes([
             web.get("/v2/health/live", self.health_live),
             web.get("/v2/health/ready", self.health_ready),
@@ -286,9 +289,6 @@ class Emulator:
             web.post("/v2/models/{model}/versions/{version}/infer", k(self.infer)),
             web.post("/v2/models/{model}/generate", k(self.generate)),
             web.post("/v2/models/{model}/generate_stream", k(self.generate_stream)),
-            web.post("/v1/completions", o(self.completions)),
-            web.post("/v1/chat/completions", o(self.completions)),
-            web.get("/v1/models", self.list_models),
         ])
         return app
 
@@ -300,15 +300,18 @@ class Emulator:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.engine.start()
-        for app, port in ((self.http_app(), self.config.http_port), (self.metrics_app(), self.config.metrics_port)):
+        apps = [(self.http_app(), self.launch.http_port)]
+        if self.launch.allow_metrics:
+            apps.append((self.metrics_app(), self.launch.metrics_port))
+        for app, port in apps:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             await web.TCPSite(runner, self.config.host, port).start()
             self.runners.append(runner)
-        if self.config.grpc_port:
+        if self.launch.grpc_port:
             from inference_pods.emulator.grpc_service import start_grpc
 
-            self.grpc_server = await start_grpc(self, self.config.host, self.config.grpc_port)
+            self.grpc_server = await start_grpc(self, self.config.host, self.launch.grpc_port)
 
     async def shutdown(self) -> None:
         """Drain as Triton does on SIGTERM: refuse new work with 503, finish in-flight, then exit."""
@@ -328,11 +331,11 @@ def _first(values: Any) -> Any:
     return values
 
 
-async def serve(replica: ReplicaModel, config: EmulatorConfig) -> None:
-    emulator = Emulator(replica, config)
+async def serve(launch: Launch, config: EmulatorConfig) -> None:
+    emulator = Emulator(launch, config)
     await emulator.start()
-    log.info("serving model=%s http=%s:%d metrics=%d grpc=%d ready_in=%.1fs", config.model_name, config.host,
-             config.http_port, config.metrics_port, config.grpc_port, emulator.ready_after)
+    log.info("serving models=%s http=%s:%d metrics=%d grpc=%d ready_in=%.1fs", ",".join(launch.served),
+             config.host, launch.http_port, launch.metrics_port, launch.grpc_port, emulator.ready_after)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

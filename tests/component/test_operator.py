@@ -371,3 +371,66 @@ def test_an_operator_killed_mid_reconcile_converges_without_duplicates(
             "PodDisruptionBudget": ["llama-8b", "llama-70b", "llama-8b-fixed"],
             "PodMonitor": ["llama-8b", "llama-70b", "llama-8b-fixed"],
         }.items()}
+
+
+@pytest.mark.parametrize(("change", "reason", "fragment"), [
+    ({"modelCache": {"claimName": "nowhere"}}, "ModelCacheClaimMissing", "names no PersistentVolumeClaim"),
+    ({"modelCache": {"claimName": "small-cache"}}, "ModelCacheTooSmall", "holds 10Gi"),
+    ({"modelCache": {"sizeLimit": "50Gi"}}, "ModelCacheTooSmall", "below the about 155 GB"),
+    ({"engine": {"maxInputLength": 120000, "maxOutputLength": 8000, "kvCacheFreeGpuMemFraction": 0.06}},
+     "EngineLimitTooLarge", "needs 41.9 GB of KV cache"),
+])
+def test_bad_model_inputs_degrade_and_leave_running_pods_alone(
+    operator: Operator, namespace: str, change: dict[str, Any], reason: str, fragment: str
+) -> None:
+    plane = operator.plane
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "small-cache", "namespace": namespace},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "10Gi"}}}}))
+    apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
+    eventually(lambda: reconciled(plane, namespace, "llama-70b"), timeout=60)
+    before = live_deployment(plane, namespace, "llama-70b")
+    custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-70b", {"spec": change})
+
+    def degraded() -> dict[str, Any] | None:
+        obj = reconciled(plane, namespace, "llama-70b")
+        return obj if obj and condition(obj, "Degraded").get("reason") == reason else None
+
+    obj = eventually(degraded, timeout=60)
+    assert fragment in condition(obj, "Degraded")["message"]
+    after = live_deployment(plane, namespace, "llama-70b")
+    assert after["spec"]["template"] == before["spec"]["template"], "running pods are left alone"
+    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=llama-70b").items
+    assert any(e.reason == reason and e.type == "Warning" for e in events)
+
+
+def test_a_failed_prepare_step_becomes_a_condition_and_an_event(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-8b-h100.yaml")
+    core = client.CoreV1Api(plane.api_client())
+    selector = f"{templates.INSTANCE_LABEL}=llama-8b"
+    pod = eventually(lambda: next(iter(core.list_namespaced_pod(namespace, label_selector=selector).items), None),
+                     timeout=60)
+    message = "RevisionNotFound: revision v9 does not exist for meta-llama/Llama-3.1-8B-Instruct\n"
+    # What the kubelet reports when the prepare script exits 1 after writing its termination log.
+    status = {"status": {"phase": "Pending", "initContainerStatuses": [{
+        "name": "prepare", "image": "img", "imageID": "", "ready": False, "restartCount": 1,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": message}}}],
+        "containerStatuses": [{"name": "triton", "image": "img", "imageID": "", "ready": False,
+                               "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+
+    def failed() -> dict[str, Any] | None:
+        # KWOK may write its own status over ours; write it again until the operator has seen it.
+        core.patch_namespaced_pod_status(pod.metadata.name, namespace, status)
+        obj = get_md(plane, namespace, "llama-8b")
+        return obj if condition(obj, "ModelPrepared").get("status") == "False" else None
+
+    obj = eventually(failed, timeout=60, interval=1)
+    prepared = condition(obj, "ModelPrepared")
+    assert prepared["reason"] == "RevisionNotFound"
+    assert prepared["message"] == "revision v9 does not exist for meta-llama/Llama-3.1-8B-Instruct"
+    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama-8b").items
+    assert any(e.reason == "RevisionNotFound" and e.type == "Warning" for e in events)

@@ -1,11 +1,13 @@
-"""End to end: the operator autoscales a ModelDeployment on metrics a real Prometheus scrapes from
-emulator processes (one per replica of its Deployment), through a load step up and down, Prometheus
-stopping and coming back, and an operator restart."""
+"""End to end: the operator autoscales a ModelDeployment on the families a real Prometheus scrapes from
+emulator twins of its pods (one per replica, each started from the Deployment's own pod template and
+ConfigMap as the API server holds them, on its own loopback address), through a load step up and down,
+Prometheus stopping and coming back, and an operator restart."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.controlplane import REPO_ROOT, ControlPlane, free_port
 from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
 from tests.support.prometheus import PrometheusServer
@@ -36,23 +38,29 @@ class Pods:
     def __init__(self, plane: ControlPlane, prometheus: PrometheusServer, namespace: str) -> None:
         self.plane, self.prometheus, self.namespace = plane, prometheus, namespace
         self.emulators: list[EmulatorProcess] = []
+        self.subnet = random.randrange(1, 250)  # pod addresses 127.0.<subnet>.<n>, apart from other runs
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        apps = client.AppsV1Api(self.plane.api_client())
+        api = self.plane.api_client()
+        apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+        addresses = (f"127.0.{self.subnet}.{i}" for i in itertools.count(2))
         while not self.stop.wait(0.5):
             try:
-                want = apps.read_namespaced_deployment(NAME, self.namespace).spec.replicas or 0
+                deployment = api.sanitize_for_serialization(apps.read_namespaced_deployment(NAME, self.namespace))
+                config = core.read_namespaced_config_map(f"{NAME}-engine", self.namespace).data
             except client.ApiException:
                 continue
+            want = deployment["spec"]["replicas"] or 0
             with self.lock:
                 while len(self.emulators) < want:
-                    self.emulators.append(EmulatorProcess(["--load-seconds=1", "--grpc-port=0"]).start())
+                    self.emulators.append(EmulatorProcess.from_pod(
+                        deployment["spec"]["template"], config, next(addresses), ["--load-seconds=1"]).start())
                 while len(self.emulators) > want:
                     self.emulators.pop().stop()
-                urls = [f"127.0.0.1:{e.metrics_port}" for e in self.emulators]
+                urls = [e.metrics_target for e in self.emulators]
             self.prometheus.set_targets([(urls, {"namespace": self.namespace,
                                                  "tokenworks_dev_model_deployment": NAME})])
 
@@ -75,9 +83,11 @@ class Load:
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _send(self, url: str) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            httpx.post(f"{url}/v2/models/llama-3-1-8b/generate", json={"text_input": "w " * 200, "max_tokens": 64},
-                       timeout=30)
+        body = {"text_input": "w " * 200, "sampling_param_max_tokens": 64}
+        with contextlib.suppress(httpx.HTTPError), httpx.stream(
+                "POST", f"{url}/v2/models/tensorrt_llm/generate_stream", json=body, timeout=30) as response:
+            for _ in response.iter_lines():
+                pass
 
     def _run(self) -> None:
         counter = itertools.count()
@@ -105,6 +115,8 @@ def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any) -> It
 
     manifest = yaml.safe_load((REPO_ROOT / "examples" / "llama-8b-h100.yaml").read_text())
     manifest["metadata"]["namespace"] = namespace
+    # The pinned llmapi backend: Triton core families only; tokens come from the observer's model.
+    manifest["spec"]["ports"] = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 4,
                                        "tokensPerSecondPerReplica": CAPACITY,
                                        "scaleDownStabilizationSeconds": STABILIZATION}

@@ -35,8 +35,19 @@ def test_crds_generate_check_fails_on_a_stale_file(tmp_path: Path) -> None:
 def test_plan_summarises_children_and_capacity() -> None:
     result = runner.invoke(app, ["plan", str(EXAMPLES / "llama-70b-h200-tp4.yaml")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    for text in ("Llama-3.3-70B bf16 on 4 x H200-SXM", "weights per GPU 35.3 GB", "cold start 69 s",
+    for text in ("Llama-3.3-70B bf16 on 4 x H200-SXM", "weights per GPU 35.3 GB",
+                 "start with the model cache empty about 210 s", "with the cache key complete 69 s",
                  "Deployment", "llama-70b-engine", "PodDisruptionBudget", "http 8000, grpc 8001, metrics 8002"):
+        assert text in result.output, text
+
+
+def test_plan_show_prints_the_pod_and_its_repository() -> None:
+    result = runner.invoke(app, ["plan", str(EXAMPLES / "llama-70b-h200-tp4.yaml"), "--show"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for text in ("Init container prepare: bash /etc/tokenworks/prepare.sh", "ngc registry model download-version",
+                 "Container triton: mpirun --allow-run-as-root -n 1 tritonserver", "tensorrt_llm/config.pbtxt",
+                 "tensorrt_llm/1/model.yaml", "tensor_parallel_size: 4", "decoupled: true"):
         assert text in result.output, text
 
 

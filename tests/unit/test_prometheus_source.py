@@ -42,14 +42,16 @@ def test_one_query_per_signal_for_all_targets_and_per_percentile_for_latency() -
     prometheus.observe([A, B, C], now=100)
     shared = [q for q in seen if "histogram_quantile" not in q]
     latency = [q for q in seen if "histogram_quantile" in q]
-    assert len(shared) == 8  # 7 rate/gauge signals + the sample age, for every target at once
-    assert len(latency) == 4  # TTFT and ITL, for each of the two percentiles
+    assert len(shared) == 14  # 13 rate/gauge signals + the sample age, for every target at once
+    assert len(latency) == 2  # TTFT, for each of the two percentiles
+    # Only the TensorRT-LLM model's series: an ensemble's would count each request again.
+    assert all('model="tensorrt_llm"' in q for q in seen)
     assert any("histogram_quantile(0.99" in q for q in latency)
 
 
 def test_values_empty_nan_and_errors_are_told_apart() -> None:
     prometheus, _ = source({
-        "nv_llm_output_tokens_total[2m]": vector(("a", "1500"), ("b", "NaN")),
+        "nv_llm_output_token_len_sum{model=\"tensorrt_llm\"}[2m]": vector(("a", "1500"), ("b", "NaN")),
         "nv_inference_first_response_histogram_ms_bucket": 503,
         "timestamp(": vector(("a", "3"), ("b", "2")),
     })
@@ -58,13 +60,13 @@ def test_values_empty_nan_and_errors_are_told_apart() -> None:
     assert a.get("outputTokensPerSecond").value == 1500
     assert b.get("outputTokensPerSecond").quality is Quality.NAN
     assert a.get("ttftSeconds").quality is Quality.ERROR
-    assert a.get("queue").quality is Quality.EMPTY
+    assert a.get("waiting").quality is Quality.EMPTY
     assert set(a.readings) == set(SIGNALS)
 
 
 def test_old_samples_are_stale() -> None:
     prometheus, _ = source({
-        "nv_llm_output_tokens_total[2m]": vector(("a", "1500")),
+        "nv_llm_output_token_len_sum{model=\"tensorrt_llm\"}[2m]": vector(("a", "1500")),
         "timestamp(": vector(("a", "600")),
     })
     assert prometheus.observe([A], now=100)[A].get("outputTokensPerSecond").quality is Quality.STALE

@@ -1,0 +1,137 @@
+"""The one observer: what the policy sees, built from a metric source's readings and the pods' states.
+
+The live loop (Prometheus, Kubernetes pods) and the simulator (its own series store, its replicas
+described as pods) both call ``observe``, so "pending", "ready", "empty" and every derived figure mean
+the same in both.
+
+Where each observation comes from (docs/autoscaling.md has the worked numbers):
+
+- **tensorrt-engine**: output and prompt tokens/s from the backend's token-length histograms (counted
+  when a request completes), queue and in-flight from ``nv_trt_llm_request_metrics``, KV use from its
+  block gauges, ITL as the window's mean: time after the first token over tokens after the first.
+- **llmapi**: Triton core families only. In flight C = rate of the request-duration counter (Little's
+  law), awaiting the first token F = rate of the first-response histogram's sum; decoding D = C - F.
+  Token counts are not exported, so the performance model turns D into them: ITL(b) of a decode step at
+  the mean batch b = D / ready replicas, output tokens/s = D / ITL(b) + first tokens/s. The queue is F
+  (requests waiting for their first token, queued or in prefill); KV use is not observable.
+- **TTFT** on both: the percentile of ``nv_inference_first_response_histogram_ms``, interpolated within
+  the buckets the repository sets around the target.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from controllers.autoscaling.signals import Observations, Quality, Reading
+from controllers.metrics import SignalReadings
+from inference_pods.performance import ReplicaModel
+
+# Request shape assumed where prompt and output lengths cannot be measured (the LLM-API path): the mean
+# context of a decoding request with 1,000 prompt and 200 output tokens is 1,100 tokens.
+DEFAULT_SHAPE = (1000, 200)
+
+
+@dataclass(frozen=True)
+class PodCounts:
+    """What the Kubernetes API says about a ModelDeployment's pods."""
+
+    current: int  # the count the system is moving to
+    ready: int = 0  # Ready condition True and not terminating
+    pending: int = 0  # phase Pending: not scheduled, pulling, or preparing the model cache
+    loading: int = 0  # Running but not yet Ready: the engine is loading
+    unschedulable: bool = False  # the scheduler rejected a pending pod
+
+
+def count_pods(pods: Iterable[dict[str, Any]], current: int) -> PodCounts:
+    ready = pending = loading = 0
+    unschedulable = False
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue  # draining: no longer capacity, and not coming back
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        phase = status.get("phase")
+        if phase == "Pending":
+            pending += 1
+            unschedulable |= (conditions.get("PodScheduled") or {}).get("reason") == "Unschedulable"
+        elif phase == "Running" and (conditions.get("Ready") or {}).get("status") == "True":
+            ready += 1
+        elif phase == "Running":
+            loading += 1
+    return PodCounts(current, ready, pending, loading, unschedulable)
+
+
+def _ok(reading: Reading) -> float | None:
+    return reading.value if reading.ok and reading.value is not None else None
+
+
+def _derived(value: float | None, parts: Iterable[Reading], detail: str) -> Reading:
+    """A figure computed from others: unusable when any part is, with the first part's reason."""
+    for part in parts:
+        if not part.ok:
+            return Reading(None, part.quality, part.detail)
+    if value is None or math.isnan(value) or math.isinf(value):
+        return Reading(None, Quality.NAN, f"{detail}: no requests in the window")
+    return Reading(value, Quality.OK, detail)
+
+
+def _decoding(readings: SignalReadings, short: bool) -> tuple[Reading, Reading, Reading]:
+    suffix = "Short" if short else ""
+    c = readings.get("requestSeconds" + suffix)
+    f = readings.get("firstResponseSeconds" + suffix)
+    d = _ok(c), _ok(f)
+    value = max(0.0, d[0] - d[1]) if d[0] is not None and d[1] is not None else None
+    return _derived(value, (c, f), "requests decoding (in flight minus awaiting the first token)"), c, f
+
+
+def llmapi_tokens(readings: SignalReadings, replica: ReplicaModel, ready: int, short: bool) -> tuple[Reading, Reading]:
+    """(output tokens/s, mean ITL) modelled from the measured decoding concurrency."""
+    decoding, _, _ = _decoding(readings, short)
+    first = readings.get("requestsPerSecond" + ("Short" if short else ""))
+    d, r = _ok(decoding), _ok(first)
+    if d is None or r is None:
+        bad = decoding if d is None else first
+        return Reading(None, bad.quality, bad.detail), Reading(None, bad.quality, bad.detail)
+    isl, osl = DEFAULT_SHAPE
+    batch = max(1, round(d / max(1, ready)))
+    itl = replica.decode_seconds(batch, isl + osl // 2)
+    note = f"modelled from {d:.1f} requests decoding ({batch} per ready replica)"
+    return Reading(d / itl + r, Quality.OK, note), Reading(itl, Quality.OK, note)
+
+
+def engine_itl(readings: SignalReadings) -> Reading:
+    decoding, _, _ = _decoding(readings, short=False)
+    tokens, requests = readings.get("outputTokensPerSecond"), readings.get("requestsPerSecond")
+    d, t, r = _ok(decoding), _ok(tokens), _ok(requests)
+    after_first = (t - r) if t is not None and r is not None else None
+    value = d / after_first if d is not None and after_first is not None and after_first > 0 else math.nan
+    return _derived(value, (decoding, tokens, requests), "mean over the window: time after the first token "
+                    "over tokens after the first")
+
+
+def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods: PodCounts) -> Observations:
+    """The policy's observations for one ModelDeployment."""
+    ttft = readings.get("ttftSeconds")
+    _, in_flight, awaiting = _decoding(readings, short=False)
+    if backend == "tensorrt-engine":
+        output, output_short = readings.get("outputTokensPerSecond"), readings.get("outputTokensPerSecondShort")
+        inputs, inputs_short = readings.get("inputTokensPerSecond"), readings.get("inputTokensPerSecondShort")
+        itl = engine_itl(readings)
+        queue, active, kv = readings.get("waiting"), readings.get("active"), readings.get("kvCacheUtilization")
+    else:
+        output, itl = llmapi_tokens(readings, replica, pods.ready, short=False)
+        output_short, _ = llmapi_tokens(readings, replica, pods.ready, short=True)
+        unexported = "not exported on the llmapi backend (Triton core families only)"
+        inputs = inputs_short = kv = Reading(None, Quality.EMPTY, unexported)
+        queue = _derived(_ok(awaiting), (awaiting,), "requests awaiting their first token (window mean)")
+        active = _derived(_ok(in_flight), (in_flight,), "requests in flight (window mean)")
+    return Observations(
+        output_tokens_per_second=output, output_tokens_per_second_short=output_short,
+        input_tokens_per_second=inputs, input_tokens_per_second_short=inputs_short,
+        ttft_seconds=ttft, itl_seconds=itl, queue=queue, in_flight=active, kv_utilization=kv,
+        current_replicas=pods.current, ready_replicas=pods.ready, pending_replicas=pods.pending,
+        unschedulable=pods.unschedulable,
+    )

@@ -1,0 +1,504 @@
+"""The Triton model repository, preparation script and launch command of a ModelDeployment (pure).
+
+Two backends, as NVIDIA documents them (docs/design/serving-path.md cites each choice):
+
+- ``llmapi``: one Python-backend model ``tensorrt_llm`` whose ``1/model.yaml`` holds the LLM-API
+  arguments (``all_models/llmapi`` in TensorRT-LLM's ``triton_backend``); no engine is built.
+- ``tensorrt-engine``: the inflight-batcher layout (``preprocessing``, ``tensorrt_llm``,
+  ``postprocessing``, ``ensemble``, ``tensorrt_llm_bls``) over an engine that ``trtllm-build`` writes
+  once into the model cache.
+
+The ``config.pbtxt`` files are written here in Triton's model-config text format with the spec's
+values (what NVIDIA's ``fill_template.py`` does to its templates); a test parses every one with
+Triton's own ``model_config_pb2``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from crds.models import DEFAULT_IMAGES, ModelDeploymentSpec
+
+MODEL_CACHE_PATH = "/model-cache"
+CONFIG_PATH = "/etc/tokenworks"  # the ConfigMap: repository files, prepare script, engine.json
+TRTLLM_MODEL = "tensorrt_llm"  # the model whose series the autoscaler reads, on both backends
+# Triton's defaults for nv_inference_first_response_histogram_ms (core metric_model_reporter.h).
+TRITON_DEFAULT_FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
+# Where the NGC Triton TRT-LLM images keep the backend's model templates and tools; the prepare step
+# copies NVIDIA's model.py files from here (override with TOKENWORKS_TRITON_BACKEND_DIR).
+IMAGE_BACKEND_DIR = "/app"  # Dockerfile.triton.trt_llm_backend: WORKDIR /app; COPY scripts, all_models, tools, examples
+# termination message reasons the prepare step writes; the operator turns them into conditions.
+PREPARE_REASONS = ("GatedModel", "ModelNotFound", "RevisionNotFound", "ModelCacheFull", "CredentialsInvalid",
+                   "EngineBuildFailed", "DownloadFailed", "RepositoryIncomplete")
+
+
+def resolved_image(spec: ModelDeploymentSpec, registry: str = "") -> str:
+    """The container image: the spec's, else the one pinned for its backend; a registry host is
+    prefixed only to a reference that names none (its first part has no '.' or ':')."""
+    image = spec.engine.image or DEFAULT_IMAGES[spec.engine.backend]
+    first = image.split("/", 1)[0]
+    has_host = "/" in image and ("." in first or ":" in first or first == "localhost")
+    return f"{registry.rstrip('/')}/{image}" if registry and not has_host else image
+
+
+# -- cache layout ---------------------------------------------------------------------------
+def _digest(values: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def weights_key(spec: ModelDeploymentSpec) -> str:
+    """Downloaded weights depend only on where they come from and the revision."""
+    model = spec.model
+    source = model.hugging_face or model.ngc or (model.pvc.claim_name + ":" + model.pvc.path if model.pvc else "")
+    return _digest({"source": source, "revision": model.revision})
+
+
+def cache_key(spec: ModelDeploymentSpec, registry: str = "") -> str:
+    """Everything that changes what the prepare step produces: a restart or a new replica with the same
+    key finds it ready and skips the download and the engine build."""
+    engine = spec.engine
+    return _digest({
+        "weights": weights_key(spec), "backend": engine.backend, "image": resolved_image(spec, registry),
+        "precision": engine.precision, "tp": spec.parallelism.tensor, "pp": spec.parallelism.pipeline,
+        "maxBatchSize": engine.max_batch_size, "maxNumTokens": engine.max_num_tokens,
+        "maxInputLength": engine.max_input_length, "maxOutputLength": engine.max_output_length,
+        "gpu": spec.gpu.product,
+    })
+
+
+@dataclass(frozen=True)
+class CachePaths:
+    root: str  # /model-cache/tokenworks
+    weights: str
+    prepared: str  # everything keyed by cache_key
+    repository: str
+    engine: str
+    marker: str  # written last: its presence means the prepared tree is complete
+
+    @classmethod
+    def of(cls, spec: ModelDeploymentSpec, registry: str = "") -> CachePaths:
+        root = f"{MODEL_CACHE_PATH}/tokenworks"
+        prepared = f"{root}/prepared/{cache_key(spec, registry)}"
+        return cls(root, f"{root}/weights/{weights_key(spec)}", prepared, f"{prepared}/repository",
+                   f"{prepared}/engine", f"{prepared}/.complete")
+
+
+# -- model-config text format ----------------------------------------------------------------
+def _quote(value: str) -> str:
+    return json.dumps(value)  # protobuf text format accepts JSON's escaping for strings
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    optional: bool = False
+
+    def render(self) -> str:
+        parts = [f"name: {_quote(self.name)}", f"data_type: {self.data_type}",
+                 f"dims: [ {', '.join(str(d) for d in self.dims)} ]"]
+        if self.optional:
+            parts.append("optional: true")
+        return "  {\n" + "".join(f"    {p}\n" for p in parts) + "  }"
+
+
+def _tensors(kind: str, tensors: Iterable[Tensor]) -> str:
+    return f"{kind} [\n" + ",\n".join(t.render() for t in tensors) + "\n]\n"
+
+
+def _parameters(values: dict[str, str]) -> str:
+    return "".join(f"parameters: {{\n  key: {_quote(k)}\n  value: {{ string_value: {_quote(v)} }}\n}}\n"
+                   for k, v in values.items())
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def first_response_buckets(ttft_target_ms: int) -> list[float]:
+    """Bucket bounds for the TTFT histogram that bracket the SLO: the target itself (so the share of
+    requests over it is exact, not interpolated), fractions below it to see the headroom, multiples
+    above to see how far a miss goes. A 2,000 ms target gives 125, 250, 500, 1000, 1500, 2000, 2500,
+    3000, 4000, 8000, 16000 ms; Triton's own default (100, 500, 2000, 5000) would put the p95 of a
+    healthy deployment somewhere in a 1,500 ms wide bucket."""
+    t = float(ttft_target_ms)
+    bounds = {t * f for f in (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1, 5 / 4, 3 / 2, 2, 4, 8)}
+    return sorted(round(b, 3) for b in bounds if b >= 1)
+
+
+def _model_metrics(buckets: list[float]) -> str:
+    return ("model_metrics {\n  metric_control: [\n    {\n      metric_identifier: {\n"
+            "        family: \"nv_inference_first_response_histogram_ms\"\n      }\n"
+            "      histogram_options: {\n"
+            f"        buckets: [ {', '.join(_number(b) for b in buckets)} ]\n      }}\n    }}\n  ]\n}}\n")
+
+
+def _instance_group(count: int = 1) -> str:
+    return f"instance_group [\n  {{\n    count: {count}\n    kind: KIND_CPU\n  }}\n]\n"
+
+
+def _header(name: str, backend: str | None, max_batch_size: int, decoupled: bool | None,
+            platform: str | None = None) -> str:
+    lines = [f"name: {_quote(name)}"]
+    if backend:
+        lines.append(f"backend: {_quote(backend)}")
+    if platform:
+        lines.append(f"platform: {_quote(platform)}")
+    lines.append(f"max_batch_size: {max_batch_size}")
+    text = "\n".join(lines) + "\n"
+    if decoupled is not None:
+        text += f"model_transaction_policy {{\n  decoupled: {'true' if decoupled else 'false'}\n}}\n"
+    return text
+
+
+# -- llmapi ----------------------------------------------------------------------------------------
+LLMAPI_INPUTS = (
+    Tensor("text_input", "TYPE_STRING", (-1,)),
+    Tensor("streaming", "TYPE_BOOL", (1,), optional=True),
+    Tensor("sampling_param_max_tokens", "TYPE_INT32", (1,), optional=True),
+    Tensor("sampling_param_temperature", "TYPE_FP32", (1,), optional=True),
+    Tensor("sampling_param_top_p", "TYPE_FP32", (1,), optional=True),
+    Tensor("sampling_param_top_k", "TYPE_INT32", (1,), optional=True),
+    Tensor("sampling_param_seed", "TYPE_UINT64", (1,), optional=True),
+    Tensor("sampling_param_return_perf_metrics", "TYPE_BOOL", (1,), optional=True),
+)
+LLMAPI_OUTPUTS = (
+    Tensor("text_output", "TYPE_STRING", (-1,)),
+    Tensor("finish_reason", "TYPE_STRING", (-1,)),
+    Tensor("stop_reason", "TYPE_STRING", (-1,)),
+    Tensor("cumulative_logprob", "TYPE_FP32", (-1,)),
+)
+
+
+def llmapi_config(spec: ModelDeploymentSpec) -> str:
+    """``tensorrt_llm/config.pbtxt``: a decoupled Python model (streaming needs decoupled); Triton does
+    no batching for it (``max_batch_size: 0``), the LLM API batches in flight."""
+    buckets = first_response_buckets(spec.autoscaling.slo.ttft_milliseconds)
+    return (_header(TRTLLM_MODEL, "python", 0, True) + _tensors("input", LLMAPI_INPUTS)
+            + _tensors("output", LLMAPI_OUTPUTS) + _instance_group() + _model_metrics(buckets))
+
+
+def llmapi_model_yaml(spec: ModelDeploymentSpec, paths: CachePaths) -> str:
+    """``tensorrt_llm/1/model.yaml``: its keys are the ``LLM()`` constructor's arguments."""
+    engine = spec.engine
+    values: dict[str, object] = {
+        "model": paths.weights,
+        "backend": "pytorch",
+        "tensor_parallel_size": spec.parallelism.tensor,
+        "pipeline_parallel_size": spec.parallelism.pipeline,
+        "max_batch_size": engine.max_batch_size,
+        "max_num_tokens": engine.max_num_tokens,
+        "max_seq_len": engine.max_input_length + engine.max_output_length,
+        "enable_chunked_prefill": engine.enable_chunked_prefill,
+        "kv_cache_config": {"free_gpu_memory_fraction": engine.kv_cache_free_gpu_mem_fraction},
+        "triton_config": {"max_batch_size": 0, "decoupled": True},
+    }
+    import yaml
+
+    return "# LLM() arguments, rendered by tokenworks from the ModelDeployment spec.\n" + \
+        yaml.safe_dump(values, sort_keys=False)
+
+
+# -- tensorrt-engine (inflight batcher) ---------------------------------------------------------------
+TRTLLM_INPUTS = (
+    Tensor("input_ids", "TYPE_INT32", (-1,)),
+    Tensor("input_lengths", "TYPE_INT32", (1,)),
+    Tensor("request_output_len", "TYPE_INT32", (1,)),
+    Tensor("end_id", "TYPE_INT32", (1,), optional=True),
+    Tensor("pad_id", "TYPE_INT32", (1,), optional=True),
+    Tensor("streaming", "TYPE_BOOL", (1,), optional=True),
+    Tensor("beam_width", "TYPE_INT32", (1,), optional=True),
+    Tensor("temperature", "TYPE_FP32", (1,), optional=True),
+    Tensor("runtime_top_k", "TYPE_INT32", (1,), optional=True),
+    Tensor("runtime_top_p", "TYPE_FP32", (1,), optional=True),
+    Tensor("random_seed", "TYPE_UINT64", (1,), optional=True),
+    Tensor("stop", "TYPE_BOOL", (1,), optional=True),
+)
+TRTLLM_OUTPUTS = (
+    Tensor("output_ids", "TYPE_INT32", (-1, -1)),
+    Tensor("sequence_length", "TYPE_INT32", (-1,)),
+)
+TEXT_INPUTS = (
+    Tensor("text_input", "TYPE_STRING", (-1,)),
+    Tensor("max_tokens", "TYPE_INT32", (-1,)),
+    Tensor("stream", "TYPE_BOOL", (1,), optional=True),
+    Tensor("end_id", "TYPE_INT32", (1,), optional=True),
+    Tensor("pad_id", "TYPE_INT32", (1,), optional=True),
+    Tensor("temperature", "TYPE_FP32", (1,), optional=True),
+    Tensor("top_k", "TYPE_INT32", (1,), optional=True),
+    Tensor("top_p", "TYPE_FP32", (1,), optional=True),
+)
+TEXT_OUTPUTS = (Tensor("text_output", "TYPE_STRING", (-1,)),)
+
+
+def engine_parameters(spec: ModelDeploymentSpec, paths: CachePaths) -> dict[str, str]:
+    """The ``tensorrt_llm`` model's parameters, named as in NVIDIA's template (docs/model_config.md)."""
+    engine = spec.engine
+    return {
+        "max_beam_width": "1",
+        "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
+        "gpt_model_type": "inflight_fused_batching",
+        "gpt_model_path": paths.engine,
+        "batch_scheduler_policy": "guaranteed_no_evict",
+        "kv_cache_free_gpu_mem_fraction": _number(engine.kv_cache_free_gpu_mem_fraction),
+        "enable_chunked_context": "true" if engine.enable_chunked_prefill else "false",
+        "exclude_input_in_output": "true",
+        "enable_kv_cache_reuse": "false",
+        "stats_check_period_ms": "100",
+        "cancellation_check_period_ms": "100",
+    }
+
+
+def _dynamic_batching(spec: ModelDeploymentSpec) -> str:
+    return ("dynamic_batching {\n"
+            f"  preferred_batch_size: [ {spec.engine.max_batch_size} ]\n"
+            f"  max_queue_delay_microseconds: {spec.engine.max_queue_delay_microseconds}\n"
+            "  default_queue_policy: { max_queue_size: 0 }\n}\n")
+
+
+def _ensemble_steps() -> str:
+    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+        maps = "".join(f"      input_map {{ key: {_quote(k)} value: {_quote(v)} }}\n" for k, v in inputs.items())
+        maps += "".join(f"      output_map {{ key: {_quote(k)} value: {_quote(v)} }}\n" for k, v in outputs.items())
+        return f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n{maps}    }}"
+
+    steps = [
+        step("preprocessing", {"QUERY": "text_input", "REQUEST_OUTPUT_LEN": "max_tokens"},
+             {"REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN", "INPUT_ID": "_INPUT_ID",
+              "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN"}),
+        step(TRTLLM_MODEL, {"input_ids": "_INPUT_ID", "input_lengths": "_REQUEST_INPUT_LEN",
+                            "request_output_len": "_REQUEST_OUTPUT_LEN", "streaming": "stream",
+                            "end_id": "end_id", "pad_id": "pad_id", "temperature": "temperature",
+                            "runtime_top_k": "top_k", "runtime_top_p": "top_p"},
+             {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"}),
+        step("postprocessing", {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
+             {"OUTPUT": "text_output"}),
+    ]
+    return "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+
+
+def engine_repository(spec: ModelDeploymentSpec, paths: CachePaths) -> dict[str, str]:
+    batch = spec.engine.max_batch_size
+    buckets = _model_metrics(first_response_buckets(spec.autoscaling.slo.ttft_milliseconds))
+    tokenizer = {"tokenizer_dir": paths.weights}
+    return {
+        "preprocessing/config.pbtxt": (
+            _header("preprocessing", "python", batch, None)
+            + _tensors("input", (Tensor("QUERY", "TYPE_STRING", (1,)),
+                                 Tensor("REQUEST_OUTPUT_LEN", "TYPE_INT32", (1,))))
+            + _tensors("output", (Tensor("INPUT_ID", "TYPE_INT32", (-1,)),
+                                  Tensor("REQUEST_INPUT_LEN", "TYPE_INT32", (1,)),
+                                  Tensor("REQUEST_OUTPUT_LEN", "TYPE_INT32", (-1,))))
+            + _parameters({**tokenizer, "add_special_tokens": "false"}) + _instance_group()),
+        TRTLLM_MODEL + "/config.pbtxt": (
+            _header(TRTLLM_MODEL, "tensorrtllm", batch, True) + _dynamic_batching(spec)
+            + _tensors("input", TRTLLM_INPUTS) + _tensors("output", TRTLLM_OUTPUTS) + _instance_group()
+            + _parameters(engine_parameters(spec, paths)) + buckets),
+        "postprocessing/config.pbtxt": (
+            _header("postprocessing", "python", batch, None)
+            + _tensors("input", (Tensor("TOKENS_BATCH", "TYPE_INT32", (-1, -1)),
+                                 Tensor("SEQUENCE_LENGTH", "TYPE_INT32", (-1,))))
+            + _tensors("output", (Tensor("OUTPUT", "TYPE_STRING", (-1,)),))
+            + _parameters({**tokenizer, "skip_special_tokens": "true"}) + _instance_group()),
+        "ensemble/config.pbtxt": (
+            _header("ensemble", None, batch, None, platform="ensemble")
+            + _tensors("input", TEXT_INPUTS) + _tensors("output", TEXT_OUTPUTS) + _ensemble_steps() + buckets),
+        "tensorrt_llm_bls/config.pbtxt": (
+            _header("tensorrt_llm_bls", "python", batch, True)
+            + _tensors("input", TEXT_INPUTS) + _tensors("output", TEXT_OUTPUTS)
+            + _parameters({"tensorrt_llm_model_name": TRTLLM_MODEL, "accumulate_tokens": "false"})
+            + _instance_group() + buckets),
+    }
+
+
+def model_repository(spec: ModelDeploymentSpec, registry: str = "") -> dict[str, str]:
+    """Relative path in the repository -> file text: every file the operator renders."""
+    paths = CachePaths.of(spec, registry)
+    if spec.engine.backend == "llmapi":
+        return {f"{TRTLLM_MODEL}/config.pbtxt": llmapi_config(spec),
+                f"{TRTLLM_MODEL}/1/model.yaml": llmapi_model_yaml(spec, paths)}
+    return engine_repository(spec, paths)
+
+
+def served_models(spec: ModelDeploymentSpec) -> list[str]:
+    """Triton model names a client may send requests to."""
+    return [TRTLLM_MODEL] if spec.engine.backend == "llmapi" else ["ensemble", "tensorrt_llm_bls"]
+
+
+def config_key(relative_path: str) -> str:
+    """ConfigMap key of a repository file (keys allow no '/'): ``tensorrt_llm/1/model.yaml`` ->
+    ``repository.tensorrt_llm.1.model.yaml``; the volume's ``items`` map it back to its path."""
+    return "repository." + relative_path.replace("/", ".")
+
+
+# -- launch -----------------------------------------------------------------------------------------
+def tritonserver_args(spec: ModelDeploymentSpec, repository: str, rank: int) -> list[str]:
+    """One rank's ``tritonserver`` arguments, as ``launch_triton_server.py`` builds them (``get_cmd``):
+    every rank gets the ports and its own shared-memory prefix; ranks above 0 load only the
+    ``tensorrt_llm`` model and never return from its initialisation (leader mode)."""
+    ports = spec.ports
+    args = [
+        "tritonserver", f"--model-repository={repository}", f"--grpc-port={ports.grpc}",
+        f"--http-port={ports.http}", f"--metrics-port={ports.metrics}", "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name=prefix{rank}_",
+    ]
+    if rank == 0:
+        # Counters are on by default; the TTFT histogram is not (core: latency_histograms_enabled_).
+        args += ["--allow-metrics=true", "--allow-gpu-metrics=true", "--allow-cpu-metrics=true",
+                 "--metrics-interval-ms=2000", "--metrics-config=histogram_latencies=true",
+                 "--exit-timeout-secs=120", "--log-info=true", *spec.engine.extra_args]
+    else:
+        args += ["--model-control-mode=explicit", f"--load-model={TRTLLM_MODEL}"]
+    return args
+
+
+def launch_command(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
+    """The container's command: what ``launch_triton_server.py`` starts, run in the foreground (the
+    script itself returns at once after ``Popen``, so it cannot be a container's main process).
+
+    llmapi: one Triton process; the LLM API starts its own workers for TP x PP GPUs, so the world
+    size is 1. tensorrt-engine: ``mpirun`` with one ``tritonserver`` rank per GPU (leader mode).
+    """
+    repository = CachePaths.of(spec, registry).repository
+    world = 1 if spec.engine.backend == "llmapi" else spec.gpus_per_replica
+    command = ["mpirun", "--allow-run-as-root"]
+    for rank in range(world):
+        if rank:
+            command.append(":")
+        command += ["-n", "1", *tritonserver_args(spec, repository, rank)]
+    return command
+
+
+# -- preparation ---------------------------------------------------------------------------------------
+def _token_key(spec: ModelDeploymentSpec) -> str | None:
+    ref = spec.model.token_secret
+    if ref is None:
+        return None
+    return ref.key or ("NGC_API_KEY" if spec.model.ngc else "HF_TOKEN")
+
+
+def token_env_name(spec: ModelDeploymentSpec) -> str | None:
+    """The environment variable the fetch tools read the credential from."""
+    if spec.model.token_secret is None:
+        return None
+    return "NGC_API_KEY" if spec.model.ngc else "HF_TOKEN"
+
+
+def fetch_command(spec: ModelDeploymentSpec) -> str:
+    """The shell command that puts the weights in ``$WEIGHTS``."""
+    model = spec.model
+    revision = f" --revision {shlex.quote(model.revision)}" if model.revision else ""
+    if model.hugging_face:
+        # `hf` is the current Hugging Face CLI; `huggingface-cli` its older name in older images.
+        args = f'download {shlex.quote(model.hugging_face)}{revision} --local-dir "$WEIGHTS"'
+        return f"{{ if command -v hf >/dev/null; then hf {args}; else huggingface-cli {args}; fi; }}"
+    if model.ngc:
+        target = model.ngc if ":" in model.ngc or not model.revision else f"{model.ngc}:{model.revision}"
+        return f'ngc registry model download-version {shlex.quote(target)} --dest "$WEIGHTS"'
+    return 'ln -sfn "$SOURCE" "$WEIGHTS"'
+
+
+def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
+    """Checkpoint conversion and ``trtllm-build`` for the legacy backend, with the spec's limits
+    (TensorRT-LLM ``examples/models/core/llama/README.md``; FP8 through ModelOpt's ``quantize.py``)."""
+    engine = spec.engine
+    tp, pp = spec.parallelism.tensor, spec.parallelism.pipeline
+    if engine.precision == "fp8":
+        convert = ('python3 "$TRTLLM_EXAMPLES/quantization/quantize.py" --model_dir "$WEIGHTS" --dtype bfloat16 '
+                   f'--qformat fp8 --kv_cache_dtype fp8 --output_dir "$PREPARED/checkpoint" --calib_size 512 '
+                   f"--tp_size {tp} --pp_size {pp}")
+    else:
+        dtype = "bfloat16" if engine.precision == "bf16" else "float16"
+        convert = ('python3 "$TRTLLM_EXAMPLES/models/core/llama/convert_checkpoint.py" --model_dir "$WEIGHTS" '
+                   f'--output_dir "$PREPARED/checkpoint" --dtype {dtype} --tp_size {tp} --pp_size {pp}')
+    build = ('trtllm-build --checkpoint_dir "$PREPARED/checkpoint" --output_dir "$PREPARED/engine" --gemm_plugin auto '
+             f"--max_batch_size {engine.max_batch_size} --max_num_tokens {engine.max_num_tokens} "
+             f"--max_input_len {engine.max_input_length} "
+             f"--max_seq_len {engine.max_input_length + engine.max_output_length} "
+             f"--use_paged_context_fmha {'enable' if engine.enable_chunked_prefill else 'disable'} "
+             f"--workers {spec.gpus_per_replica}")
+    return [convert, build, 'rm -rf "$PREPARED/checkpoint"']
+
+
+def prepare_script(spec: ModelDeploymentSpec, registry: str = "") -> str:
+    """The init container's script: fetch the weights once, build the engine once (tensorrt-engine),
+    lay out the model repository from the rendered files and NVIDIA's model.py files, and mark the
+    cache key complete. A second start with the same key does nothing. A failure writes one
+    ``Reason: message`` line to the termination log, which the operator turns into a condition.
+
+    Every path hangs off ``$TOKENWORKS_POD_ROOT`` (empty in a pod), so tests and the emulator twin run
+    this very script against a directory."""
+    paths = CachePaths.of(spec, registry)
+    q = shlex.quote
+    files = model_repository(spec, registry)
+    copies = "\n".join(
+        f'mkdir -p "$STAGE/{path.rsplit("/", 1)[0]}" && cp "$CONFIG/repository/{path}" "$STAGE/{path}"'
+        for path in files)
+    if spec.engine.backend == "llmapi":
+        templates = f'cp "$BACKEND_DIR/all_models/llmapi/{TRTLLM_MODEL}/1/model.py" "$STAGE/{TRTLLM_MODEL}/1/"'
+        build = "true  # llmapi: the LLM API builds nothing ahead of time"
+    else:
+        templates = "\n".join(
+            f'mkdir -p "$STAGE/{m}/1" && cp -r "$BACKEND_DIR/all_models/inflight_batcher_llm/{m}/1/." "$STAGE/{m}/1/"'
+            for m in ("preprocessing", "postprocessing", "tensorrt_llm_bls"))
+        templates += f'\nmkdir -p "$STAGE/{TRTLLM_MODEL}/1" "$STAGE/ensemble/1"'
+        build = " && \\\n  ".join(engine_build_commands(spec))
+    source = "/model-source/" + spec.model.pvc.path.strip("/") if spec.model.pvc else ""
+    model_revision = spec.model.revision or "(default)"
+    model_source = spec.model.hugging_face or spec.model.ngc or "the model"
+    token_hint = ("the token in spec.model.tokenSecret has no access" if spec.model.token_secret
+                  else "spec.model.tokenSecret names no token")
+    return f"""#!/bin/bash
+# Rendered by tokenworks: prepares {paths.prepared}
+# (cache key of model, revision, precision, parallelism, engine limits, GPU product and image).
+set -uo pipefail
+ROOT="${{TOKENWORKS_POD_ROOT:-}}"
+CONFIG="$ROOT{CONFIG_PATH}"
+WEIGHTS="$ROOT"{q(paths.weights)}
+PREPARED="$ROOT"{q(paths.prepared)}
+SOURCE="$ROOT"{q(source.rstrip("/"))}
+BACKEND_DIR="${{TOKENWORKS_TRITON_BACKEND_DIR:-{IMAGE_BACKEND_DIR}}}"
+TRTLLM_EXAMPLES="${{TOKENWORKS_TRTLLM_EXAMPLES:-$BACKEND_DIR/examples}}"
+TERMINATION_LOG="${{TOKENWORKS_TERMINATION_LOG:-/dev/termination-log}}"
+export NGC_CLI_API_KEY="${{NGC_CLI_API_KEY:-${{NGC_API_KEY:-}}}}"
+LOG="${{TMPDIR:-/tmp}}/prepare.log"
+fail() {{ printf '%s: %s\n' "$1" "$2" | tee "$TERMINATION_LOG" >&2; exit 1; }}
+classify() {{
+  if grep -qiE 'GatedRepo|requires approval|awaiting a review|gated' "$LOG"; then
+    fail GatedModel "{model_source} is gated: give spec.model.tokenSecret a token of an account with access"
+  elif grep -qiE 'RevisionNotFound|Revision not found|Invalid rev' "$LOG"; then
+    fail RevisionNotFound "revision {model_revision} does not exist for {model_source}"
+  elif grep -qiE 'RepositoryNotFound|Repository not found|404' "$LOG"; then
+    fail ModelNotFound "{model_source} was not found, or it is gated and {token_hint}"
+  elif grep -qiE '401|403|Unauthorized|Invalid user token|invalid api key' "$LOG"; then
+    fail CredentialsInvalid "the credential in spec.model.tokenSecret was refused"
+  elif grep -qiE 'No space left' "$LOG"; then
+    fail ModelCacheFull "the model cache ran out of space: give spec.modelCache more room"
+  fi
+  fail "$1" "$(tail -c 300 "$LOG" | tr '\n' ' ')"
+}}
+if [ -f "$PREPARED/.complete" ]; then echo "prepared already: $PREPARED"; exit 0; fi
+mkdir -p "$(dirname "$WEIGHTS")" "$PREPARED" || fail ModelCacheFull "cannot write to the model cache"
+if [ ! -f "$WEIGHTS/.complete" ] && [ ! -L "$WEIGHTS" ]; then
+  echo "fetching weights into $WEIGHTS"
+  {fetch_command(spec)} >"$LOG" 2>&1 || classify DownloadFailed
+  [ -L "$WEIGHTS" ] || touch "$WEIGHTS/.complete"
+fi
+if [ ! -f "$PREPARED/engine/config.json" ]; then
+  {{ {build}
+  }} >"$LOG" 2>&1 || classify EngineBuildFailed
+fi
+STAGE="$PREPARED/repository.new"
+{{ rm -rf "$STAGE" && mkdir -p "$STAGE"; }} || fail ModelCacheFull "cannot write the model repository"
+{{
+{copies}
+{templates}
+}} || fail RepositoryIncomplete "could not lay out the model repository from $CONFIG and $BACKEND_DIR"
+rm -rf "$PREPARED/repository" && mv "$STAGE" "$PREPARED/repository" && touch "$PREPARED/.complete"
+echo "prepared $PREPARED"
+"""
