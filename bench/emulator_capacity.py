@@ -1,11 +1,11 @@
 """Emulator capacity on this machine.
 
 1. Streamed output tokens per second that one emulator process sustains on one core (the process
-   pinned to CPU 0, the load generator to CPU 1, OpenAI streaming, the engine sped up so that the
+   pinned to CPU 0, the load generator to CPU 1, generate_stream streaming, the engine sped up so that the
    HTTP path, not the modelled GPU, is the limit).
 2. The CPU share of each emulated replica at a realistic load: N replicas (Llama-3.1-8B on H100, real
    time), each replaying the busiest minute of the Azure conv trace (8.45 req/s, its real prompt and
-   output lengths) as streaming OpenAI requests.
+   output lengths) as streaming generate_stream requests.
 
     .venv/bin/python bench/emulator_capacity.py [--replicas 8] [--seconds 60]
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.support.emulator import EmulatorProcess
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
-MODEL = "llama-3-1-8b"
+MODEL = "tensorrt_llm"  # the llmapi repository's one model
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -53,9 +53,9 @@ def peak_minute() -> list[tuple[float, int, int]]:
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, prompt: int, output: int) -> int:
-    body = {"model": MODEL, "prompt": "w " * prompt, "max_tokens": output, "stream": True}
+    body = {"text_input": "w " * prompt, "sampling_param_max_tokens": output, "streaming": True}
     tokens = 0
-    async with session.post(f"{url}/v1/completions", json=body) as response:
+    async with session.post(f"{url}/v2/models/{MODEL}/generate_stream", json=body) as response:
         async for line in response.content:
             if line.startswith(b"data: {"):
                 tokens += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -30,16 +31,20 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 OWN_CONDITIONS = ("Ready", "Progressing", "Degraded", "ModelPrepared")
 PREPARE_CONTAINER = "prepare"
-_QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
-                      "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15}
+_QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+                      "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3}
 
 
 def quantity_bytes(value: str) -> float:
-    """A Kubernetes quantity as bytes: ``200Gi`` -> 214,748,364,800."""
-    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
-        if value.endswith(suffix):
-            return float(value[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
-    return float(value)
+    """A Kubernetes quantity as bytes: ``200Gi`` -> 214,748,364,800; NaN for what is not one (no size
+    check then: the API server validates the claim's own quantities)."""
+    try:
+        for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+            if value.endswith(suffix):
+                return float(value[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+        return float(value)
+    except ValueError:
+        return math.nan
 
 
 def cache_bytes_needed(md: ModelDeployment) -> float:
@@ -47,12 +52,15 @@ def cache_bytes_needed(md: ModelDeployment) -> float:
     converted checkpoint and the engine beside them while it builds (each about the weights' size),
     plus 10% for tokenizer, configs and the repository.
 
-    Llama-3.3-70B BF16: 141 GB of weights -> 155 GB on llmapi, 465 GB on tensorrt-engine."""
+    Llama-3.3-70B BF16: 141 GB of weights -> 155 GB on llmapi, 465 GB on tensorrt-engine. Weights from a
+    claim (``model.pvc``) are linked, not copied."""
     model, _ = profiles_for(md.spec.model.profile, md.spec.gpu.product)
-    copies = 3 if md.spec.engine.backend == "tensorrt-engine" else 1
+    engine_path = md.spec.engine.backend == "tensorrt-engine"
     # The download is in the checkpoint's own precision: an fp8 engine is built from 16-bit weights.
-    downloaded = model.weight_bytes("bf16") if copies == 3 else model.weight_bytes(md.spec.engine.precision)
-    return 1.1 * (downloaded + (copies - 1) * model.weight_bytes(md.spec.engine.precision))
+    downloaded = 0.0 if md.spec.model.pvc else \
+        model.weight_bytes("bf16" if engine_path else md.spec.engine.precision)
+    built = 2 * model.weight_bytes(md.spec.engine.precision) if engine_path else 0.0
+    return 1.1 * (downloaded + built)
 
 
 def engine_limit_problems(md: ModelDeployment) -> list[Problem]:

@@ -88,6 +88,10 @@ class ModelSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
         "[has(self.huggingFace), has(self.ngc), has(self.pvc)].filter(x, x).size() == 1",
         "exactly one of model.huggingFace, model.ngc or model.pvc must be set",
+    ), rule(
+        "!has(self.ngc) || !self.ngc.contains(':') || !has(self.revision)",
+        "model.ngc names a version after ':' already; set model.revision or the version, not both",
+        reason="FieldValueInvalid",
     )]})
 
     name: str = Field(
@@ -126,7 +130,9 @@ class EngineSpec(ApiModel):
         "image pinned for the backend (`nvidia/tritonserver:26.07-trtllm-python-py3` for llmapi, "
         "`:25.12-trtllm-python-py3` for tensorrt-engine), under the operator's image registry.",
     )
-    precision: Precision = Field("bf16", description="Weight and activation precision.")
+    precision: Precision = Field("bf16", description="Weight and activation precision. On the llmapi "
+                                 "backend fp8 needs an FP8 checkpoint (e.g. ModelOpt's `nvidia/...-FP8`); "
+                                 "the tensorrt-engine backend quantises a 16-bit one while building.")
     max_batch_size: int = Field(256, ge=1, le=4096, description="Largest in-flight batch "
                                 "(requests decoded together per step).")
     max_num_tokens: int = Field(8192, ge=64, le=131072, description="Most tokens one engine step "

@@ -255,6 +255,12 @@ class ReplicaModel:
         )
         return n / self.step_seconds(step)
 
+    def steady_step_seconds(self, n: int, input_tokens: int, output_tokens: int) -> float:
+        """One iteration with ``n`` requests in flight in steady state: their decodes plus the prefill of
+        the prompts that replace those finishing (n x ISL / OSL tokens), the inter-token latency the
+        fleet sees. What ``capacity_at_slo`` holds under the ITL target."""
+        return self.step_seconds(self._steady_step(n, input_tokens, output_tokens))
+
     def _steady_step(self, n: int, input_tokens: int, output_tokens: int) -> Step:
         prefill = round(n * input_tokens / output_tokens)
         return Step(prefill_tokens=prefill, prefill_context=prefill * (input_tokens + 1) // 2,

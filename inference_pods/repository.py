@@ -184,11 +184,16 @@ def llmapi_config(spec: ModelDeploymentSpec) -> str:
 
 
 def llmapi_model_yaml(spec: ModelDeploymentSpec, paths: CachePaths) -> str:
-    """``tensorrt_llm/1/model.yaml``: its keys are the ``LLM()`` constructor's arguments."""
+    """``tensorrt_llm/1/model.yaml``: its keys are the ``LLM()`` constructor's arguments.
+
+    Precision: bf16 and fp16 set ``dtype``; fp8 on this backend means an FP8 checkpoint (ModelOpt's, such
+    as ``nvidia/Llama-3.1-8B-Instruct-FP8``), whose quantisation the LLM API reads from the checkpoint
+    itself (facts 2.3), so ``dtype`` stays ``auto``."""
     engine = spec.engine
     values: dict[str, object] = {
         "model": paths.weights,
         "backend": "pytorch",
+        "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(engine.precision, "auto"),
         "tensor_parallel_size": spec.parallelism.tensor,
         "pipeline_parallel_size": spec.parallelism.pipeline,
         "max_batch_size": engine.max_batch_size,
@@ -375,13 +380,6 @@ def launch_command(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
 
 
 # -- preparation ---------------------------------------------------------------------------------------
-def _token_key(spec: ModelDeploymentSpec) -> str | None:
-    ref = spec.model.token_secret
-    if ref is None:
-        return None
-    return ref.key or ("NGC_API_KEY" if spec.model.ngc else "HF_TOKEN")
-
-
 def token_env_name(spec: ModelDeploymentSpec) -> str | None:
     """The environment variable the fetch tools read the credential from."""
     if spec.model.token_secret is None:
@@ -399,7 +397,10 @@ def fetch_command(spec: ModelDeploymentSpec) -> str:
         return f"{{ if command -v hf >/dev/null; then hf {args}; else huggingface-cli {args}; fi; }}"
     if model.ngc:
         target = model.ngc if ":" in model.ngc or not model.revision else f"{model.ngc}:{model.revision}"
-        return f'ngc registry model download-version {shlex.quote(target)} --dest "$WEIGHTS"'
+        # The NGC CLI writes into <dest>/<model>_v<version>/: move that one folder to $WEIGHTS.
+        return ('mkdir -p "$WEIGHTS.ngc" && ngc registry model download-version '
+                f'{shlex.quote(target)} --dest "$WEIGHTS.ngc" && set -- "$WEIGHTS.ngc"/*/ && [ $# -eq 1 ] '
+                '&& rm -rf "$WEIGHTS" && mv "$1" "$WEIGHTS" && rm -rf "$WEIGHTS.ngc"')
     return 'ln -sfn "$SOURCE" "$WEIGHTS"'
 
 
@@ -453,6 +454,10 @@ def prepare_script(spec: ModelDeploymentSpec, registry: str = "") -> str:
     model_source = spec.model.hugging_face or spec.model.ngc or "the model"
     token_hint = ("the token in spec.model.tokenSecret has no access" if spec.model.token_secret
                   else "spec.model.tokenSecret names no token")
+    # Messages are quoted here: a model id or revision must never be read by the shell.
+    gated = q(f"{model_source} is gated: give spec.model.tokenSecret a token of an account with access")
+    no_revision = q(f"revision {model_revision} does not exist for {model_source}")
+    not_found = q(f"{model_source} was not found, or it is gated and {token_hint}")
     return f"""#!/bin/bash
 # Rendered by tokenworks: prepares {paths.prepared}
 # (cache key of model, revision, precision, parallelism, engine limits, GPU product and image).
@@ -469,15 +474,19 @@ export NGC_CLI_API_KEY="${{NGC_CLI_API_KEY:-${{NGC_API_KEY:-}}}}"
 LOG="${{TMPDIR:-/tmp}}/prepare.log"
 fail() {{ printf '%s: %s\n' "$1" "$2" | tee "$TERMINATION_LOG" >&2; exit 1; }}
 classify() {{
-  if grep -qiE 'GatedRepo|requires approval|awaiting a review|gated' "$LOG"; then
-    fail GatedModel "{model_source} is gated: give spec.model.tokenSecret a token of an account with access"
-  elif grep -qiE 'RevisionNotFound|Revision not found|Invalid rev' "$LOG"; then
-    fail RevisionNotFound "revision {model_revision} does not exist for {model_source}"
-  elif grep -qiE 'RepositoryNotFound|Repository not found|404' "$LOG"; then
-    fail ModelNotFound "{model_source} was not found, or it is gated and {token_hint}"
-  elif grep -qiE '401|403|Unauthorized|Invalid user token|invalid api key' "$LOG"; then
-    fail CredentialsInvalid "the credential in spec.model.tokenSecret was refused"
-  elif grep -qiE 'No space left' "$LOG"; then
+  # Hub and credential errors only where the hub is asked (the download); any step can fill the disk.
+  if [ "$1" = DownloadFailed ]; then
+    if grep -qE 'GatedRepo|requires approval|awaiting a review|[Gg]ated repo' "$LOG"; then
+      fail GatedModel {gated}
+    elif grep -qiE 'RevisionNotFound|Revision not found|Invalid rev' "$LOG"; then
+      fail RevisionNotFound {no_revision}
+    elif grep -qiE 'RepositoryNotFound|Repository not found|\b404\b' "$LOG"; then
+      fail ModelNotFound {not_found}
+    elif grep -qiE '\b40[13]\b|Unauthorized|Invalid user token|invalid api key' "$LOG"; then
+      fail CredentialsInvalid "the credential in spec.model.tokenSecret was refused"
+    fi
+  fi
+  if grep -qiE 'No space left' "$LOG"; then
     fail ModelCacheFull "the model cache ran out of space: give spec.modelCache more room"
   fi
   fail "$1" "$(tail -c 300 "$LOG" | tr '\n' ' ')"
@@ -486,12 +495,13 @@ if [ -f "$PREPARED/.complete" ]; then echo "prepared already: $PREPARED"; exit 0
 mkdir -p "$(dirname "$WEIGHTS")" "$PREPARED" || fail ModelCacheFull "cannot write to the model cache"
 if [ ! -f "$WEIGHTS/.complete" ] && [ ! -L "$WEIGHTS" ]; then
   echo "fetching weights into $WEIGHTS"
-  {fetch_command(spec)} >"$LOG" 2>&1 || classify DownloadFailed
+  {{ {fetch_command(spec)}; }} >"$LOG" 2>&1 || classify DownloadFailed
   [ -L "$WEIGHTS" ] || touch "$WEIGHTS/.complete"
 fi
-if [ ! -f "$PREPARED/engine/config.json" ]; then
+if [ ! -f "$PREPARED/.built" ]; then
   {{ {build}
   }} >"$LOG" 2>&1 || classify EngineBuildFailed
+  touch "$PREPARED/.built"
 fi
 STAGE="$PREPARED/repository.new"
 {{ rm -rf "$STAGE" && mkdir -p "$STAGE"; }} || fail ModelCacheFull "cannot write the model repository"

@@ -149,7 +149,8 @@ class AutoscalerLoop:
         current = int(applied) if isinstance(applied, int) and not md.spec.autoscaling.advisory else int(
             ((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
         replica_model = ReplicaModel.for_spec(md.spec)
-        observations = observe(readings, md.spec.engine.backend, replica_model, count_pods(pods, current))
+        observations = observe(readings, md.spec.engine.backend, replica_model, count_pods(pods, current),
+                               md.spec.autoscaling.slo.ttft_milliseconds / 1e3)
         state = self._states.get(key)
         if state is None:
             # First look since this process started: nothing scales down within one window.

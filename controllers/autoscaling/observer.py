@@ -7,13 +7,15 @@ the same in both.
 Where each observation comes from (docs/autoscaling.md has the worked numbers):
 
 - **tensorrt-engine**: output and prompt tokens/s from the backend's token-length histograms (counted
-  when a request completes), queue and in-flight from ``nv_trt_llm_request_metrics``, KV use from its
-  block gauges, ITL as the window's mean: time after the first token over tokens after the first.
+  when a request completes), KV use from its block gauges, ITL as the window's mean: time after the
+  first token over tokens after the first.
 - **llmapi**: Triton core families only. In flight C = rate of the request-duration counter (Little's
   law), awaiting the first token F = rate of the first-response histogram's sum; decoding D = C - F.
-  Token counts are not exported, so the performance model turns D into them: ITL(b) of a decode step at
-  the mean batch b = D / ready replicas, output tokens/s = D / ITL(b) + first tokens/s. The queue is F
-  (requests waiting for their first token, queued or in prefill); KV use is not observable.
+  Token counts are not exported, so the performance model turns D into them: ITL(b) of a steady-state
+  step (decodes and the prefill replacing finished requests) at the mean batch b = D / ready replicas,
+  output tokens/s = D / ITL(b) + requests/s. KV use is not observable.
+- **Queue and in flight** on both: C in flight; the queue is F beyond what the TTFT target allows
+  (``late_requests``).
 - **TTFT** on both: the percentile of ``nv_inference_first_response_histogram_ms``, interpolated within
   the buckets the repository sets around the target.
 """
@@ -97,7 +99,9 @@ def llmapi_tokens(readings: SignalReadings, replica: ReplicaModel, ready: int, s
         return Reading(None, bad.quality, bad.detail), Reading(None, bad.quality, bad.detail)
     isl, osl = DEFAULT_SHAPE
     batch = max(1, round(d / max(1, ready)))
-    itl = replica.decode_seconds(batch, isl + osl // 2)
+    # The steady-state iteration (decodes plus the prefill of the prompts replacing those that finish),
+    # the same the per-replica capacity is computed with, so their ratio is a ratio of concurrencies.
+    itl = replica.steady_step_seconds(batch, isl, osl)
     note = f"modelled from {d:.1f} requests decoding ({batch} per ready replica)"
     return Reading(d / itl + r, Quality.OK, note), Reading(itl, Quality.OK, note)
 
@@ -112,22 +116,35 @@ def engine_itl(readings: SignalReadings) -> Reading:
                     "over tokens after the first")
 
 
-def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods: PodCounts) -> Observations:
+def late_requests(readings: SignalReadings, ttft_target_seconds: float) -> Reading:
+    """The queue: requests awaiting their first token beyond what meeting the TTFT target allows,
+    F - requests/s x target (Little's law on the wait for the first token). 10 requests/s at a 0.5 s mean
+    TTFT against a 2 s target: F = 5, allowance 20, queue 0; a backlog that takes the mean to 3 s: 10."""
+    awaiting, requests = readings.get("firstResponseSeconds"), readings.get("requestsPerSecond")
+    f, r = _ok(awaiting), _ok(requests)
+    value = max(0.0, f - r * ttft_target_seconds) if f is not None and r is not None else None
+    return _derived(value, (awaiting, requests), "requests awaiting their first token beyond the TTFT target")
+
+
+def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods: PodCounts,
+            ttft_target_seconds: float) -> Observations:
     """The policy's observations for one ModelDeployment."""
     ttft = readings.get("ttftSeconds")
-    _, in_flight, awaiting = _decoding(readings, short=False)
+    _, in_flight, _ = _decoding(readings, short=False)
+    # Both backends: the executor and the LLM API take every request at once, so a backlog shows as
+    # time to the first token (the engine's own `waiting` gauge counts admitted, unscheduled requests only).
+    queue = late_requests(readings, ttft_target_seconds)
+    active = _derived(_ok(in_flight), (in_flight,), "requests in flight (window mean)")
     if backend == "tensorrt-engine":
         output, output_short = readings.get("outputTokensPerSecond"), readings.get("outputTokensPerSecondShort")
         inputs, inputs_short = readings.get("inputTokensPerSecond"), readings.get("inputTokensPerSecondShort")
         itl = engine_itl(readings)
-        queue, active, kv = readings.get("waiting"), readings.get("active"), readings.get("kvCacheUtilization")
+        kv = readings.get("kvCacheUtilization")
     else:
         output, itl = llmapi_tokens(readings, replica, pods.ready, short=False)
         output_short, _ = llmapi_tokens(readings, replica, pods.ready, short=True)
         unexported = "not exported on the llmapi backend (Triton core families only)"
         inputs = inputs_short = kv = Reading(None, Quality.EMPTY, unexported)
-        queue = _derived(_ok(awaiting), (awaiting,), "requests awaiting their first token (window mean)")
-        active = _derived(_ok(in_flight), (in_flight,), "requests in flight (window mean)")
     return Observations(
         output_tokens_per_second=output, output_tokens_per_second_short=output_short,
         input_tokens_per_second=inputs, input_tokens_per_second_short=inputs_short,

@@ -40,7 +40,7 @@ CORE_SIGNALS = (
 ENGINE_SIGNALS = (
     "outputTokensPerSecond", "outputTokensPerSecondShort",  # nv_llm_output_token_len_sum
     "inputTokensPerSecond", "inputTokensPerSecondShort",  # nv_llm_input_token_len_sum
-    "waiting", "active", "kvCacheUtilization",  # nv_trt_llm_request_metrics, nv_trt_llm_kv_cache_block_metrics
+    "kvCacheUtilization",  # nv_trt_llm_kv_cache_block_metrics
 )
 SIGNALS = CORE_SIGNALS + ENGINE_SIGNALS
 

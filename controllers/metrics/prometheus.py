@@ -72,8 +72,6 @@ class PrometheusSource:
             "outputTokensPerSecondShort": rate("nv_llm_output_token_len_sum", s),
             "inputTokensPerSecond": rate("nv_llm_input_token_len_sum", w),
             "inputTokensPerSecondShort": rate("nv_llm_input_token_len_sum", s),
-            "waiting": gauge("nv_trt_llm_request_metrics", 'request_type="waiting"'),
-            "active": gauge("nv_trt_llm_request_metrics", 'request_type="active"'),
             "kvCacheUtilization": gauge("nv_trt_llm_kv_cache_block_metrics", 'kv_cache_block_type="used"')
             + " / " + gauge("nv_trt_llm_kv_cache_block_metrics", 'kv_cache_block_type="max"'),
             "age": f"time() - max by ({by}) (timestamp(nv_inference_request_success{{{m}}}))",

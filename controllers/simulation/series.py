@@ -5,7 +5,7 @@ What is kept is what the twin's ``/metrics`` holds for the ``tensorrt_llm`` mode
 replicas as the queries sum over pods: the request-success and request-duration counters (counted when
 a request completes, so they lag by its duration), the first-response histogram in the repository's
 buckets (counted at the first token), and on the engine backend the token-length histograms' sums
-(counted at completion) and the request and KV gauges (sampled at each scrape). ``readings`` answers
+(counted at completion) and the KV-cache gauges (sampled at each scrape). ``readings`` answers
 each signal of ``controllers.metrics.SIGNALS`` as the Prometheus source's query does: ``rate()`` over
 the window ending a scrape ago, ``histogram_quantile`` interpolated within the buckets, and no series
 (EMPTY) where no replica has lived in the window, as at zero pods.
@@ -114,7 +114,7 @@ class SimulatedSeries:
         quantile = histogram_quantile(percentile, self.buckets_ms, counts)
         out["ttftSeconds"] = Reading.of(quantile / 1e3 if not math.isnan(quantile) else math.nan)
         if engine_backend:
-            for name in ("waiting", "active", "kvCacheUtilization"):
+            for name in ("kvCacheUtilization",):
                 value = self._gauge(name, now)
                 out[name] = Reading(value) if value is not None else Reading.empty()
         return SignalReadings(out)

@@ -260,25 +260,23 @@ class Simulator:
         return pods
 
     def _scrape(self, now: float) -> None:
-        """Gauges as the engine backend's pods export them at a scrape."""
+        """The KV-cache gauges as the engine backend's pods export them at a scrape."""
         serving = [r for r in self.replicas if r.stopped_at is None and r.ready_at <= now]
-        waiting = sum(len(r.batcher.waiting) for r in serving) + len(self.unrouted)
-        active = sum(len(r.batcher.active) for r in serving)
         used = sum(-(-sum(s.context for s in r.batcher.active) // KV_BLOCK_TOKENS) for r in serving)
         blocks = len(serving) * (self.replica_model.kv_capacity_tokens // KV_BLOCK_TOKENS)
-        self.series.scrape(now, {"waiting": float(waiting), "active": float(active + waiting),
-                                 "kvCacheUtilization": used / blocks if blocks else 0.0})
+        self.series.scrape(now, {"kvCacheUtilization": used / blocks if blocks else 0.0})
 
     def observations(self, now: float) -> tuple[Observations, SignalReadings]:
         seen = now - self.config.scrape_seconds
         window = self.config.window_seconds
-        alive = any(r.started_at < seen and (r.stopped_at is None or r.stopped_at > seen - window)
+        # A pod exports series once Triton serves (its metrics start after the models load).
+        alive = any(r.ready_at < seen and (r.stopped_at is None or r.stopped_at > seen - window)
                     for r in self.replicas)
         readings = self.series.readings(now, window, self.config.short_window_seconds,
                                         self.md.spec.autoscaling.slo.percentile,
                                         self.md.spec.engine.backend == "tensorrt-engine", alive)
         obs = observe(readings, self.md.spec.engine.backend, self.replica_model,
-                      count_pods(self.pods(now), self.desired))
+                      count_pods(self.pods(now), self.desired), self.md.spec.autoscaling.slo.ttft_milliseconds / 1e3)
         return obs, readings
 
     def arrived_between(self, start: float, end: float) -> list[TraceRequest]:

@@ -77,42 +77,44 @@ class TritonService(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ign
             response.parameters["triton_final_response"].bool_param = final
         return response
 
-    async def _submit(self, request: Any, context: Any) -> Any:
+    async def _submit(self, request: Any, context: Any) -> tuple[Any, bool]:
         from inference_pods.emulator.server import ApiError
 
         values = self._values(request)
         if "text_input" not in values:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "expected input 'text_input' (BYTES) is missing")
         try:
+            stream = self.emulator.streaming(request.model_name, values)
             return self.emulator.submit(request.model_name, values["text_input"],
-                                        self.emulator.max_tokens(request.model_name, values))
+                                        self.emulator.max_tokens(request.model_name, values), stream), stream
         except ApiError as error:
             code = grpc.StatusCode.UNAVAILABLE if error.status == 503 else grpc.StatusCode.INVALID_ARGUMENT
             await context.abort(code, error.message)
+            raise  # abort raises; this keeps the type checker and a misbehaving context honest
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
         await self._check(request.model_name, context)
         if self.emulator.decoupled(request.model_name):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                                 "ModelInfer RPC doesn't support models with decoupled transaction policy")
-        engine_request = await self._submit(request, context)
+        engine_request, _ = await self._submit(request, context)
         output = await self.emulator.collect(engine_request)
         return self._response(request, output)
 
     async def ModelStreamInfer(self, requests: Any, context: Any) -> Any:  # noqa: N802
-        """Triton's bidirectional stream: one response per generated token for a decoupled model (the
-        last flagged ``triton_final_response``), one response for a request to any other model."""
+        """Triton's bidirectional stream: one response per generated token for a decoupled model asked
+        to stream (the last flagged ``triton_final_response``), else one response with the whole text."""
         async for request in requests:
             if self.emulator.launch.model(request.model_name) is None:
                 yield service_pb2.ModelStreamInferResponse(
                     error_message=f"Request for unknown model: '{request.model_name}' is not found")
                 continue
             try:
-                engine_request = await self._submit(request, context)
+                engine_request, stream = await self._submit(request, context)
             except Exception as error:  # an abort ends the stream; report it in-band first
                 yield service_pb2.ModelStreamInferResponse(error_message=str(error))
                 raise
-            if not self.emulator.decoupled(request.model_name):
+            if not stream:
                 text = await self.emulator.collect(engine_request)
                 yield service_pb2.ModelStreamInferResponse(infer_response=self._response(request, text))
                 continue

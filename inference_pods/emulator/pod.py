@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,10 @@ class Launch:
         return next((m for m in self.models if m.name == name), None)
 
     def exposition(self, gpus: int) -> ExpositionConfig:
-        release = str(self.engine.get("image", "")).rsplit(":", 1)[-1][:5]
+        # The Triton release from the image tag (26.07-trtllm-python-py3 -> 26.07); a digest or a tag
+        # without one counts as current.
+        found = re.search(r":(\d{2}\.\d{2})[^/]*$", str(self.engine.get("image", "")))
+        release = found.group(1) if found else "99.99"
         return ExpositionConfig(
             models=tuple(ModelMetricsConfig(m.name, m.decoupled, m.first_response_buckets,
                                             trtllm_backend=m.backend == "tensorrtllm") for m in self.models),
@@ -203,7 +207,7 @@ mkdir -p "$dir" && echo '{"architectures": ["LlamaForCausalLM"]}' > "$dir/config
 """,
     "ngc": """#!/bin/bash
 while [ $# -gt 0 ]; do [ "$1" = --dest ] && dir="$2"; shift; done
-mkdir -p "$dir" && echo '{}' > "$dir/config.json"
+mkdir -p "$dir/model_v1" && echo '{}' > "$dir/model_v1/config.json"
 """,
     "trtllm-build": """#!/bin/bash
 all="$*"

@@ -18,7 +18,7 @@ import logging
 import signal
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,13 +63,10 @@ def replica_for(launch: Launch) -> ReplicaModel:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, openai_type: str = "invalid_request_error",
-                 reason: str | None = None) -> None:
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.openai_type = openai_type
-        self.reason = reason  # nv_inference_request_failure reason, when the failure counts
 
 
 DEFAULT_LLMAPI_MAX_TOKENS = 32  # the LLM API's SamplingParams default
@@ -107,7 +104,7 @@ class Emulator:
     # -- request handling shared by every protocol ---------------------------------------------
     def check_model(self, name: str) -> None:
         if self.launch.model(name) is None:
-            raise ApiError(404, f"Request for unknown model: '{name}' is not found", "model_not_found")
+            raise ApiError(404, f"Request for unknown model: '{name}' is not found")
 
     def decoupled(self, name: str) -> bool:
         model = self.launch.model(name)
@@ -117,6 +114,15 @@ class Emulator:
         """(max-tokens input, streaming input) of a served model."""
         return ("sampling_param_max_tokens", "streaming") if name == TRTLLM_MODEL else ("max_tokens", "stream")
 
+    def streaming(self, name: str, values: dict[str, Any]) -> bool:
+        """Whether the request asks for a response per token (both models default to one response);
+        only a decoupled model can stream."""
+        _, key = self.inputs(name)
+        wanted = bool(values.get(key, False))
+        if wanted and not self.decoupled(name):
+            raise ApiError(400, "Streaming is only supported in decoupled mode.")
+        return wanted
+
     def max_tokens(self, name: str, values: dict[str, Any]) -> Any:
         key, _ = self.inputs(name)
         if key not in values:
@@ -125,7 +131,7 @@ class Emulator:
             raise ApiError(400, f"expected input '{key}' is missing")
         return values[key]
 
-    def submit(self, model: str, text: str, max_tokens: Any) -> Request:
+    def submit(self, model: str, text: str, max_tokens: Any, stream: bool = False) -> Request:
         if model not in self.launch.served:
             raise ApiError(400, f"model '{model}' takes token ids, not text; send requests to "
                            f"{' or '.join(self.launch.served)}")
@@ -135,8 +141,7 @@ class Emulator:
             raise ApiError(400, f"max_tokens {max_tokens} exceeds the engine's max output length "
                            f"{self.max_output_length}")
         if not self.ready:
-            raise ApiError(503, "the model is not ready (loading or shutting down)", "server_error",
-                           reason="REJECTED")
+            raise ApiError(503, "the model is not ready (loading or shutting down)")
         prompt = count_tokens(text)
         if prompt > self.max_input_length:
             self.metrics.fail(model, "BACKEND")
@@ -146,10 +151,10 @@ class Emulator:
             request = self.engine.submit(prompt, max_tokens)
         except QueueFull as error:
             self.metrics.fail(model, "REJECTED")
-            raise ApiError(503, str(error), "rate_limit_exceeded") from error
+            raise ApiError(503, str(error)) from error
         except Draining as error:
-            raise ApiError(503, str(error), "server_error") from error
-        self.metrics.started(request, model)
+            raise ApiError(503, str(error)) from error
+        self.metrics.started(request, model, stream)
         return request
 
     async def collect(self, request: Request) -> str:
@@ -230,7 +235,8 @@ class Emulator:
                 values[tensor.get("name", "")] = _first(tensor.get("data"))
         if "text_input" not in values:
             raise ApiError(400, "expected input 'text_input' (BYTES) is missing")
-        request = self.submit(name, str(values["text_input"]), self.max_tokens(name, values))
+        request = self.submit(name, str(values["text_input"]), self.max_tokens(name, values),
+                              self.streaming(name, values))
         output = await self.collect(request)
         parameters = body.get("parameters") or {}
         wants_binary = parameters.get("binary_data_output") or any(
@@ -251,10 +257,12 @@ class Emulator:
         name = http.match_info["model"]
         self.check_model(name)
         if self.decoupled(name):
-            # NVIDIA's guide: a decoupled model answers the non-streaming endpoint with 501.
+            # triton-inference-server/server docs/getting_started/llm.md: a decoupled model answers the
+            # non-streaming endpoint with 501.
             raise ApiError(501, "the model is decoupled: use generate_stream")
         body = await self.json_body(http)
-        request = self.submit(name, str(body.get("text_input", "")), self.max_tokens(name, body))
+        request = self.submit(name, str(body.get("text_input", "")), self.max_tokens(name, body),
+                              self.streaming(name, body))
         output = await self.collect(request)
         return web.json_response({"model_name": name, "model_version": "1", "text_output": output})
 
@@ -262,12 +270,15 @@ class Emulator:
         name = http.match_info["model"]
         self.check_model(name)
         body = await self.json_body(http)
-        request = self.submit(name, str(body.get("text_input", "")), self.max_tokens(name, body))
+        stream = self.streaming(name, body)
+        request = self.submit(name, str(body.get("text_input", "")), self.max_tokens(name, body), stream)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
                                                "Cache-Control": "no-cache"})
         await response.prepare(http)
-        async for token in self.engine.stream(request):
-            event = {"model_name": name, "model_version": "1", "text_output": token}
+        # Not streaming: the model sends one response with the whole text.
+        chunks = self.engine.stream(request) if stream else _once(self.collect(request))
+        async for text in chunks:
+            event = {"model_name": name, "model_version": "1", "text_output": text}
             await response.write(f"data: {json.dumps(event)}\n\n".encode())
         await response.write_eof()
         return response
@@ -323,6 +334,10 @@ class Emulator:
             await runner.cleanup()
         await self.engine.stop()
         log.info("stopped")
+
+
+async def _once(text: Awaitable[str]) -> AsyncIterator[str]:
+    yield await text
 
 
 def _first(values: Any) -> Any:

@@ -64,7 +64,7 @@ def load(source: FakeMetricSource, target: Target, tps: float | None, **override
     signals: dict[str, float | None] = {
         "outputTokensPerSecond": tps, "outputTokensPerSecondShort": tps, "inputTokensPerSecond": tps,
         "requestsPerSecond": requests, "requestSeconds": None if decoding is None else decoding + 0.5,
-        "firstResponseSeconds": 0.5, "ttftSeconds": 0.4, "waiting": 0.0, "active": 5.0,
+        "firstResponseSeconds": 0.5, "ttftSeconds": 0.4,
         "kvCacheUtilization": 0.2}
     signals.update(overrides)
     source.set(target, **signals)

@@ -82,7 +82,7 @@ def test_the_llmapi_twin_serves_what_the_repository_holds(llmapi: EmulatorProces
     prompt.set_data_from_numpy(np.array([b"hello"], dtype=object))
     with pytest.raises(InferenceServerException, match="decoupled"):
         client.infer(LLMAPI, [prompt])
-    events = stream(llmapi, LLMAPI, {"text_input": "tell me", "sampling_param_max_tokens": 7})
+    events = stream(llmapi, LLMAPI, {"text_input": "tell me", "sampling_param_max_tokens": 7, "streaming": True})
     assert len(events) == 7 and all(e["model_name"] == LLMAPI and e["text_output"].strip() for e in events)
     refused = httpx.post(f"{llmapi.url}/v2/models/{LLMAPI}/generate", json={"text_input": "x"}, timeout=10)
     assert refused.status_code == 501
@@ -97,7 +97,9 @@ def test_tritonclient_grpc_streams_from_a_decoupled_model(llmapi: EmulatorProces
     prompt.set_data_from_numpy(np.array([b"hello world"], dtype=object))
     limit = triton_grpc.InferInput("sampling_param_max_tokens", [1], "INT32")
     limit.set_data_from_numpy(np.array([5], dtype=np.int32))
-    client.async_stream_infer(LLMAPI, [prompt, limit], enable_empty_final_response=True)
+    streaming = triton_grpc.InferInput("streaming", [1], "BOOL")
+    streaming.set_data_from_numpy(np.array([True]))
+    client.async_stream_infer(LLMAPI, [prompt, limit, streaming], enable_empty_final_response=True)
     tokens = []
     while True:
         result = results.get(timeout=10)
@@ -110,6 +112,21 @@ def test_tritonclient_grpc_streams_from_a_decoupled_model(llmapi: EmulatorProces
     assert len(tokens) == 5 and all(t.strip() for t in tokens)
     with pytest.raises(InferenceServerException, match="decoupled"):
         client.infer(LLMAPI, [prompt, limit])
+
+
+def test_without_streaming_one_response_and_ttft_is_the_whole_answer(llmapi: EmulatorProcess) -> None:
+    before = samples(llmapi.metrics_url)
+    events = stream(llmapi, LLMAPI, {"text_input": "a b", "sampling_param_max_tokens": 6})
+    assert len(events) == 1 and len(events[0]["text_output"].split()) == 6
+    after = samples(llmapi.metrics_url)
+
+    def delta(name: str) -> float:
+        return value(after, name) - value(before, name)
+
+    # The first response is the last: the first-response histogram counts the whole request.
+    assert delta("nv_inference_first_response_histogram_ms_count") == 1
+    assert delta("nv_inference_first_response_histogram_ms_sum") * 1e3 == pytest.approx(
+        delta("nv_inference_request_duration_us"), rel=0.05)
 
 
 def test_the_engine_twin_serves_the_ensemble_and_bls(engine: EmulatorProcess) -> None:
@@ -129,7 +146,7 @@ def test_tokens_stream_in_real_time() -> None:
     try:
         arrivals = []
         with httpx.stream("POST", f"{real_time.url}/v2/models/{LLMAPI}/generate_stream", timeout=10,
-                          json={"text_input": "hello there", "sampling_param_max_tokens": 12}) as s:
+                          json={"text_input": "hello there", "sampling_param_max_tokens": 12, "streaming": True}) as s:
             for line in s.iter_lines():
                 if line.startswith("data: "):
                     arrivals.append(time.monotonic())
@@ -147,7 +164,7 @@ def test_a_seed_makes_the_output_deterministic() -> None:
                                                           f"--seed={seed}"]).start()
         try:
             return ["".join(e["text_output"] for e in stream(process, LLMAPI, {
-                "text_input": "x", "sampling_param_max_tokens": 8})) for _ in range(3)]
+                "text_input": "x", "sampling_param_max_tokens": 8, "streaming": True})) for _ in range(3)]
         finally:
             process.stop()
 
@@ -186,15 +203,15 @@ def test_an_overlong_prompt_is_rejected_and_counted(llmapi: EmulatorProcess) -> 
 PROMPTS, OUTPUTS = [3, 10, 50, 200], [4, 8, 16, 32]
 
 
-def workload(process: EmulatorProcess, model: str, max_tokens: str) -> None:
+def workload(process: EmulatorProcess, model: str, max_tokens: str, streaming: str) -> None:
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda po: stream(process, model, {"text_input": " ".join(["w"] * po[0]), max_tokens: po[1]}),
-                      zip(PROMPTS, OUTPUTS, strict=True)))
+        list(pool.map(lambda po: stream(process, model, {"text_input": " ".join(["w"] * po[0]), max_tokens: po[1],
+                                                         streaming: True}), zip(PROMPTS, OUTPUTS, strict=True)))
 
 
 def test_llmapi_counters_move_by_the_right_amounts(llmapi: EmulatorProcess) -> None:
     before = samples(llmapi.metrics_url)
-    workload(llmapi, LLMAPI, "sampling_param_max_tokens")
+    workload(llmapi, LLMAPI, "sampling_param_max_tokens", "streaming")
     after = samples(llmapi.metrics_url)
 
     def delta(name: str) -> float:
@@ -209,7 +226,7 @@ def test_llmapi_counters_move_by_the_right_amounts(llmapi: EmulatorProcess) -> N
 
 def test_engine_counters_count_each_model_on_the_path(engine: EmulatorProcess) -> None:
     before = samples(engine.metrics_url)
-    workload(engine, "ensemble", "max_tokens")
+    workload(engine, "ensemble", "max_tokens", "stream")
     after = samples(engine.metrics_url)
 
     def delta(name: str, model: str) -> float:
@@ -280,7 +297,7 @@ def test_a_full_queue_answers_503() -> None:
     try:
         def post(tokens: int) -> httpx.Response:
             return httpx.post(f"{small.url}/v2/models/{LLMAPI}/generate_stream", timeout=60,
-                              json={"text_input": "x", "sampling_param_max_tokens": tokens})
+                              json={"text_input": "x", "sampling_param_max_tokens": tokens, "streaming": True})
 
         with ThreadPoolExecutor(4) as pool:
             # One runs, one waits; the third finds the queue full.
@@ -318,7 +335,7 @@ def test_sigterm_refuses_new_work_and_finishes_in_flight_requests() -> None:
     received: list[str] = []
 
     def long_request() -> None:
-        body = {"text_input": "x", "sampling_param_max_tokens": 150}
+        body = {"text_input": "x", "sampling_param_max_tokens": 150, "streaming": True}
         with httpx.stream("POST", f"{draining.url}/v2/models/{LLMAPI}/generate_stream", json=body, timeout=60) as s:
             received.extend(line for line in s.iter_lines() if line.startswith("data: {"))
 

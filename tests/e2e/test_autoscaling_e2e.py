@@ -76,16 +76,19 @@ class Pods:
 
 
 class Load:
-    """Open-loop requests at a settable rate, round-robin over the running replicas."""
+    """Open-loop streaming requests at a settable rate, round-robin over the running replicas, to the
+    model the backend serves (the LLM-API ``tensorrt_llm``, or the engine path's ``ensemble``)."""
 
-    def __init__(self, pods: Pods) -> None:
+    def __init__(self, pods: Pods, backend: str) -> None:
         self.pods, self.rate, self.stop = pods, 0.0, threading.Event()
+        self.model, limit, stream = ("tensorrt_llm", "sampling_param_max_tokens", "streaming") \
+            if backend == "llmapi" else ("ensemble", "max_tokens", "stream")
+        self.body = {"text_input": "w " * 200, limit: 64, stream: True}
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _send(self, url: str) -> None:
-        body = {"text_input": "w " * 200, "sampling_param_max_tokens": 64}
         with contextlib.suppress(httpx.HTTPError), httpx.stream(
-                "POST", f"{url}/v2/models/tensorrt_llm/generate_stream", json=body, timeout=30) as response:
+                "POST", f"{url}/v2/models/{self.model}/generate_stream", json=self.body, timeout=30) as response:
             for _ in response.iter_lines():
                 pass
 
@@ -100,8 +103,10 @@ class Load:
             time.sleep(1 / self.rate)
 
 
-@pytest.fixture
-def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["llmapi", "tensorrt-engine"])
+def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any,
+          request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    backend = request.param
     plane = full_control_plane
     install_api_and_rbac(plane)
     prometheus = PrometheusServer(tmp_path / "prometheus").start()
@@ -115,7 +120,8 @@ def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any) -> It
 
     manifest = yaml.safe_load((REPO_ROOT / "examples" / "llama-8b-h100.yaml").read_text())
     manifest["metadata"]["namespace"] = namespace
-    # The pinned llmapi backend: Triton core families only; tokens come from the observer's model.
+    # llmapi: Triton core families only, tokens from the observer's model; tensorrt-engine: token counts.
+    manifest["spec"]["engine"]["backend"] = backend
     manifest["spec"]["ports"] = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 4,
                                        "tokensPerSecondPerReplica": CAPACITY,
@@ -125,7 +131,7 @@ def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any) -> It
     eventually(first.is_leader, timeout=30)
     pods = Pods(plane, prometheus, namespace)
     pods.thread.start()
-    load = Load(pods)
+    load = Load(pods, backend)
     load.thread.start()
     state = {"plane": plane, "prometheus": prometheus, "operator": first, "make_operator": operator,
              "pods": pods, "load": load, "namespace": namespace}

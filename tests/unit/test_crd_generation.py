@@ -50,10 +50,12 @@ def test_defaults_enums_and_bounds_reach_the_schema() -> None:
     # The whole defaulted object, so CEL rules can be checked against the default as written.
     assert engine["default"]["precision"] == "bf16" and engine["default"]["maxBatchSize"] == 256
     assert spec_schema()["properties"]["autoscaling"]["default"]["slo"]["ttftMilliseconds"] == 2000
-    assert engine["properties"]["precision"] == {
-        "default": "bf16", "description": "Weight and activation precision.",
-        "enum": ["fp8", "bf16", "fp16"], "type": "string",
-    }
+    precision = engine["properties"]["precision"]
+    assert precision["description"].startswith("Weight and activation precision.")
+    assert {k: v for k, v in precision.items() if k != "description"} == {
+        "default": "bf16", "enum": ["fp8", "bf16", "fp16"], "type": "string"}
+    assert engine["properties"]["backend"]["enum"] == ["llmapi", "tensorrt-engine"]
+    assert engine["default"]["backend"] == "llmapi"
     tensor = spec_schema()["properties"]["parallelism"]["properties"]["tensor"]
     assert tensor["enum"] == [1, 2, 4, 8] and tensor["type"] == "integer"
     assert spec_schema()["properties"]["replicas"]["minimum"] == 0

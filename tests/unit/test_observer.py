@@ -14,6 +14,7 @@ from controllers.simulation.series import SimulatedSeries, histogram_quantile
 from inference_pods.performance import ReplicaModel
 
 REPLICA = ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM")
+TTFT_TARGET = 2.0
 
 
 def readings(**values: float | None) -> SignalReadings:
@@ -36,23 +37,23 @@ def test_engine_backend_reads_tokens_and_derives_the_mean_itl() -> None:
     # 10 requests/s of 100 tokens: 1,000 tok/s; 25 requests in flight, 5 awaiting their first token:
     # 20 decoding over 990 tokens after the first each second = 20.2 ms.
     r = readings(outputTokensPerSecond=1000, outputTokensPerSecondShort=1200, inputTokensPerSecond=5000,
-                 requestsPerSecond=10, requestSeconds=25, firstResponseSeconds=5, ttftSeconds=0.4, waiting=3,
-                 active=20, kvCacheUtilization=0.5)
-    obs = observe(r, "tensorrt-engine", REPLICA, PodCounts(current=2, ready=2))
+                 requestsPerSecond=10, requestSeconds=25, firstResponseSeconds=5, ttftSeconds=0.4,
+                 kvCacheUtilization=0.5)
+    obs = observe(r, "tensorrt-engine", REPLICA, PodCounts(current=2, ready=2), TTFT_TARGET)
     assert obs.output_tokens_per_second.value == 1000 and obs.output_tokens_per_second_short.value == 1200
     assert obs.itl_seconds.value == pytest.approx(20 / 990)
-    assert (obs.queue.value, obs.in_flight.value, obs.kv_utilization.value) == (3, 20, 0.5)
+    assert (obs.queue.value, obs.in_flight.value, obs.kv_utilization.value) == (0, 25, 0.5)
 
 
 def test_llmapi_backend_models_tokens_from_the_decoding_concurrency() -> None:
     r = readings(requestsPerSecond=10, requestsPerSecondShort=10, requestSeconds=25, requestSecondsShort=25,
                  firstResponseSeconds=5, firstResponseSecondsShort=5, ttftSeconds=0.4)
-    obs = observe(r, "llmapi", REPLICA, PodCounts(current=2, ready=2))
-    itl = REPLICA.decode_seconds(10, 1100)  # 20 decoding over 2 replicas
+    obs = observe(r, "llmapi", REPLICA, PodCounts(current=2, ready=2), TTFT_TARGET)
+    itl = REPLICA.steady_step_seconds(10, 1000, 200)  # 20 decoding over 2 replicas
     assert obs.itl_seconds.value == pytest.approx(itl)
     assert obs.output_tokens_per_second.value == pytest.approx(20 / itl + 10)
     assert "modelled" in obs.output_tokens_per_second.detail
-    assert obs.queue.value == 5 and obs.in_flight.value == 25
+    assert obs.queue.value == 0 and obs.in_flight.value == 25  # 5 awaiting, 20 allowed at a 2 s target
     assert obs.input_tokens_per_second.quality is Quality.EMPTY  # no token counts on this backend
     assert obs.kv_utilization.quality is Quality.EMPTY
 
@@ -60,18 +61,25 @@ def test_llmapi_backend_models_tokens_from_the_decoding_concurrency() -> None:
 def test_a_missing_part_makes_the_derived_figure_missing() -> None:
     r = SignalReadings({"requestsPerSecond": Reading.of(10.0), "requestSeconds": Reading.error("down"),
                         "firstResponseSeconds": Reading.of(5.0)})
-    obs = observe(r, "llmapi", REPLICA, PodCounts(current=1, ready=1))
+    obs = observe(r, "llmapi", REPLICA, PodCounts(current=1, ready=1), TTFT_TARGET)
     assert obs.output_tokens_per_second.quality is Quality.ERROR
     assert obs.itl_seconds.quality is Quality.ERROR
-    assert observe(r, "tensorrt-engine", REPLICA, PodCounts(current=1, ready=1)).itl_seconds.quality \
+    assert observe(r, "tensorrt-engine", REPLICA, PodCounts(current=1, ready=1), TTFT_TARGET).itl_seconds.quality \
         is Quality.ERROR
 
 
 def test_idle_traffic_reads_as_zero_not_missing() -> None:
     r = readings(requestsPerSecond=0, requestSeconds=0, firstResponseSeconds=0, requestsPerSecondShort=0,
                  requestSecondsShort=0, firstResponseSecondsShort=0)
-    obs = observe(r, "llmapi", REPLICA, PodCounts(current=1, ready=1))
+    obs = observe(r, "llmapi", REPLICA, PodCounts(current=1, ready=1), TTFT_TARGET)
     assert obs.output_tokens_per_second.value == 0 and obs.queue.value == 0
+
+
+def test_the_queue_is_what_waits_beyond_the_ttft_target() -> None:
+    # 10 requests/s whose first token takes 3 s on average against a 2 s target: 10 late.
+    r = readings(requestsPerSecond=10, requestSeconds=40, firstResponseSeconds=30)
+    obs = observe(r, "llmapi", REPLICA, PodCounts(current=1, ready=1), TTFT_TARGET)
+    assert obs.queue.value == pytest.approx(10)
 
 
 @pytest.mark.parametrize(("q", "counts", "expected"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import pytest
@@ -167,6 +168,8 @@ def test_quantities() -> None:
     assert quantity_bytes("200Gi") == 200 * 2**30
     assert quantity_bytes("1.5T") == 1.5e12
     assert quantity_bytes("1000") == 1000
+    assert quantity_bytes("1Ei") == 2**60
+    assert math.isnan(quantity_bytes("lots"))
 
 
 def test_cache_need_counts_the_engine_build() -> None:
@@ -177,6 +180,9 @@ def test_cache_need_counts_the_engine_build() -> None:
     # Llama-3.1-8B BF16: 16.06 GB of weights, +10%; the engine path keeps checkpoint and engine too.
     assert cache_bytes_needed(llmapi) == pytest.approx(1.1 * 16.06e9)
     assert cache_bytes_needed(engine) == pytest.approx(3 * 1.1 * 16.06e9)
+    raw["spec"]["engine"] = {}
+    raw["spec"]["model"] = {"name": "m", "profile": "Llama-3.1-8B", "pvc": {"claimName": "weights"}}
+    assert cache_bytes_needed(ModelDeployment.model_validate(raw)) == 0  # linked from the claim, not copied
 
 
 @pytest.mark.parametrize(("engine", "fragment"), [

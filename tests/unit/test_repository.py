@@ -65,7 +65,7 @@ def test_llmapi_config_and_model_yaml_hold_the_spec() -> None:
     assert list(control.histogram_options.buckets) == first_response_buckets(800)
     llm = yaml.safe_load(files["tensorrt_llm/1/model.yaml"])
     assert llm == {
-        "model": CachePaths.of(md().spec).weights, "backend": "pytorch", "tensor_parallel_size": 2,
+        "model": CachePaths.of(md().spec).weights, "backend": "pytorch", "dtype": "bfloat16", "tensor_parallel_size": 2,
         "pipeline_parallel_size": 1, "max_batch_size": 64, "max_num_tokens": 4096, "max_seq_len": 3072,
         "enable_chunked_prefill": True, "kv_cache_config": {"free_gpu_memory_fraction": 0.5},
         "triton_config": {"max_batch_size": 0, "decoupled": True}}
@@ -171,3 +171,34 @@ def test_a_failed_fetch_names_its_cause(tmp_path: Path, hub: str, reason: str) -
     if reason == "RevisionNotFound":
         assert "revision v9 does not exist for meta-llama/Llama-3.1-8B-Instruct" in prepared.termination_message
     assert not (tmp_path / CachePaths.of(md().spec).marker.lstrip("/")).exists()
+
+
+def test_a_hostile_model_id_is_never_run_by_the_shell(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    hostile = md(model={"huggingFace": f'a/b"$(touch {marker})`touch {marker}`', "revision": f"v$(touch {marker})"})
+    _, prepared = materialize(hostile, tmp_path / "pod", env={"TOKENWORKS_FAKE_HUB": "gated"})
+    assert prepared.termination_message.startswith("GatedModel: a/b\"$(touch")
+    assert not marker.exists()
+
+
+def test_ngc_weights_land_in_the_weights_folder(tmp_path: Path) -> None:
+    deployment = md(model={"name": "m", "profile": "Llama-3.1-8B", "ngc": "nvidia/llama-3.1-8b:1.0"})
+    raw = deployment.model_dump(by_alias=True, exclude_none=True)
+    raw["spec"]["model"].pop("huggingFace")
+    deployment = ModelDeployment.model_validate(raw)
+    _, prepared = materialize(deployment, tmp_path)
+    assert prepared.returncode == 0, prepared.output
+    assert (tmp_path / CachePaths.of(deployment.spec).weights.lstrip("/") / "config.json").exists()
+
+
+def test_a_failed_build_is_not_taken_for_a_hub_error(tmp_path: Path) -> None:
+    # A build log full of numbers (40326 MiB, 403 kernels) is a build failure, not a credential error.
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "trtllm-build").write_text("#!/bin/bash\necho 'used 40326 MiB; 403 kernels; aggregated'; exit 1\n")
+    (broken / "trtllm-build").chmod(0o755)
+    root = tmp_path / "pod"
+    stand_ins = root / ".image" / "bin"  # materialize writes the other stand-ins there
+    _, prepared = materialize(md("tensorrt-engine"), root, env={"PATH": f"{broken}:{stand_ins}:/usr/bin:/bin"})
+    assert prepared.returncode == 1
+    assert prepared.termination_message.startswith("EngineBuildFailed:"), prepared.termination_message
