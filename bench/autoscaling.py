@@ -137,9 +137,12 @@ def cached_oracle(config: Config, max_replicas: int, minutes: float | None) -> l
 
 def make_policy(name: str, md: ModelDeployment, peak: int) -> ScalingPolicy:
     bounds: dict[str, Any] = {"min_replicas": 1, "max_replicas": md.spec.autoscaling.max_replicas}
-    # The in-flight target of HPA and Knative: a quarter of what one replica holds at 1000/200 tokens,
-    # which keeps the batch where the ITL target holds (Little's law on the performance model).
-    concurrency = max(1.0, Simulator(md, []).replica_model.max_concurrency(1000, 200) / 4)
+    # The in-flight target of HPA and Knative, sized as their users would from the SLO: the most
+    # requests one replica holds while its iteration stays under the ITL target (the performance model
+    # at 1,000/200 tokens), never from the trace being scored.
+    slo = md.spec.autoscaling.slo
+    concurrency = float(Simulator(md, []).replica_model.concurrency_at_slo(
+        slo.inter_token_latency_milliseconds / 1e3))
     match name:
         case "tokenworks":
             return TokenworksPolicy(md)
@@ -157,7 +160,8 @@ def make_policy(name: str, md: ModelDeployment, peak: int) -> ScalingPolicy:
         case "keda-queue":
             return HpaPolicy(name, queue_per_pod, target=4, external=True, **bounds)
         case "knative-kpa":
-            return KpaPolicy(target_concurrency=concurrency, **bounds)
+            # Knative documents `scale-down-delay` for slow-starting pods; these take 60-75 s to serve.
+            return KpaPolicy(target_concurrency=concurrency, scale_down_delay=300.0, **bounds)
         case "dynamo-planner":
             return DynamoPlannerPolicy(md, **bounds)
         case "static":

@@ -266,14 +266,11 @@ class ReplicaModel:
         return Step(prefill_tokens=prefill, prefill_context=prefill * (input_tokens + 1) // 2,
                     decode_requests=n, decode_context=n * (input_tokens + output_tokens // 2))
 
-    def capacity_at_slo(self, itl_target_seconds: float, input_tokens: int = 1000, output_tokens: int = 200,
-                        headroom: float = 0.8) -> float:
-        """Output tokens/s one replica carries while an iteration (the inter-token latency) stays
-        under target, times ``headroom`` so queues stay short (TTFT) between autoscaler ticks.
-
-        Llama-3.1-8B BF16 on an H100 at 1000/200 tokens and a 100 ms ITL target: the largest steady
-        batch whose iteration (its decodes plus their share of prefill) stays under 100 ms, at 80%.
-        """
+    def concurrency_at_slo(self, itl_target_seconds: float, input_tokens: int = 1000,
+                           output_tokens: int = 200) -> int:
+        """The most requests one replica holds in flight while its steady iteration (the inter-token
+        latency: their decodes plus their share of prefill) stays under the target: what a team sets as
+        a per-pod concurrency target for HPA or Knative from the SLO."""
         limit = max(1, min(self.max_concurrency(input_tokens, output_tokens),
                            int(self.max_num_tokens / (1 + input_tokens / output_tokens))))
         low, high = 0, limit
@@ -283,7 +280,17 @@ class ReplicaModel:
                 low = mid
             else:
                 high = mid - 1
-        n = max(1, low)
+        return max(1, low)
+
+    def capacity_at_slo(self, itl_target_seconds: float, input_tokens: int = 1000, output_tokens: int = 200,
+                        headroom: float = 0.8) -> float:
+        """Output tokens/s one replica carries while an iteration (the inter-token latency) stays
+        under target, times ``headroom`` so queues stay short (TTFT) between autoscaler ticks.
+
+        Llama-3.1-8B BF16 on an H100 at 1000/200 tokens and a 100 ms ITL target: the largest steady
+        batch whose iteration (its decodes plus their share of prefill) stays under 100 ms, at 80%.
+        """
+        n = self.concurrency_at_slo(itl_target_seconds, input_tokens, output_tokens)
         return headroom * n / self.step_seconds(self._steady_step(n, input_tokens, output_tokens))
 
     def load_seconds(self, storage_bandwidth: float = DEFAULT_STORAGE_BANDWIDTH) -> float:

@@ -50,7 +50,9 @@ class HpaPolicy:
     them at 0 on the way up (at the target on the way down) over all pods, and no change if that flips
     its direction. An External metric with an AverageValue target (KEDA): desired = ceil(total /
     target). Then up by at most max(4 pods, 100%) per 15 s; down to the highest recommendation of the
-    last 300 s; bounded by min/max replicas."""
+    last 300 s; bounded by min/max replicas. The recommendation history starts with the current count,
+    as ``recordInitialRecommendation`` (horizontal.go) seeds it, so a warm start does not collapse at the
+    first sync."""
 
     name: str
     metric: Metric
@@ -89,6 +91,8 @@ class HpaPolicy:
         ready = len(sim.ready_replicas(now))
         not_ready = sum(1 for r in sim.replicas if r.serving and r.ready_at > now)
         recommendation = self._calculate(ratio, current, ready, not_ready)
+        if not self.history:  # horizontal.go: recordInitialRecommendation(currentReplicas, key)
+            self.history.append((now, current))
         self.history = [(t, r) for t, r in self.history if now - t <= self.stabilization_seconds]
         self.history.append((now, recommendation))
         desired = recommendation
@@ -103,7 +107,9 @@ class HpaPolicy:
 class KpaPolicy:
     """Knative's KPA: desired = ceil(average concurrency / (target x 0.7)) over a 60 s stable window,
     ticking every 2 s; when the 6 s panic window asks for at least twice the ready pods it panics for
-    60 s, scaling on the panic window and never down; down by at most half per tick."""
+    60 s, scaling on the panic window and never down; down by at most half per tick. With
+    ``scale_down_delay`` (Knative's `scale-down-delay`, documented for pods that are slow to start) a
+    scale-down goes only to the highest count decided within that delay."""
 
     target_concurrency: float
     min_replicas: int
@@ -115,7 +121,9 @@ class KpaPolicy:
     panic_window: float = 6.0
     panic_threshold: float = 2.0
     max_scale_down_rate: float = 2.0
+    scale_down_delay: float = 0.0
     samples: list[tuple[float, float]] = field(default_factory=list)
+    decided: list[tuple[float, int]] = field(default_factory=list)
     panic_until: float = -1.0
 
     def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
@@ -139,6 +147,10 @@ class KpaPolicy:
         else:
             desired, rule = stable, "stable"
         desired = max(desired, math.floor(current / self.max_scale_down_rate))
+        if self.scale_down_delay > 0:  # autoscaler.go: the max over the delay window (a max-timed-float)
+            self.decided = [(t, d) for t, d in self.decided if now - t < self.scale_down_delay]
+            self.decided.append((now, desired))
+            desired = max(d for _, d in self.decided)
         desired = max(self.min_replicas, min(self.max_replicas, desired))
         return desired, rule, f"concurrency {concurrency} (target {per_pod:.3g} per pod)"
 

@@ -53,6 +53,11 @@ def deploy(plane: ControlPlane, namespace: str, **autoscaling: Any) -> Target:
                                        "tokensPerSecondPerReplica": CAPACITY,
                                        "scaleDownStabilizationSeconds": 120, **autoscaling}
     plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
+    eventually(lambda: deployment_replicas(plane, namespace) == 1, timeout=60)
+    # The first pod must have started: a Pending pod holds any further scale-up.
+    core = client.CoreV1Api(plane.api_client())
+    eventually(lambda: [p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"],
+               timeout=60)
     return Target(namespace, "llama-8b", 0.95)
 
 
@@ -89,7 +94,6 @@ def test_scale_up_stabilized_scale_down_missing_metrics_and_restart(
 ) -> None:
     plane = full_control_plane
     target = deploy(plane, namespace)
-    eventually(lambda: deployment_replicas(plane, namespace) == 1, timeout=60)
     clock, source = Clock(), FakeMetricSource()
     kube = Kube(plane.api_client())
     loop = AutoscalerLoop(kube, source, clock=clock, namespaces=[namespace])
@@ -149,7 +153,6 @@ def test_advisory_mode_records_but_does_not_apply(
 ) -> None:
     plane = full_control_plane
     target = deploy(plane, namespace, advisory=True)
-    eventually(lambda: deployment_replicas(plane, namespace) == 1, timeout=60)
     source = FakeMetricSource()
     load(source, target, 5000)
     decision = AutoscalerLoop(Kube(plane.api_client()), source, namespaces=[namespace]).tick()[

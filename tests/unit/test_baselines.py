@@ -89,3 +89,44 @@ def test_hpa_counts_pods_still_loading_as_zero_on_the_way_up() -> None:
     assert hpa._calculate(0.5, current=6, ready=4, not_ready=2) == 4
     keda = HpaPolicy("keda", queue_per_pod, target=4, min_replicas=1, max_replicas=64, external=True)
     assert keda._calculate(3.0, current=6, ready=2, not_ready=4) == 18, "an AverageValue target: total / target"
+
+
+def test_hpa_seeds_its_window_with_the_current_count_so_a_warm_start_holds() -> None:
+    # A warm start at 6 replicas on light load: the real HPA's recordInitialRecommendation puts 6 in the
+    # stabilisation window, so it cannot drop to 1 at its first sync.
+    policy = HpaPolicy("hpa-inflight", in_flight_per_pod, target=8, min_replicas=1, max_replicas=16)
+    result = Simulator(deployment(), constant(5, 600), replace(FAST, initial_replicas=6), policy=policy).run()
+    assert all(d == 6 for t, d, _, _ in result.timeline if t < 300)
+    assert result.timeline[-1][1] < 6, "and scales down once the window has passed"
+
+
+def test_kpa_scale_down_delay_holds_the_highest_count_of_the_delay() -> None:
+    requests = constant(40, 300) + constant(2, 600, start=300)
+    quick = Simulator(deployment(), requests, FAST,
+                      policy=KpaPolicy(target_concurrency=4, min_replicas=1, max_replicas=16)).run()
+    delayed = Simulator(deployment(), requests, FAST, policy=KpaPolicy(
+        target_concurrency=4, min_replicas=1, max_replicas=16, scale_down_delay=300)).run()
+
+    def held(result: SimulationResult) -> float:
+        """How long the peak count lasted once reached for the last time."""
+        top = max(d for _, d, _, _ in result.timeline)
+        last_reached = max(t for t, d, _, _ in result.timeline if d == top and t > 0)
+        start = last_reached
+        for t, d, _, _ in reversed([r for r in result.timeline if r[0] <= last_reached]):
+            if d != top:
+                break
+            start = t
+        drop = min((t for t, d, _, _ in result.timeline if t > last_reached and d < top), default=result.duration)
+        return drop - start
+
+    assert held(quick) < 200
+    assert held(delayed) >= 300 - 2, "no scale-down within 300 s of the decision for the peak"
+
+
+def test_the_in_flight_target_comes_from_the_slo() -> None:
+    replica = Simulator(deployment(), []).replica_model  # max batch 64
+    strict, lax = replica.concurrency_at_slo(0.01), replica.concurrency_at_slo(0.1)
+    assert 1 <= strict < lax <= replica.max_batch_size
+    n = lax
+    assert replica.steady_step_seconds(n, 1000, 200) <= 0.1
+    assert n == replica.max_concurrency(1000, 200) or replica.steady_step_seconds(n + 1, 1000, 200) > 0.1
