@@ -156,7 +156,9 @@ def make_policy(name: str, md: ModelDeployment, peak: int) -> ScalingPolicy:
         case "hpa-gpu-util":
             return HpaPolicy(name, gpu_utilisation, target=0.7, **bounds)
         case "hpa-in-flight":
-            return HpaPolicy(name, in_flight_per_pod, target=concurrency, **bounds)
+            # With the 80% headroom Tokenworks' own capacity figure keeps (HPA has no target utilisation
+            # of its own; Knative applies its 70% to the same concurrency).
+            return HpaPolicy(name, in_flight_per_pod, target=0.8 * concurrency, **bounds)
         case "keda-queue":
             return HpaPolicy(name, queue_per_pod, target=4, external=True, **bounds)
         case "knative-kpa":
