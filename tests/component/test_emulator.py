@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from inference_pods.repository import first_response_buckets
 from tests.support.emulator import EmulatorProcess, pod_deployment
+from tests.support.waiting import eventually
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LLMAPI = "tensorrt_llm"
@@ -303,10 +304,8 @@ def test_a_full_queue_answers_503() -> None:
             # One runs, one waits; the third finds the queue full.
             running = [pool.submit(post, 200) for _ in range(2)]
             # The first has its first token (it runs, batch of one), so the second waits.
-            deadline = time.monotonic() + 10
-            while value(samples(small.metrics_url), "nv_inference_first_response_histogram_ms_count") < 1:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            eventually(lambda: value(samples(small.metrics_url), "nv_inference_first_response_histogram_ms_count") >= 1,
+                       timeout=10, interval=0.02)
             full = post(1)
             assert [f.result().status_code for f in running] == [200, 200]
         assert full.status_code == 503
@@ -322,9 +321,7 @@ def test_readiness_waits_for_the_engine_load_time() -> None:
         assert httpx.get(f"{slow.url}/v2/health/ready").status_code == 503
         response = httpx.post(f"{slow.url}/v2/models/{LLMAPI}/generate_stream", json={"text_input": "x"})
         assert response.status_code == 503
-        while httpx.get(f"{slow.url}/v2/health/ready").status_code != 200:
-            time.sleep(0.1)
-            assert time.monotonic() - started < 10
+        eventually(lambda: httpx.get(f"{slow.url}/v2/health/ready").status_code == 200, timeout=10, interval=0.1)
         assert time.monotonic() - started > 1.5
     finally:
         slow.stop()
@@ -341,14 +338,9 @@ def test_sigterm_refuses_new_work_and_finishes_in_flight_requests() -> None:
 
     worker = threading.Thread(target=long_request)
     worker.start()
-    deadline = time.monotonic() + 10
-    while not received and worker.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    eventually(lambda: received, timeout=10, interval=0.02)  # the request is streaming
     draining.terminate()
-    deadline = time.monotonic() + 10
-    while httpx.get(f"{draining.url}/v2/health/ready").status_code != 503:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    eventually(lambda: httpx.get(f"{draining.url}/v2/health/ready").status_code == 503, timeout=10, interval=0.05)
     refused = httpx.post(f"{draining.url}/v2/models/{LLMAPI}/generate_stream", json={"text_input": "x"}, timeout=5)
     assert refused.status_code == 503
     worker.join(60)
