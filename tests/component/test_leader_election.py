@@ -37,10 +37,18 @@ def test_the_standby_takes_over_within_the_lease_duration(
     full_control_plane: ControlPlane, two_operators: list[OperatorProcess], namespace: str
 ) -> None:
     leader, standby = two_operators
-    time.sleep(2 * 2)  # two retry periods: the standby has certainly tried and failed to acquire
+    coordination = client.CoordinationV1Api(full_control_plane.api_client())
+
+    def renewed() -> object:
+        return coordination.read_namespaced_lease("tokenworks-operator", OPERATOR_NAMESPACE).spec.renew_time
+
+    # Two renewals by the leader (one retry period each): the standby, on the same period, has
+    # certainly tried and failed to acquire meanwhile.
+    for _ in range(2):
+        last = renewed()
+        eventually(lambda last=last: renewed() != last, timeout=30, interval=0.2)
     assert leader.is_leader() and not standby.is_leader(), "exactly one leader"
-    lease = client.CoordinationV1Api(full_control_plane.api_client()).read_namespaced_lease(
-        "tokenworks-operator", OPERATOR_NAMESPACE)
+    lease = coordination.read_namespaced_lease("tokenworks-operator", OPERATOR_NAMESPACE)
     assert lease.spec.holder_identity == "ha-first"
 
     manifest = yaml.safe_load((REPO_ROOT / "examples" / "fixed-replicas.yaml").read_text())

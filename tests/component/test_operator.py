@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,7 +206,9 @@ def test_a_spec_that_cannot_work_is_degraded_and_running_children_are_untouched(
     degraded_condition = condition(obj, "Degraded")
     assert degraded_condition["reason"] == "NoMatchingGPUNodes"
     assert "NVIDIA-A100-SXM4-80GB" in degraded_condition["message"]
-    time.sleep(2)  # give a wrongly eager operator the chance to touch the Deployment
+    # Give a wrongly eager operator the chance to touch the Deployment: two more reconciles (resyncs).
+    seen = operator.process.metric("tokenworks_reconcile_total")
+    eventually(lambda: operator.process.metric("tokenworks_reconcile_total") >= seen + 2, timeout=30)
     after = live_deployment(plane, namespace, "llama-70b")
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["spec"]["template"] == before["spec"]["template"]
@@ -296,16 +297,21 @@ def test_no_writes_at_rest(operator: Operator, namespace: str) -> None:
         return (process.metric("tokenworks_child_applies_total"),
                 process.metric("tokenworks_status_writes_total"))
 
+    def resync_rounds(rounds: int) -> None:
+        """Wait until the operator has reconciled every ModelDeployment ``rounds`` more times (a resync
+        round reconciles each once)."""
+        every = len(custom(plane).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"])
+        count = process.metric("tokenworks_reconcile_total")
+        eventually(lambda: process.metric("tokenworks_reconcile_total") >= count + rounds * every, timeout=30 * rounds)
+
     def settled() -> tuple[float, float] | None:
         # Objects of earlier tests may still be finishing (pods turning ready, namespaces going).
         before = writes()
-        time.sleep(5)
+        resync_rounds(2)
         return before if writes() == before else None
 
     at_rest = eventually(settled, timeout=90, interval=0)
-    reconciles = process.metric("tokenworks_reconcile_total")
-    time.sleep(12)  # > 2 resync periods of 5 s
-    assert process.metric("tokenworks_reconcile_total") > reconciles, "resync should reconcile"
+    resync_rounds(3)  # resync keeps reconciling (each wait fails its deadline otherwise)
     assert writes() == at_rest
 
 
@@ -356,9 +362,12 @@ def test_an_operator_killed_mid_reconcile_converges_without_duplicates(
     operator: Operator, namespace: str
 ) -> None:
     plane = operator.plane
+    applied = operator.process.metric("tokenworks_child_applies_total")
     for example in ("llama-8b-h100.yaml", "llama-70b-h200-tp4.yaml", "fixed-replicas.yaml"):
         apply_example(plane, namespace, example)
-    time.sleep(0.3)
+    # Kill it once it has started applying children: mid-reconcile.
+    eventually(lambda: operator.process.metric("tokenworks_child_applies_total") > applied, timeout=30,
+               interval=0.02)
     operator.restart()  # SIGKILL: the Lease is held by a dead process until it expires
     for name in ("llama-8b", "llama-70b", "llama-8b-fixed"):
         eventually(lambda n=name: reconciled(plane, namespace, n), timeout=60)

@@ -97,10 +97,10 @@ class Load:
         while not self.stop.is_set():
             urls = self.pods.urls()
             if self.rate <= 0 or not urls:
-                time.sleep(0.1)
+                self.stop.wait(0.1)
                 continue
             threading.Thread(target=self._send, args=(urls[next(counter) % len(urls)],), daemon=True).start()
-            time.sleep(1 / self.rate)
+            self.stop.wait(1 / self.rate)  # open-loop pacing, ended at once by stop
 
 
 @pytest.fixture(params=["llmapi", "tensorrt-engine"])
@@ -152,6 +152,14 @@ def condition(plane: ControlPlane, namespace: str, type_: str) -> str | None:
     return next((c["status"] for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), None)
 
 
+def ticks(stack: dict[str, Any], count: int) -> None:
+    """Wait for ``count`` more decisions of the leader's autoscaler (one per tick)."""
+    operator = stack["operator"]
+    seen = operator.metric("tokenworks_autoscaler_decisions_total")
+    eventually(lambda: operator.metric("tokenworks_autoscaler_decisions_total") >= seen + count,
+               timeout=30 * count, interval=0.2)
+
+
 @pytest.mark.timeout(400)
 def test_load_step_prometheus_outage_and_operator_restart(stack: dict[str, Any]) -> None:
     plane, namespace, load = stack["plane"], stack["namespace"], stack["load"]
@@ -170,7 +178,7 @@ def test_load_step_prometheus_outage_and_operator_restart(stack: dict[str, Any])
     stack["prometheus"].stop()
     eventually(lambda: condition(plane, namespace, "MetricsAvailable") == "False", timeout=30, interval=1)
     load.rate = 1.0  # lower load that must NOT cause a scale-down while blind
-    time.sleep(3 * TICK)
+    ticks(stack, 3)
     assert replicas(plane, namespace) == peak
     stack["prometheus"].start()
     eventually(lambda: condition(plane, namespace, "MetricsAvailable") == "True", timeout=60, interval=1)
@@ -178,7 +186,7 @@ def test_load_step_prometheus_outage_and_operator_restart(stack: dict[str, Any])
     # Load drops (1 req/s = 64 tok/s): down only after the stabilization window, and an operator
     # restart in the middle of the window does not shorten it.
     dropped = time.monotonic()
-    time.sleep(STABILIZATION / 2)
+    ticks(stack, STABILIZATION // (2 * TICK))  # half the window
     assert replicas(plane, namespace) == peak
     stack["operator"].kill()
     stack["operator"] = stack["make_operator"]("e2e-second")
