@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -181,6 +181,19 @@ class SloSpec(ApiModel):
                                                   "target, ms.")
     percentile: float = Field(0.95, gt=0.5, lt=1.0, description="Percentile at which the "
                               "targets apply, e.g. 0.95.")
+    attainment: float = Field(0.99, ge=0.5, le=0.9999, description="Share of requests that should "
+                              "meet both targets, e.g. 0.99: the autoscaler keeps headroom for the "
+                              "bursts it has seen within its start-up lead, more for a higher share.")
+
+
+class ActivationSpec(ApiModel):
+    """What wakes a deployment scaled to zero: at zero pods no pod exports a series, so the signal has
+    to come from outside them (a gateway's queue, the Service's request count)."""
+
+    query: str = Field(min_length=1, max_length=4096, description="PromQL returning one number for "
+                       "this ModelDeployment, e.g. requests waiting at the gateway or arriving at the "
+                       "Service; above the threshold at zero replicas, one replica is started.")
+    threshold: float = Field(0.0, ge=0, description="Activate when the query's value is above this.")
 
 
 class AutoscalingSpec(ApiModel):
@@ -191,6 +204,12 @@ class AutoscalingSpec(ApiModel):
         "self.minReplicas <= self.maxReplicas",
         "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
         reason="FieldValueInvalid",
+    ), rule(
+        "self.minReplicas > 0 || has(self.activation)",
+        "autoscaling.minReplicas 0 needs autoscaling.activation: at zero pods no pod exports a metric, "
+        "so a signal outside the pods (a gateway queue or the Service's request count) must say when "
+        "to start one",
+        reason="FieldValueRequired",
     )]})
 
     enabled: bool = Field(False, description="Scale on the SLO and throughput signals.")
@@ -210,10 +229,21 @@ class AutoscalingSpec(ApiModel):
                                                   "only to the highest recommendation of this "
                                                   "window.")
     tick_seconds: int = Field(15, ge=1, le=600, description="How often decisions are made.")
+    activation: ActivationSpec | None = Field(None, description="The signal that starts the first "
+                                              "replica from zero; required when minReplicas is 0.")
     missing_metrics_replicas: int | None = Field(
         None, ge=0, le=1024, description="When no signal can be read: unset holds the current count; a "
         "number scales up to it as a safe fallback (never down: missing data never scales down).",
     )
+
+    @model_validator(mode="after")
+    def _zero_needs_activation(self) -> AutoscalingSpec:
+        # The same rule as the CRD's CEL, for manifests read outside the API server (simulate, plan).
+        if self.min_replicas == 0 and self.activation is None:
+            raise ValueError("autoscaling.minReplicas 0 needs autoscaling.activation: at zero pods no pod "
+                             "exports a metric, so a signal outside the pods (a gateway queue or the "
+                             "Service's request count) must say when to start one")
+        return self
 
 
 class ScheduleSpec(ApiModel):

@@ -136,7 +136,7 @@ def test_conditions_for_pending_and_unschedulable_pods() -> None:
 
 
 def test_scale_to_zero_after_an_idle_period_and_back() -> None:
-    s = spec(minReplicas=0)
+    s = spec(minReplicas=0, activation={"query": "sum(gateway_queue)"})
     idle = obs(0.0, current=1, ttft=None, itl=None, queue=0.0, in_flight=0.0)
     replicas, _, state = run(idle, s, now=0)
     assert replicas == 1, "the warm floor holds until the idle period has passed"
