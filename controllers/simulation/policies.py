@@ -4,6 +4,8 @@ with (``baselines``). Shared by ``tokenworks simulate --policy/--compare`` and `
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from controllers.simulation.baselines import (
@@ -15,7 +17,16 @@ from controllers.simulation.baselines import (
     in_flight_per_pod,
     queue_per_pod,
 )
-from controllers.simulation.simulator import ScalingPolicy, Simulator, TokenworksPolicy
+from controllers.simulation.simulator import (
+    Report,
+    ScalingPolicy,
+    SimulationConfig,
+    SimulationResult,
+    Simulator,
+    TokenworksPolicy,
+    report,
+)
+from controllers.simulation.trace import TraceRequest
 from crds.models import ModelDeployment
 
 POLICIES = ["tokenworks", "tokenworks-p99", "hpa-gpu-util", "hpa-in-flight", "keda-queue", "knative-kpa",
@@ -65,3 +76,25 @@ def simulated_deployment(policy: ScalingPolicy, md: ModelDeployment) -> ModelDep
     """The spec to simulate ``policy`` with: the latency percentile the autoscaler reads is the one in its
     own spec (tokenworks-p99's), the rest is ``md``."""
     return policy.md if isinstance(policy, TokenworksPolicy) else md
+
+
+@dataclass
+class PolicyRun:
+    name: str
+    report: Report
+    result: SimulationResult
+
+
+def simulate_policy(name: str, md: ModelDeployment, requests: list[TraceRequest], *, peak: int,
+                    start: int | None = None, feasible: int | None = None, rejected: int = 0,
+                    progress: Callable[[float], None] | None = None) -> PolicyRun:
+    """Replay ``requests`` under the policy ``name``, starting at ``start`` replicas (default: the spec's
+    minimum; static starts and stays at ``peak``), scored against ``md``'s SLO."""
+    policy = make_policy(name, md, peak)
+    initial = peak if name == "static" else start
+    result = Simulator(simulated_deployment(policy, md), requests, SimulationConfig(initial_replicas=initial),
+                       policy=policy).run(progress)
+    slo = md.spec.autoscaling.slo
+    summary = report(result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3,
+                     len(requests), feasible=feasible, rejected=rejected)
+    return PolicyRun(name, summary, result)
