@@ -36,18 +36,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from controllers.simulation import oracle as oracle_module
-from controllers.simulation.baselines import (
-    DynamoPlannerPolicy,
-    HpaPolicy,
-    KpaPolicy,
-    StaticPolicy,
-    gpu_utilisation,
-    in_flight_per_pod,
-    queue_per_pod,
-)
+from controllers.simulation.policies import POLICIES, make_policy
 from controllers.simulation.simulator import (
     Report,
-    ScalingPolicy,
     SimulationConfig,
     Simulator,
     TokenworksPolicy,
@@ -62,8 +53,6 @@ MODELS = {"8b": "llama-8b-h100.yaml", "70b": "llama-70b-h200-tp4.yaml"}
 SLOS = {"standard": (2000, 100), "interactive": (450, 40)}
 # The smallest whole multiplier at which the oracle needs >= 8 replicas at peak (standard SLO).
 RATES = {("conv", "8b"): 12, ("code", "8b"): 2, ("conv", "70b"): 4, ("code", "70b"): 1}
-POLICIES = ["tokenworks", "tokenworks-p99", "hpa-gpu-util", "hpa-in-flight", "keda-queue", "knative-kpa",
-            "dynamo-planner", "static"]
 GOAL = 0.99
 SURPRISE_LOOKBACK = 15  # minutes
 CACHE = Path(os.environ.get("TOKENWORKS_CACHE", Path.home() / ".cache" / "tokenworks")) / "oracle"
@@ -133,42 +122,6 @@ def cached_oracle(config: Config, max_replicas: int, minutes: float | None) -> l
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(need))
     return need
-
-
-def make_policy(name: str, md: ModelDeployment, peak: int) -> ScalingPolicy:
-    bounds: dict[str, Any] = {"min_replicas": 1, "max_replicas": md.spec.autoscaling.max_replicas}
-    # The in-flight target of HPA and Knative, sized as their users would from the SLO: the most
-    # requests one replica holds while its iteration stays under the ITL target (the performance model
-    # at 1,000/200 tokens), never from the trace being scored.
-    slo = md.spec.autoscaling.slo
-    concurrency = float(Simulator(md, []).replica_model.concurrency_at_slo(
-        slo.inter_token_latency_milliseconds / 1e3))
-    match name:
-        case "tokenworks":
-            return TokenworksPolicy(md)
-        case "tokenworks-p99":  # the same autoscaler with its latency targets at p99 instead of p95
-            slo = md.spec.autoscaling.slo.model_copy(update={"percentile": 0.99})
-            strict = md.model_copy(update={"spec": md.spec.model_copy(update={
-                "autoscaling": md.spec.autoscaling.model_copy(update={"slo": slo})})})
-            policy = TokenworksPolicy(strict)
-            policy.name = name
-            return policy
-        case "hpa-gpu-util":
-            return HpaPolicy(name, gpu_utilisation, target=0.7, **bounds)
-        case "hpa-in-flight":
-            # With the 80% headroom Tokenworks' own capacity figure keeps (HPA has no target utilisation
-            # of its own; Knative applies its 70% to the same concurrency).
-            return HpaPolicy(name, in_flight_per_pod, target=0.8 * concurrency, **bounds)
-        case "keda-queue":
-            return HpaPolicy(name, queue_per_pod, target=4, external=True, **bounds)
-        case "knative-kpa":
-            # Knative documents `scale-down-delay` for slow-starting pods; these take 60-75 s to serve.
-            return KpaPolicy(target_concurrency=concurrency, scale_down_delay=300.0, **bounds)
-        case "dynamo-planner":
-            return DynamoPlannerPolicy(md, **bounds)
-        case "static":
-            return StaticPolicy(peak)
-    raise ValueError(f"unknown policy {name!r}; one of {', '.join(POLICIES)}")
 
 
 def run_policy(config: Config, name: str, need: list[int], max_replicas: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,10 @@ from rich.console import Console
 from controllers import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from rich.progress import Progress, TaskID
+
     from crds.models import ModelDeployment
 
 app = typer.Typer(
@@ -32,8 +36,9 @@ Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path 
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace.")]
 
 
-def load_model_deployment(path: Path) -> ModelDeployment:
-    """A ModelDeployment manifest from a file; each invalid field is printed and the exit code is 2."""
+def load_model_deployment(path: Path, autoscaling: dict[str, Any] | None = None) -> ModelDeployment:
+    """A ModelDeployment manifest from a file, with ``autoscaling`` (camelCase, ``slo`` merged field by
+    field) over its spec.autoscaling; each invalid field is printed and the exit code is 2."""
     import yaml
     from pydantic import ValidationError
 
@@ -45,6 +50,14 @@ def load_model_deployment(path: Path) -> ModelDeployment:
         raise typer.Exit(2)
     raw.setdefault("metadata", {}).setdefault("namespace", "default")
     raw["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
+    if autoscaling and isinstance(raw.get("spec"), dict):
+        scaling = raw["spec"].setdefault("autoscaling", {}) or {}
+        raw["spec"]["autoscaling"] = scaling
+        for key, value in autoscaling.items():
+            if key == "slo":
+                scaling["slo"] = {**(scaling.get("slo") or {}), **value}
+            else:
+                scaling[key] = value
     try:
         return ModelDeployment.model_validate(raw)
     except ValidationError as error:
@@ -153,49 +166,158 @@ DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 DEFAULT_DEPLOYMENT = Path(__file__).resolve().parents[1] / "examples" / "llama-8b-h100.yaml"
 
 
+def tracker(progress: Progress, task: TaskID) -> Callable[[float], None]:
+    """A callback that moves ``task`` to the value it is given."""
+    def update(done: float) -> None:
+        progress.update(task, completed=done)
+    return update
+
+
 @app.command()
 def simulate(
     trace: Annotated[Path, typer.Argument(help="Trace: Azure 2023 CSV, JSONL or generic CSV.")] = DEFAULT_TRACE,
     deployment: Annotated[Path, typer.Option("--deployment", "-f", help="ModelDeployment manifest.")]
     = DEFAULT_DEPLOYMENT,
-    rate: Annotated[int, typer.Option(help="Multiply the arrival rate, keeping the trace's shape.")] = 1,
+    rate: Annotated[float, typer.Option(help="Multiply the arrival rate (1.5, 0.5: any factor > 0), keeping the "
+                                        "trace's shape.")] = 1.0,
     time_scale: Annotated[float, typer.Option(help="Compress time by this factor (faster swings).")] = 1.0,
     start: Annotated[float, typer.Option(help="Window start, seconds into the trace.")] = 0.0,
     duration: Annotated[float | None, typer.Option(help="Window length in seconds (default: all).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for report.json and report.png.")] = Path("out"),
+    policy: Annotated[str | None, typer.Option(help="Scale with this policy instead of the live autoscaler "
+                                               "(tokenworks): tokenworks-p99, hpa-gpu-util, hpa-in-flight, "
+                                               "keda-queue, knative-kpa, dynamo-planner or static (the "
+                                               "oracle's peak, or --start-replicas).")] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="Run every policy and the per-minute oracle on "
+                                          "the same traffic: one table, one plot.")] = False,
+    ttft_ms: Annotated[int | None, typer.Option(help="Override slo.ttftMilliseconds.")] = None,
+    itl_ms: Annotated[int | None, typer.Option(help="Override slo.interTokenLatencyMilliseconds.")] = None,
+    percentile: Annotated[float | None, typer.Option(help="Override slo.percentile (e.g. 0.99).")] = None,
+    attainment: Annotated[float | None, typer.Option(help="Override slo.attainment, the share of requests to "
+                                                     "meet the SLO (also the oracle's goal).")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="Override autoscaling.minReplicas.")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Override autoscaling.maxReplicas.")] = None,
+    start_replicas: Annotated[int | None, typer.Option(min=1, help="Replicas serving when the trace starts "
+                                                       "(default: minReplicas; with --compare the oracle's "
+                                                       "first minute) and static's count.")] = None,
 ) -> None:
-    """Replay a trace against a ModelDeployment with the live autoscaler's policy, in virtual time."""
+    """Replay a trace against a ModelDeployment in virtual time, with the live autoscaler's policy (or
+    --policy, or every policy with --compare); autoscaling is enabled whatever the manifest says."""
+    import warnings
+
+    from rich.markup import escape
     from rich.progress import Progress
 
     from controllers.simulation import output
-    from controllers.simulation.simulator import Simulator, report
-    from controllers.simulation.trace import TraceError, compress, load, multiply, window
+    from controllers.simulation.oracle import feasible, oracle
+    from controllers.simulation.policies import POLICIES, PolicyRun, simulate_policy
+    from controllers.simulation.trace import (
+        TraceError,
+        TraceWarning,
+        admissible,
+        compress,
+        load,
+        multiply,
+        require_window,
+    )
+    from inference_pods.profiles import MODELS
 
+    def fail(message: str) -> typer.Exit:
+        console.print(f"[red]{escape(message)}[/]")
+        return typer.Exit(2)
+
+    if compare and policy is not None:
+        raise fail("--compare runs every policy; leave out --policy")
+    name = policy or "tokenworks"
+    if name not in POLICIES:
+        raise fail(f"unknown policy {name!r}; one of {', '.join(POLICIES)}")
     try:
-        requests = load(trace)
-        requests = compress(multiply(window(requests, start, duration), rate), time_scale)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TraceWarning)
+            loaded = load(trace)
+        for warning in caught:
+            console.print(f"[yellow]warning: {escape(str(warning.message))}[/]")
+        chosen = require_window(loaded, start, duration, str(trace))
+        requests = compress(multiply(chosen, rate), time_scale)
         if not requests:
-            raise TraceError(f"{trace}: no requests in the window [{start}, {start + (duration or 0)})")
+            raise TraceError(f"{trace}: --rate {rate:g} keeps none of the window's {len(chosen):,} requests")
     except TraceError as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(2) from error
-    md = load_model_deployment(deployment)
-    slo = md.spec.autoscaling.slo
+        raise fail(str(error)) from error
+
+    scaling: dict[str, Any] = {"enabled": True}  # the point of simulating is the autoscaling
+    slo_overrides = {key: value for key, value in (("ttftMilliseconds", ttft_ms),
+                                                   ("interTokenLatencyMilliseconds", itl_ms),
+                                                   ("percentile", percentile), ("attainment", attainment))
+                     if value is not None}
+    if slo_overrides:
+        scaling["slo"] = slo_overrides
+    if min_replicas is not None:
+        scaling["minReplicas"] = min_replicas
+    if max_replicas is not None:
+        scaling["maxReplicas"] = max_replicas
+    md = load_model_deployment(deployment, scaling)
+    bounds = md.spec.autoscaling
+    if bounds.min_replicas > bounds.max_replicas:
+        raise fail(f"autoscaling.minReplicas {bounds.min_replicas} exceeds autoscaling.maxReplicas "
+                   f"{bounds.max_replicas}")
+    if start_replicas is not None and start_replicas > bounds.max_replicas:
+        raise fail(f"--start-replicas {start_replicas} exceeds autoscaling.maxReplicas {bounds.max_replicas}")
+
+    engine = md.spec.engine
+    # The engine's max_seq_len is maxInputLength + maxOutputLength, within the model's context.
+    sequence = min(engine.max_input_length + engine.max_output_length, MODELS[md.spec.model.profile].context_length)
+    requests, rejected = admissible(requests, engine.max_input_length, sequence)
+    if not requests:
+        raise fail(f"{trace}: all {rejected:,} requests of the window are over the engine's limits "
+                   f"(maxInputLength {engine.max_input_length}, sequence {sequence} tokens)")
+    slo = bounds.slo
+    can_meet = sum(feasible(md, requests))
     end = requests[-1].arrival
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task(f"simulating {len(requests):,} requests", total=end or 1)
-        result = Simulator(md, requests).run(lambda now: progress.update(task, completed=now))
-    summary = report(result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3, len(requests))
     title = (f"{md.name}: {md.spec.model.profile} on {md.spec.gpu.product} x{md.spec.gpus_per_replica}, "
-             f"{trace.name} x{rate}, {end / 60:.0f} min, SLO TTFT {slo.ttft_milliseconds} ms / ITL "
-             f"{slo.inter_token_latency_milliseconds} ms")
-    console.print(output.table(summary, title))
+             f"{trace.name} x{rate:g}, {end / 60:.0f} min, SLO TTFT {slo.ttft_milliseconds} ms / ITL "
+             f"{slo.inter_token_latency_milliseconds} ms at p{100 * slo.percentile:g}")
+    meta: dict[str, Any] = {
+        "trace": str(trace), "deployment": str(deployment), "rate": rate, "timeScale": time_scale, "start": start,
+        "duration": duration, "policy": "compare" if compare else name,
+        "autoscaling": bounds.model_dump(mode="json", by_alias=True), "rejected": rejected,
+    }
+    names = POLICIES if compare else [name]
+    need: list[int] = []
+    runs: list[PolicyRun] = []
+    with Progress(console=console, transient=True) as progress:
+        if compare or (name == "static" and start_replicas is None):
+            minutes = int(end // 60) + 1
+            task = progress.add_task(f"oracle: sizing {minutes} minutes", total=minutes)
+            need = oracle(md, requests, slo.attainment, tracker(progress, task))
+        # Only static reads the peak: the oracle's, unless --start-replicas says.
+        peak = start_replicas if start_replicas is not None else max(need, default=1)
+        # Compared, every policy starts warm, at the oracle's first minute (as bench/autoscaling.py does):
+        # a cold start at minReplicas would bury the differences under the first minutes' queue, and
+        # static starts at its peak anyway.
+        initial = start_replicas
+        if compare and initial is None:
+            initial = max(bounds.min_replicas, need[0])
+        for number, each in enumerate(names, start=1):
+            label = f"{each} ({number}/{len(names)})" if compare else each
+            task = progress.add_task(f"{label}: simulating {len(requests):,} requests", total=end or 1)
+            runs.append(simulate_policy(each, md, requests, peak=peak, start=initial, feasible=can_meet,
+                                        rejected=rejected, progress=tracker(progress, task)))
+    # The count serving at time 0 (static's is its peak), the same for every compared policy but static.
+    meta["startReplicas"] = initial if compare else runs[0].result.initial_replicas
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"trace": str(trace), "deployment": str(deployment), "rate": rate, "timeScale": time_scale,
-            "start": start, "duration": duration}
-    output.write_json(out / "report.json", summary, result, meta)
-    output.plot(out / "report.png", result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3,
-                title)
+    if compare:
+        gpus = md.spec.gpus_per_replica
+        console.print(output.compare_table(runs, need, gpus, slo.attainment, f"{title}: every policy"))
+        output.write_compare_json(out / "report.json", runs, need, gpus, slo.attainment, meta)
+        output.compare_plot(out / "report.png", runs, need, gpus, title)
+    else:
+        (run,) = runs
+        console.print(output.table(run.report, f"{title}, policy {name}"))
+        if need:
+            meta["oraclePerMinute"] = need
+        output.write_json(out / "report.json", run.report, run.result, meta)
+        output.plot(out / "report.png", run.result, slo.ttft_milliseconds / 1e3,
+                    slo.inter_token_latency_milliseconds / 1e3, f"{title}, policy {name}")
     console.print(f"wrote {out / 'report.json'} and {out / 'report.png'}")
 
 

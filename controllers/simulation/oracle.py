@@ -11,6 +11,7 @@ helps those, so the goal is a share of the rest.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from controllers.simulation.simulator import SimulationConfig, SimulationResult, Simulator
 from controllers.simulation.trace import TraceRequest, window
@@ -48,11 +49,18 @@ def feasible(md: ModelDeployment, requests: list[TraceRequest]) -> list[bool]:
     model = ReplicaModel.for_spec(md.spec)
     slo = md.spec.autoscaling.slo
     ttft, itl = slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3
-    out = []
-    for r in requests:
-        alone_ttft, alone_itl = latency_alone(model, r.input_tokens, r.output_tokens)
-        out.append(alone_ttft <= ttft and alone_itl <= itl)
-    return out
+    return [_feasible(model, r.input_tokens, r.output_tokens, ttft, itl) for r in requests]
+
+
+@functools.lru_cache(maxsize=200_000)
+def _feasible(model: ReplicaModel, input_tokens: int, output_tokens: int, ttft: float, itl: float) -> bool:
+    # A decode step takes longer the more context it reads, so when a step at the request's whole
+    # length meets the ITL target, so does the mean of its steps: then only the prefill (the TTFT, the
+    # same for any output length) needs stepping, not every decode step.
+    if model.decode_seconds(1, input_tokens + output_tokens) <= itl:
+        return latency_alone(model, input_tokens, 1)[0] <= ttft
+    alone_ttft, alone_itl = latency_alone(model, input_tokens, output_tokens)
+    return alone_ttft <= ttft and alone_itl <= itl
 
 
 def met(md: ModelDeployment, result: SimulationResult) -> int:
@@ -71,21 +79,24 @@ def meets(md: ModelDeployment, requests: list[TraceRequest], replicas: int, goal
     return met(md, result) >= goal * sum(feasible(md, requests))
 
 
-def oracle(md: ModelDeployment, requests: list[TraceRequest], goal: float = 0.99) -> list[int]:
-    """Fewest replicas per minute (up to maxReplicas) that meet the goal on that minute's requests."""
+def oracle(md: ModelDeployment, requests: list[TraceRequest], goal: float = 0.99,
+           progress: Callable[[int], None] | None = None) -> list[int]:
+    """Fewest replicas per minute (up to maxReplicas) that meet the goal on that minute's requests;
+    ``progress`` is told each minute done."""
     per_minute = []
     end = requests[-1].arrival if requests else 0.0
     for minute in range(int(end // 60) + 1):
         chunk = window(requests, minute * 60, 60)
-        if not chunk:
-            per_minute.append(0)
-            continue
-        low, high = 1, md.spec.autoscaling.max_replicas
-        while low < high:
-            mid = (low + high) // 2
-            if meets(md, chunk, mid, goal):
-                high = mid
-            else:
-                low = mid + 1
+        low = 0
+        if chunk:
+            low, high = 1, md.spec.autoscaling.max_replicas
+            while low < high:
+                mid = (low + high) // 2
+                if meets(md, chunk, mid, goal):
+                    high = mid
+                else:
+                    low = mid + 1
         per_minute.append(low)
+        if progress:
+            progress(minute + 1)
     return per_minute

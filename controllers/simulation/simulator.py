@@ -103,6 +103,7 @@ class SimulationResult:
     decisions: list[tuple[float, str, str]]
     duration: float
     gpus_per_replica: int
+    initial_replicas: int = 0  # serving at time 0, before the first entry of the timeline
 
     @property
     def gpu_hours(self) -> float:
@@ -373,7 +374,7 @@ class Simulator:
                           for r in self.replicas)
         # Every request either completed or is still open here (never served): counted as dropped.
         return SimulationResult(self.completed, len(self.arrivals), gpu_seconds,
-                                self.scale_events, self.timeline, self.decisions, finish, gpus)
+                                self.scale_events, self.timeline, self.decisions, finish, gpus, initial)
 
 
 @dataclass
@@ -387,9 +388,16 @@ class Report:
     gpu_hours: float = 0.0
     scale_events: int = 0
     max_replicas: int = 0
+    # Of the simulated requests: the share that misses the SLO even alone on an idle replica (None: not
+    # computed), and the attainment over the rest.
+    infeasible: float | None = None
+    feasible_attainment: float | None = None
+    rejected: int = 0  # requests over the engine's limits, refused before any replica saw them
 
 
-def report(result: SimulationResult, ttft_target: float, itl_target: float, total: int) -> Report:
+def report(result: SimulationResult, ttft_target: float, itl_target: float, total: int, *,
+           feasible: int | None = None, rejected: int = 0) -> Report:
+    """``total`` requests were simulated, ``feasible`` of them (when given) can meet the SLO at all."""
     def pct(values: list[float], q: float) -> float:
         ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -404,4 +412,7 @@ def report(result: SimulationResult, ttft_target: float, itl_target: float, tota
         itl={f"p{q}": pct(itls, q / 100) for q in (50, 95, 99)},
         gpu_hours=result.gpu_hours, scale_events=result.scale_events,
         max_replicas=max((t[1] for t in result.timeline), default=0),
+        infeasible=None if feasible is None else (1 - feasible / total if total else 0.0),
+        feasible_attainment=None if feasible is None else (met / feasible if feasible else None),
+        rejected=rejected,
     )

@@ -4,7 +4,11 @@ Formats (chosen by extension and header):
 
 - Azure 2023 CSV: ``TIMESTAMP,ContextTokens,GeneratedTokens`` with timestamps like
   ``2023-11-16 18:15:46.6826518`` (7 fractional digits; the 7th is dropped).
-- JSONL: one object per line, ``{"timestamp": <ms>, "input_length": n, "output_length": m}``.
+- JSONL: one object per line, ``{"timestamp": <ms>, "input_length": n, "output_length": m}``. Other
+  fields (Mooncake's ``hash_ids`` prefix-block hashes, a user or session id) are ignored; a missing
+  one of the three is an error. Timestamps are milliseconds: when more than 100 requests arrive, read
+  that way, faster than 1,000 per second on average (a mean gap under 1 ms, what a trace in seconds
+  looks like), a ``TraceWarning`` says so and how to convert; the trace is still read as milliseconds.
 - Generic CSV: ``arrival_seconds,input_tokens,output_tokens``.
 
 Every problem is a ``TraceError`` naming the file and line; nothing is returned from a bad file.
@@ -16,16 +20,25 @@ import csv
 import datetime as dt
 import itertools
 import json
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 GENERIC_COLUMNS = ("arrival_seconds", "input_tokens", "output_tokens")
 JSONL_FIELDS = ("timestamp", "input_length", "output_length")
+# A JSONL trace of more than this many requests whose mean gap, read as milliseconds, is under 1 ms is
+# most likely in seconds (a thousand requests a second on average is far beyond one deployment).
+SECONDS_CHECK_MIN_REQUESTS = 100
 
 
 class TraceError(ValueError):
     """A trace that cannot be replayed; the message names the file and line."""
+
+
+class TraceWarning(UserWarning):
+    """A trace that loads but probably not as its author meant (JSONL timestamps that look like seconds)."""
 
 
 @dataclass(frozen=True)
@@ -75,9 +88,7 @@ def load(path: Path) -> list[TraceRequest]:
                     raise TraceError(f"{where}: not JSON ({error.msg})") from None
                 if not isinstance(record, dict):
                     raise TraceError(f"{where}: expected an object")
-                unknown = sorted(set(record) - set(JSONL_FIELDS))
-                if unknown:
-                    raise TraceError(f"{where}: unknown field(s) {unknown}; expected {list(JSONL_FIELDS)}")
+                # Fields beyond the three (prefix hashes, ids) describe what the simulator does not model.
                 missing = [f for f in JSONL_FIELDS if f not in record]
                 if missing:
                     raise TraceError(f"{where}: missing field(s) {missing}")
@@ -120,7 +131,26 @@ def load(path: Path) -> list[TraceRequest]:
         if after < before:
             raise TraceError(f"{where}: timestamps go backwards ({after - before:+.3f} s); traces must be sorted")
     first = raw[0][0]
+    if path.suffix == ".jsonl":
+        _warn_if_seconds(path, raw[-1][0] - first, len(raw))
     return [TraceRequest(stamp - first, i, o) for stamp, i, o, _ in raw]
+
+
+def _warn_if_seconds(path: Path, span: float, count: int) -> None:
+    """``span`` is in seconds as read (the file's milliseconds / 1000)."""
+    if count > SECONDS_CHECK_MIN_REQUESTS and span < count / 1000:
+        warnings.warn(TraceWarning(
+            f"{path}: {count:,} requests span {span:.3f} s with timestamps read as milliseconds (the JSONL "
+            f"unit), over 1,000 requests per second on average: the timestamps look like seconds. They were "
+            f"read as milliseconds; if they are seconds, multiply them by 1000 (e.g. "
+            f"jq -c '.timestamp *= 1000' {path.name})"), stacklevel=3)
+
+
+def span_text(requests: list[TraceRequest]) -> str:
+    """The arrivals a trace covers, for messages: '0 to 3,501.7 s (19,366 requests)'."""
+    if not requests:
+        return "no requests"
+    return f"{requests[0].arrival:,.1f} to {requests[-1].arrival:,.1f} s ({len(requests):,} requests)"
 
 
 def window(requests: list[TraceRequest], start: float = 0.0, duration: float | None = None) -> list[TraceRequest]:
@@ -130,19 +160,59 @@ def window(requests: list[TraceRequest], start: float = 0.0, duration: float | N
             for r in requests if start <= r.arrival < end]
 
 
-def multiply(requests: list[TraceRequest], factor: int) -> list[TraceRequest]:
-    """Raise the rate ``factor`` times while keeping the hour-long shape: each request is followed by
-    ``factor - 1`` copies spaced evenly across the gap to the next request. A trace at 5.5 req/s
+def require_window(requests: list[TraceRequest], start: float, duration: float | None,
+                   source: str) -> list[TraceRequest]:
+    """``window``, or a ``TraceError`` naming the window and the trace's span when it holds no request."""
+    if duration is not None and duration <= 0:
+        raise TraceError(f"{source}: the window duration must be positive, got {duration:g} s; the trace "
+                         f"spans {span_text(requests)}")
+    chosen = window(requests, start, duration)
+    if not chosen:
+        end = "the end" if duration is None else f"{start + duration:,.1f} s"
+        raise TraceError(f"{source}: no requests in the window from {start:,.1f} s to {end}; the trace spans "
+                         f"{span_text(requests)}")
+    return chosen
+
+
+def multiply(requests: list[TraceRequest], factor: float) -> list[TraceRequest]:
+    """Raise the rate ``factor`` times (any factor > 0) while keeping the hour-long shape.
+
+    Request ``i`` is replayed ``floor((i + 1) x factor) - floor(i x factor)`` times, so the total is
+    ``floor(N x factor)`` and is deterministic: x2 replays each request twice, x1.5 alternates once and
+    twice, x0.5 keeps every other request (thinning the trace evenly). Requests sharing a timestamp form
+    a group: its originals stay at that time and its extra copies (taken round-robin over the group's
+    requests) are spaced evenly across the gap to the next distinct timestamp, at ``gap x k / (copies +
+    1)``; the last group uses the trace's mean gap between distinct timestamps. A trace at 5.5 req/s
     multiplied by 4 arrives at 22 req/s, with the same minute-by-minute ups and downs."""
-    if factor < 1:
-        raise TraceError(f"the rate multiplier must be a whole number >= 1, got {factor}")
+    if not (factor > 0 and math.isfinite(factor)):
+        raise TraceError(f"the rate multiplier must be a positive number, got {factor}")
+    groups = [list(group) for _, group in itertools.groupby(enumerate(requests), key=lambda item: item[1].arrival)]
+    span = requests[-1].arrival - requests[0].arrival if requests else 0.0
+    mean_gap = span / (len(groups) - 1) if len(groups) > 1 else 0.0
     out: list[TraceRequest] = []
-    for current, following in zip(requests, [*requests[1:], None], strict=True):
-        gap = (following.arrival - current.arrival) if following else 0.0
-        for copy in range(factor):
-            out.append(TraceRequest(current.arrival + gap * copy / factor, current.input_tokens,
-                                    current.output_tokens))
+    for number, group in enumerate(groups):
+        arrival = group[0][1].arrival
+        gap = groups[number + 1][0][1].arrival - arrival if number + 1 < len(groups) else mean_gap
+        counts = [math.floor((i + 1) * factor) - math.floor(i * factor) for i, _ in group]
+        out.extend(request for (_, request), count in zip(group, counts, strict=True) if count)
+        # Round-robin, so the copies of one long prompt are spread over the gap rather than adjacent.
+        extras = [request for round_ in range(1, max(counts, default=0))
+                  for (_, request), count in zip(group, counts, strict=True) if count > round_]
+        for k, request in enumerate(extras, start=1):
+            out.append(TraceRequest(arrival + gap * k / (len(extras) + 1), request.input_tokens,
+                                    request.output_tokens))
     return out
+
+
+def admissible(requests: list[TraceRequest], max_input_tokens: int,
+               max_sequence_tokens: int | None = None) -> tuple[list[TraceRequest], int]:
+    """(the requests the server accepts, how many it rejects). TensorRT-LLM answers 400 to a prompt over
+    the engine's max input length, and to a prompt plus its requested output over its max sequence
+    length (the engine's context); the trace's output length stands for the request's max_tokens, the
+    least the client can have asked for. Rejected requests never reach a replica."""
+    kept = [r for r in requests if r.input_tokens <= max_input_tokens
+            and (max_sequence_tokens is None or r.input_tokens + r.output_tokens <= max_sequence_tokens)]
+    return kept, len(requests) - len(kept)
 
 
 def compress(requests: list[TraceRequest], factor: float) -> list[TraceRequest]:

@@ -1,13 +1,18 @@
-"""The `tokenworks` CLI faces that need no cluster: version, crds generate --check, plan."""
+"""The `tokenworks` CLI faces that need no cluster: version, crds generate --check, plan, simulate."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from controllers.cli import app
+from controllers.simulation.policies import POLICIES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 runner = CliRunner()
@@ -70,3 +75,148 @@ def test_plan_reports_each_invalid_field(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "spec.engine.precision" in result.output
     assert "spec.parallelism.tensor" in result.output
+
+
+def write_trace(path: Path, seconds: float, rate: float, busy_after: float | None = None, busy_rate: float = 0.0,
+                extra: str = "") -> Path:
+    """A generic-CSV trace: ``rate`` requests/s, ``busy_rate`` after ``busy_after`` seconds."""
+    calm = seconds if busy_after is None else busy_after
+    times = [i / rate for i in range(round(calm * rate))] + \
+        [calm + i / busy_rate for i in range(round((seconds - calm) * busy_rate))]
+    rows = ["arrival_seconds,input_tokens,output_tokens"]
+    rows += [f"{t:.3f},{800 + 37 * (i % 11)},{200 + 13 * (i % 7)}" for i, t in enumerate(times)]
+    path.write_text("\n".join(rows) + "\n" + extra)
+    return path
+
+
+def simulate(*args: str) -> Result:
+    return runner.invoke(app, ["simulate", *args], env={"COLUMNS": "200"})
+
+
+def report_of(out: Path) -> dict[str, Any]:
+    return dict(json.loads((out / "report.json").read_text()))
+
+
+def test_simulate_a_peer_policy_by_name(tmp_path: Path) -> None:
+    trace, out = write_trace(tmp_path / "t.csv", 120, 3), tmp_path / "out"
+    result = simulate(str(trace), "--policy", "hpa-in-flight", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "policy hpa-in-flight" in result.output
+    assert report_of(out)["meta"]["policy"] == "hpa-in-flight"
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_simulate_compare_runs_every_policy_and_the_oracle(tmp_path: Path) -> None:
+    trace, out = write_trace(tmp_path / "t.csv", 120, 3), tmp_path / "out"
+    result = simulate(str(trace), "--compare", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0] for line in result.output.splitlines() if line.strip()}
+    assert {*POLICIES, "oracle"} <= rows
+    text = " ".join(result.output.split())  # the caption wraps to the table's width
+    assert "0.00% infeasible (miss the SLO even alone on an idle replica); 0 rejected" in text
+    report = report_of(out)
+    assert [p["policy"] for p in report["policies"]] == POLICIES
+    assert report["oracle"]["perMinute"] == [1, 1]  # 3 requests/s need one replica, in each minute
+    static = next(p for p in report["policies"] if p["policy"] == "static")
+    assert static["ratioToOracle"] == pytest.approx(1.0, rel=0.05)  # the oracle's peak, all the time
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_simulate_an_unknown_policy_is_a_usage_error(tmp_path: Path) -> None:
+    trace, out = write_trace(tmp_path / "t.csv", 60, 1), tmp_path / "out"
+    result = simulate(str(trace), "--policy", "hpa", "--out", str(out))
+    assert result.exit_code == 2
+    assert "unknown policy 'hpa'; one of tokenworks, tokenworks-p99, hpa-gpu-util" in result.output
+    assert not out.exists()
+    result = simulate(str(trace), "--policy", "static", "--compare", "--out", str(out))
+    assert result.exit_code == 2 and "leave out --policy" in result.output
+
+
+@pytest.mark.parametrize(("window", "message"), [
+    (["--start", "10000"],
+     "no requests in the window from 10,000.0 s to the end; the trace spans 0.0 to 59.0 s (60 requests)"),
+    (["--start", "100", "--duration", "60"], "no requests in the window from 100.0 s to 160.0 s"),
+    (["--duration", "0"], "the window duration must be positive, got 0 s"),
+])
+def test_simulate_an_empty_window_is_a_clear_error(tmp_path: Path, window: list[str], message: str) -> None:
+    trace, out = write_trace(tmp_path / "t.csv", 60, 1), tmp_path / "out"
+    result = simulate(str(trace), *window, "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_simulate_overrides_reach_the_spec(tmp_path: Path) -> None:
+    # 2 requests/s, then 40: the autoscaler goes above two replicas unless capped.
+    trace = write_trace(tmp_path / "t.csv", 150, 2, busy_after=30, busy_rate=40)
+    free, capped = tmp_path / "free", tmp_path / "capped"
+    assert simulate(str(trace), "--out", str(free)).exit_code == 0
+    assert max(e["desired"] for e in report_of(free)["timeline"]) > 2
+    result = simulate(str(trace), "--out", str(capped), "--max-replicas", "2", "--ttft-ms", "500", "--itl-ms", "50",
+                      "--percentile", "0.9", "--attainment", "0.95")
+    assert result.exit_code == 0, result.output
+    assert "SLO TTFT 500 ms / ITL 50 ms at p90" in result.output
+    report = report_of(capped)
+    assert max(e["desired"] for e in report["timeline"]) == 2
+    assert report["meta"]["autoscaling"]["maxReplicas"] == 2
+    assert report["meta"]["autoscaling"]["slo"] == {"ttftMilliseconds": 500, "interTokenLatencyMilliseconds": 50,
+                                                    "percentile": 0.9, "attainment": 0.95}
+
+
+def test_simulate_min_start_replicas_and_static(tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "t.csv", 120, 3)
+    floor, fixed, peak = tmp_path / "floor", tmp_path / "fixed", tmp_path / "peak"
+    assert simulate(str(trace), "--out", str(floor), "--min-replicas", "3").exit_code == 0
+    assert {e["desired"] for e in report_of(floor)["timeline"]} == {3}
+    # Manifests that turn autoscaling off are simulated with it on.
+    result = simulate(str(trace), "-f", str(EXAMPLES / "fixed-replicas.yaml"), "--policy", "static",
+                      "--start-replicas", "4", "--out", str(fixed))
+    assert result.exit_code == 0, result.output
+    report = report_of(fixed)
+    assert {e["desired"] for e in report["timeline"]} == {4} and report["report"]["max_replicas"] == 4
+    assert simulate(str(trace), "--policy", "static", "--out", str(peak)).exit_code == 0
+    report = report_of(peak)
+    assert report["meta"]["oraclePerMinute"] == [1, 1]
+    assert {e["desired"] for e in report["timeline"]} == {1}
+    result = simulate(str(trace), "--min-replicas", "5", "--max-replicas", "2", "--out", str(tmp_path / "bad"))
+    assert result.exit_code == 2 and "minReplicas 5 exceeds autoscaling.maxReplicas 2" in result.output
+    result = simulate(str(trace), "--percentile", "1.5", "--out", str(tmp_path / "bad"))
+    assert result.exit_code == 2 and "spec.autoscaling.slo.percentile" in result.output
+
+
+def test_simulate_counts_rejected_prompts_and_never_simulates_them(tmp_path: Path) -> None:
+    # The 8B example keeps the default limits: maxInputLength 8192, maxOutputLength 4096.
+    trace = write_trace(tmp_path / "t.csv", 60, 2, extra="59.8,8193,10\n59.9,8000,4300\n59.95,8192,4096\n")
+    out = tmp_path / "out"
+    result = simulate(str(trace), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"rejected \(over the engine's maxInputLength or sequence length\)\s+2\b", result.output)
+    report = report_of(out)
+    assert report["rejected"] == 2 and report["report"]["rejected"] == 2
+    assert report["report"]["requests"] == 121  # 120 at 2 requests/s and the one at both limits exactly
+    assert report["report"]["completed"] + report["report"]["dropped"] == 121
+
+
+def test_simulate_takes_fractional_rates(tmp_path: Path) -> None:
+    trace, out = write_trace(tmp_path / "t.csv", 60, 2), tmp_path / "out"
+    result = simulate(str(trace), "--rate", "1.5", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "t.csv x1.5" in result.output
+    assert report_of(out)["report"]["requests"] == 180
+
+
+def test_simulate_prints_a_warning_for_jsonl_in_seconds(tmp_path: Path) -> None:
+    trace, out = tmp_path / "s.jsonl", tmp_path / "out"
+    trace.write_text("".join(f'{{"timestamp": {i * 0.5}, "input_length": 100, "output_length": 20, '
+                             f'"hash_ids": [{i}]}}\n' for i in range(200)))
+    result = simulate(str(trace), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "look like seconds" in result.output
+    assert "multiply them by 1000" in result.output
+
+
+def test_simulate_help_names_every_policy() -> None:
+    result = runner.invoke(app, ["simulate", "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert all(name in text for name in POLICIES), text

@@ -45,6 +45,22 @@ def test_a_prompt_too_long_for_the_ttft_target_is_infeasible() -> None:
     assert feasible(md, [short, long]) == [True, False]
 
 
+@pytest.mark.parametrize(("ttft_ms", "itl_ms"), [(2000, 100), (450, 40), (300, 8)])
+def test_feasibility_is_latency_alone_against_both_targets(ttft_ms: int, itl_ms: int) -> None:
+    # 8 ms sits inside the range of decode steps of Llama-3.1-8B BF16 on one H100 (7.5 ms at 1,000
+    # tokens of context): the grid crosses the ITL target both ways, and the TTFT target at 300 ms.
+    md = deployment(ttft_ms=ttft_ms, itl_ms=itl_ms)
+    model = ReplicaModel.for_spec(md.spec)
+    requests = [TraceRequest(0, i, o) for i in (1, 300, 2000, 8000, 30_000) for o in (1, 2, 50, 500, 2000)]
+    expected = []
+    for r in requests:
+        ttft, itl = latency_alone(model, r.input_tokens, r.output_tokens)
+        expected.append(ttft <= ttft_ms / 1e3 and itl <= itl_ms / 1e3)
+    assert feasible(md, requests) == expected
+    if itl_ms == 8:
+        assert True in expected and False in expected
+
+
 def test_the_oracle_sizes_each_minute_to_the_fewest_replicas_that_meet_the_goal() -> None:
     md = deployment()
     # Minute 0: 2 requests/s; minute 1: nothing; minute 2: 40 requests/s.
