@@ -5,8 +5,10 @@ simulator. Sources and constants are listed in docs/baselines.md; each class doc
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from controllers.autoscaling.loop import capacity_for
 from controllers.simulation.simulator import Simulator
@@ -153,6 +155,89 @@ class KpaPolicy:
             desired = max(d for _, d in self.decided)
         desired = max(self.min_replicas, min(self.max_replicas, desired))
         return desired, rule, f"concurrency {concurrency} (target {per_pod:.3g} per pod)"
+
+
+# --- NVIDIA Dynamo's load predictors (ai-dynamo/dynamo components/src/dynamo/planner/core/load/predictors.py)
+DYNAMO_ARIMA_MIN_POINTS = 5  # ARIMAPredictor's minimum_data_points
+
+
+class LoadPredictor(Protocol):
+    """One of Dynamo's load predictors (core/load/predictors.py): a value per throughput interval in, a
+    forecast of the next interval's out."""
+
+    def add(self, value: float) -> None: ...
+
+    def predict(self) -> float: ...
+
+
+def _admit(history: list[float], value: float) -> bool:
+    """BasePredictor.add_data_point: a non-finite reading counts as 0, and the zeros of the idle time before
+    the first traffic are skipped. True when the value was kept."""
+    value = value if math.isfinite(value) else 0.0
+    if value == 0 and not history:
+        return False
+    history.append(value)
+    return True
+
+
+@dataclass
+class ConstantPredictor:
+    """Dynamo's ConstantPredictor: the next interval is the last one."""
+
+    history: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        _admit(self.history, value)
+
+    def predict(self) -> float:
+        return self.history[-1] if self.history else 0.0
+
+
+@dataclass
+class ArimaPredictor:
+    """Dynamo's default predictor (ARIMAPredictor, `load_predictor = "arima"`): pmdarima's auto_arima, fit
+    on the whole series once it has 5 points, then only updated with each new point (the order is not
+    searched again); a fit that collapses to (0, d, 0) is redone on log1p(y). Before 5 points, and while
+    every point is equal (auto_arima forecasts 0 there), the last value; the forecast is floored at 0 and
+    a failure falls back to the last value."""
+
+    history: list[float] = field(default_factory=list)
+    model: Any = None
+    log1p: bool = False
+    pending: list[float] = field(default_factory=list)  # points the fitted model has not seen
+
+    def add(self, value: float) -> None:
+        if _admit(self.history, value):
+            self.history[-1] = max(0.0, self.history[-1])
+            self.pending.append(self.history[-1])
+
+    def predict(self) -> float:
+        last = self.history[-1] if self.history else 0.0
+        if len(self.history) < DYNAMO_ARIMA_MIN_POINTS or len(set(self.history)) == 1:
+            return last
+        import pmdarima  # a dev dependency, and slow to import: only when a forecast is due
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Dynamo passes suppress_warnings and filters the rest too
+                if self.model is None:
+                    self.model = pmdarima.auto_arima(self.history, suppress_warnings=True, error_action="ignore")
+                    p, _, q = self.model.order
+                    if p == 0 and q == 0:
+                        try:
+                            logged = [math.log1p(v) for v in self.history]
+                            self.model = pmdarima.auto_arima(logged, suppress_warnings=True, error_action="ignore")
+                            self.log1p = True
+                        except Exception:  # Dynamo keeps the raw fit when the log1p one fails
+                            self.log1p = False
+                elif self.pending:
+                    self.model.update([math.log1p(v) for v in self.pending] if self.log1p else self.pending)
+                self.pending = []
+                forecast = float(self.model.predict(n_periods=1)[0])
+        except Exception:  # Dynamo: "ARIMA prediction failed ..., using last value"
+            self.pending = []
+            return last
+        return max(0.0, math.expm1(forecast) if self.log1p else forecast)
 
 
 @dataclass

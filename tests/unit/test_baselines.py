@@ -6,6 +6,8 @@ import itertools
 from dataclasses import replace
 
 from controllers.simulation.baselines import (
+    ArimaPredictor,
+    ConstantPredictor,
     DynamoPlannerPolicy,
     HpaPolicy,
     KpaPolicy,
@@ -68,6 +70,20 @@ def test_dynamo_planner_adjusts_every_180_s_from_last_interval_load() -> None:
     result = simulate(DynamoPlannerPolicy(deployment(), min_replicas=1, max_replicas=16), seconds=900)
     assert [t for t, *_ in result.timeline][:3] == [180, 360, 540]
     assert peak(result) >= 2
+
+
+def test_arima_forecasts_a_rising_series_higher_than_the_constant_predictor() -> None:
+    arima, constant = ArimaPredictor(), ConstantPredictor()
+    for value in [0.0, 0.0, *(100 + 10 * i + (3 if i % 2 else -3) for i in range(10))]:
+        arima.add(value)
+        constant.add(value)
+    assert constant.predict() == 193
+    assert arima.predict() > 193 + 2, "ARIMA extends the trend; the constant predictor repeats the last value"
+    assert arima.history[0] == 97, "the idle zeros before the first traffic are skipped"
+    few = ArimaPredictor()
+    for value in (10.0, 20.0, 30.0, 40.0):
+        few.add(value)
+    assert few.predict() == 40, "fewer than 5 points: the last value"
 
 
 def test_static_keeps_its_count() -> None:
