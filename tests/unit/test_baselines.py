@@ -5,8 +5,14 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+import pytest
+
 from controllers.simulation.baselines import (
+    AggRegression,
+    ArimaPredictor,
+    ConstantPredictor,
     DynamoPlannerPolicy,
+    Fpm,
     HpaPolicy,
     KpaPolicy,
     StaticPolicy,
@@ -64,10 +70,97 @@ def test_kpa_ticks_every_2_s_and_panics_on_a_burst() -> None:
     assert peak(result) >= 3
 
 
-def test_dynamo_planner_adjusts_every_180_s_from_last_interval_load() -> None:
-    result = simulate(DynamoPlannerPolicy(deployment(), min_replicas=1, max_replicas=16), seconds=900)
+def test_dynamo_planner_runs_its_load_loop_every_5_s_and_waits_for_each_scale_up() -> None:
+    policy = DynamoPlannerPolicy(deployment(), min_replicas=1, max_replicas=16, predictor=ConstantPredictor)
+    result = simulate(policy, rate_after=80, seconds=900)
+    assert [t for t, *_ in result.timeline][:3] == [5, 10, 15]
+    assert peak(result) >= 3
+    assert policy.floor >= 2, "the throughput loop sized the 80 requests/s (the warm start seeded it at 1)"
+    # One replica at a time: after each scale-up it only observes until the new replica serves (35 s here).
+    ups = [t for t, rule, _ in result.decisions if rule == "load-up"]
+    assert ups and all(b - a >= 35 for a, b in itertools.pairwise(ups))
+    assert "scaling" in {rule for _, rule, _ in result.decisions}
+    assert all(d == 1 for t, d, _, _ in result.timeline if t < 300), "no scale-up before the step"
+
+
+def test_dynamo_planner_without_its_load_loop_sizes_every_180_s() -> None:
+    policy = DynamoPlannerPolicy(deployment(), min_replicas=1, max_replicas=16, load_scaling=False,
+                                 predictor=ConstantPredictor)
+    result = simulate(policy, seconds=900)
     assert [t for t, *_ in result.timeline][:3] == [180, 360, 540]
     assert peak(result) >= 2
+
+
+def test_arima_forecasts_a_rising_series_higher_than_the_constant_predictor() -> None:
+    arima, constant = ArimaPredictor(), ConstantPredictor()
+    for value in [0.0, 0.0, *(100 + 10 * i + (3 if i % 2 else -3) for i in range(10))]:
+        arima.add(value)
+        constant.add(value)
+    assert constant.predict() == 193
+    assert arima.predict() > 193 + 2, "ARIMA extends the trend; the constant predictor repeats the last value"
+    assert arima.history[0] == 97, "the idle zeros before the first traffic are skipped"
+    few = ArimaPredictor()
+    for value in (10.0, 20.0, 30.0, 40.0):
+        few.add(value)
+    assert few.predict() == 40, "fewer than 5 points: the last value"
+
+
+def linear(intercept: float, per_prefill: float, per_kv: float) -> AggRegression:
+    """A regression fitted on exactly linear iterations, so its estimates can be computed by hand."""
+    regression = AggRegression()
+    for prefill in (0, 2000, 4000, 8000):
+        for kv in (0, 50_000, 100_000, 200_000):
+            regression.add(Fpm(intercept + per_prefill * prefill + per_kv * kv, prefill, 1, kv, 1), averages=False)
+    return regression
+
+
+def test_dynamo_sizes_an_aggregated_deployment_by_its_engine_rate_at_both_targets() -> None:
+    # An iteration takes 10 ms + 10 us per prefill token + 0.1 us per decode KV token; ISL 1,000, OSL 100.
+    regression = linear(0.01, 1e-5, 1e-7)
+    regression.isl.add(1000)
+    # A batch of b holds b x 1,050 KV tokens and prefills b x 10 tokens per iteration: 10 ms + 0.205 ms x b,
+    # under the 50 ms ITL target up to b = 195, whose TTFT (its 1,950 tokens and one prompt, one chunk:
+    # 10 + 29.5 + 20.5 = 60 ms) is under 1 s. 195 / (100 x 49.975 ms) = 39.02 requests/s.
+    rps, ttft, itl = regression.engine_rps(1000, 100, 8192, 1.0, 0.05, 10**7, 256)
+    assert (rps, ttft, itl) == pytest.approx((195 / (100 * 0.049975), 0.059975, 0.049975))
+    assert regression.engine_rps(1000, 100, 8192, 1.0, 0.05, 10**7, 64)[0] == pytest.approx(64 / (100 * 0.02312))
+    # The planner's count for 10,000 requests in the 180 s interval (55.6/s) on engines of at most 64
+    # sequences (the test deployment's batch): ceil(55.6 / 27.68) = 3.
+    policy = DynamoPlannerPolicy(deployment(slo={"ttftMilliseconds": 1000, "interTokenLatencyMilliseconds": 50}),
+                                 min_replicas=1, max_replicas=16)
+    policy.regression = regression
+    assert policy.throughput_replicas(10_000, 1000, 100) == 3
+    assert policy.throughput_replicas(100, 1000, 100) == 1, "at least min_endpoint"
+
+
+def test_dynamo_load_loop_scales_up_when_every_engine_misses_and_down_only_when_the_rest_can_take_it() -> None:
+    policy = DynamoPlannerPolicy(deployment(slo={"ttftMilliseconds": 1000, "interTokenLatencyMilliseconds": 50}),
+                                 min_replicas=1, max_replicas=16)
+    policy.regression = linear(0.01, 1e-5, 1e-7)
+    # ITL of an engine holding k KV tokens: 10 ms + 0.1 us x k (no prefill on average, no queue).
+    hot, cool = Fpm(0.05, 0, 0, 450_000, 300), Fpm(0.02, 0, 0, 50_000, 50)
+    assert policy.load_replicas([hot, hot, hot], 3) == 4, "every engine over 50 ms (55 ms)"
+    assert policy.load_replicas([hot, hot, cool], 3) == 3, "one engine within its target: no change"
+    # 3 engines at 50,000 KV: on 2 they would hold 75,000, 17.5 ms < 80% of 50 ms, so one goes.
+    assert policy.load_replicas([cool, cool, cool], 3) == 2
+    warm = Fpm(0.04, 0, 0, 250_000, 250)  # on 2: 375,000 KV, 47.5 ms >= 40 ms: refused
+    assert policy.load_replicas([warm, warm, warm], 3) == 3
+    policy.floor = 3
+    assert policy.load_replicas([cool, cool, cool], 3) == 3, "never below the throughput floor"
+
+
+def test_dynamo_itl_correction_raises_the_count_when_observed_itl_exceeds_the_model() -> None:
+    policy = DynamoPlannerPolicy(deployment(slo={"ttftMilliseconds": 1000, "interTokenLatencyMilliseconds": 50}),
+                                 min_replicas=1, max_replicas=16, load_scaling=False, correction=True)
+    policy.regression = linear(0.01, 1e-5, 1e-7)
+    policy.regression.isl.add(1000)
+    assert policy.throughput_replicas(10_000, 1000, 100) == 3  # as above: batches of 64, 27.7 requests/s
+    # 10,000 requests of 5 s over 180 s on 3 engines: 92.6 in flight each, whose iteration the model puts
+    # at 10 + 9.26 + 9.72 = 29 ms; 116 ms observed is a factor of 4, so the ITL target becomes 12.5 ms:
+    # batches of 12 (12.46 ms), 9.63 requests/s per engine, ceil(55.6 / 9.63) = 6.
+    policy.correct(observed_itl=0.116, request_seconds=5.0, num_req=10_000, isl=1000, osl=100, workers=3)
+    assert policy.itl_correction == pytest.approx(4.0, rel=0.01)
+    assert policy.throughput_replicas(10_000, 1000, 100) == 6
 
 
 def test_static_keeps_its_count() -> None:
