@@ -113,7 +113,8 @@ def operator_run(
     prometheus_token: Annotated[str | None, typer.Option(envvar="TOKENWORKS_PROMETHEUS_TOKEN",
                                                          help="Bearer token for Prometheus.")] = None,
     prometheus_ca_file: Annotated[str | None, typer.Option(help="CA bundle for Prometheus TLS.")] = None,
-    autoscaler_tick: Annotated[float, typer.Option(help="Seconds between autoscaling decisions.")] = 15,
+    autoscaler_tick: Annotated[float, typer.Option(help="Seconds between autoscaler passes; each ModelDeployment "
+                                                   "decides when its own autoscaling.tickSeconds has passed.")] = 5,
     prometheus_window: Annotated[str, typer.Option(help="rate() window of the stable signals.")] = "2m",
     prometheus_short_window: Annotated[str, typer.Option(help="rate() window of the panic signal.")] = "30s",
 ) -> None:

@@ -65,7 +65,7 @@ class ManagerConfig:
     prometheus_url: str | None = None
     prometheus_token: str | None = None
     prometheus_ca_file: str | None = None
-    autoscaler_tick_seconds: float = 15.0
+    autoscaler_tick_seconds: float = 5.0  # a pass; each ModelDeployment decides on its own tickSeconds
     prometheus_window: str = "2m"
     prometheus_short_window: str = "30s"
 

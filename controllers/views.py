@@ -212,6 +212,14 @@ def explain(obj: ManifestT) -> Group:
             "-" if value is None else f"{value:.4g}", "-" if target is None else f"{target:.4g}",
             "-" if signal.get("replicas") is None else str(signal["replicas"]), Text(signal.get("note", "")))
     lines.append(signals)
+    if last.get("stages"):
+        stages = Table("STAGE", "REPLICAS", "RULE", "WHY", box=None, header_style="bold")
+        for stage in last["stages"]:
+            stages.add_row(stage["stage"], str(stage["replicas"]), stage["rule"], Text(stage.get("note", "")))
+        lines += ["", "[bold]Stages that changed the count:[/]", stages]
+    if last.get("latencyInfeasible"):
+        lines += ["", "Latency is over target at any count (requests slow even alone): the throughput signal "
+                  "sizes the fleet."]
     conditions = Table("CONDITION", "STATUS", "REASON", "MESSAGE", box=None, header_style="bold")
     for condition in status.get("conditions") or []:
         if condition["type"] in ("AbleToScale", "ScalingActive", "ScalingLimited", "MetricsAvailable"):

@@ -22,6 +22,7 @@ from prometheus_client import Counter, Gauge
 from controllers.autoscaling.observer import DEFAULT_SHAPE, count_pods, observe
 from controllers.autoscaling.policy import Decision, decide
 from controllers.autoscaling.signals import Observations, Reading
+from controllers.autoscaling.state import PolicyState
 from controllers.kube import KubeApi, ManifestT
 from controllers.metrics import SIGNALS, MetricSource, SignalReadings, Target
 from controllers.reconcile import desired_replicas
@@ -74,6 +75,10 @@ def decision_record(decision: Decision, now: float) -> dict[str, Any]:
         "reason": decision.reason,
         "signals": [{"signal": r.signal, "value": r.value, "target": r.target, "replicas": r.replicas,
                      "note": r.note} for r in decision.recommendations],
+        "stages": [{"stage": t.stage, "replicas": t.replicas, "rule": t.rule, "note": t.note}
+                   for t in decision.stages],
+        "capacityTokensPerSecond": round(decision.capacity, 1),
+        "latencyInfeasible": decision.infeasible,
         "whatWouldChange": decision.what_would_change,
     }
 
@@ -93,7 +98,8 @@ class AutoscalerLoop:
         self.namespaces = namespaces or []
         # Decision state per ModelDeployment, authoritative while this process lives; status holds the
         # copy written with the last changed decision, for the next process.
-        self._states: dict[tuple[str, str], dict[str, Any]] = {}
+        self._states: dict[tuple[str, str], PolicyState] = {}
+        self._last: dict[tuple[str, str], Decision] = {}
 
     def _list(self, api_version: str, kind: str, selector: str | None = None) -> list[ManifestT]:
         scopes: list[str | None] = list(self.namespaces) or [None]
@@ -111,7 +117,20 @@ class AutoscalerLoop:
                 models.append((md, obj))
         if not models:
             return {}
-        targets = {(md.namespace, md.name): Target(md.namespace, md.name, md.spec.autoscaling.slo.percentile)
+        # Each ModelDeployment decides on its own spec.autoscaling.tickSeconds; the loop runs at the
+        # shortest of them and skips those not due.
+        due = []
+        for md, obj in models:
+            state = self._states.get((md.namespace, md.name))
+            last = state.last_decision if state is not None else None
+            if last is None or now - last >= md.spec.autoscaling.tick_seconds - 0.5:
+                due.append((md, obj))
+        models = due
+        if not models:
+            return {}
+        targets = {(md.namespace, md.name): Target(md.namespace, md.name, md.spec.autoscaling.slo.percentile,
+                                                   md.spec.autoscaling.activation.query
+                                                   if md.spec.autoscaling.activation else None)
                    for md, _ in models}
         try:
             readings = self.source.observe(list(targets.values()), now)
@@ -153,9 +172,9 @@ class AutoscalerLoop:
                                md.spec.autoscaling.slo.ttft_milliseconds / 1e3)
         state = self._states.get(key)
         if state is None:
-            # First look since this process started: nothing scales down within one window.
-            state = dict(saved.get("state") or {})
-            state["history"] = [*state.get("history", []), [now, float(current)]]
+            # First look since this process started: resume the saved windows, and nothing scales down
+            # within one window.
+            state = PolicyState.restore(saved.get("state"), current, now)
         spec = md.spec
         capacity = capacity_for(md, observations)
         decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now,
@@ -192,7 +211,7 @@ class AutoscalerLoop:
                 if before.get("status") == truth else _stamp(now),
             })
         status: dict[str, Any] = {
-            "autoscaler": {"desiredReplicas": decision.replicas, "advisory": advisory, "state": state,
+            "autoscaler": {"desiredReplicas": decision.replicas, "advisory": advisory, "state": state.dump(),
                            "fingerprint": fingerprint(decision), "lastDecision": decision_record(decision, now)},
             "conditions": conditions,
         }

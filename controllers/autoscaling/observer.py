@@ -101,6 +101,7 @@ def llmapi_tokens(readings: SignalReadings, replica: ReplicaModel, ready: int, s
     batch = max(1, round(d / max(1, ready)))
     # The steady-state iteration (decodes plus the prefill of the prompts replacing those that finish),
     # the same the per-replica capacity is computed with, so their ratio is a ratio of concurrencies.
+    # Under a backlog this misreads the iteration; the policy then counts completions instead.
     itl = replica.steady_step_seconds(batch, isl, osl)
     note = f"modelled from {d:.1f} requests decoding ({batch} per ready replica)"
     return Reading(d / itl + r, Quality.OK, note), Reading(itl, Quality.OK, note)
@@ -124,6 +125,14 @@ def late_requests(readings: SignalReadings, ttft_target_seconds: float) -> Readi
     f, r = _ok(awaiting), _ok(requests)
     value = max(0.0, f - r * ttft_target_seconds) if f is not None and r is not None else None
     return _derived(value, (awaiting, requests), "requests awaiting their first token beyond the TTFT target")
+
+
+def mean_wait(readings: SignalReadings) -> Reading:
+    """Mean seconds to the first token over the short window: requests awaiting it over requests/s."""
+    awaiting, requests = readings.get("firstResponseSecondsShort"), readings.get("requestsPerSecondShort")
+    f, r = _ok(awaiting), _ok(requests)
+    value = f / r if f is not None and r else math.nan
+    return _derived(value, (awaiting, requests), "mean time to the first token (short window)")
 
 
 def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods: PodCounts,
@@ -150,5 +159,7 @@ def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods:
         input_tokens_per_second=inputs, input_tokens_per_second_short=inputs_short,
         ttft_seconds=ttft, itl_seconds=itl, queue=queue, in_flight=active, kv_utilization=kv,
         current_replicas=pods.current, ready_replicas=pods.ready, pending_replicas=pods.pending,
-        unschedulable=pods.unschedulable,
+        unschedulable=pods.unschedulable, activation=readings.get("activation"), wait_short=mean_wait(readings),
+        requests_per_second=readings.get("requestsPerSecond"), ttft_median_seconds=readings.get("ttftMedianSeconds"),
+        requests_per_second_short=readings.get("requestsPerSecondShort"),
     )

@@ -1,57 +1,61 @@
-"""The scaling decision: a pure function of (observations, spec, saved state, now).
+"""The scaling decision: a pipeline of small pure stages over (observations, spec, state, now).
 
-Stages, each of which can change the count and says why:
+Each stage takes the proposal so far and returns the next one with its reason and the HPA-style
+condition it owns; ``Decision.stages`` is the trace `tokenworks explain` prints. docs/autoscaling.md has
+the arithmetic with worked numbers.
 
-1. **signals**: throughput (output tokens/s over per-replica capacity at the SLO), SLO (TTFT and ITL
-   percentiles against their targets, in the manner of Dynamo's planner), queue (waiting requests
-   per ready replica over ``queuePerReplica``: grow by the share the batches cannot hold); combined by
-   taking the largest, as HPA does across metrics. The lagging two (latency, queue) are not read as
-   new pressure until a scale-up has had time to show in them;
-2. **tolerance**: changes within 10% of the current count are ignored;
-3. **panic**: a burst (the 30 s rate alone needs at least twice the ready replicas) enters panic
-   mode for 60 s, during which nothing scales down (as Knative's KPA);
-4. **stabilization**: a scale-down goes only to the highest recommendation of the last
-   ``scaleDownStabilizationSeconds`` (default 300 s);
-5. **rate limits**: up by at most max(4 replicas, 100%) per tick, down by at most half;
-6. **pods**: no further scale-up while pods are Pending; an unschedulable pod is reported as GPU
-   capacity exhausted rather than retried;
-7. **bounds**: [minReplicas, maxReplicas], with scale to zero only after an idle period when
-   minReplicas is 0.
-
-Missing, broken or stale metrics never scale down: with none usable the count is held, with some
-usable only a scale-up can result, and ``MetricsAvailable`` turns False.
+1. **signals**: each signal recommends a count on its own ratio, with its own 10% tolerance:
+   *throughput* (output tokens/s, projected one start-up lead ahead while it keeps rising, over the
+   per-replica capacity at the SLO), *latency* (TTFT and ITL percentiles over their targets; only while
+   the replicas are loaded: latency missed by replicas that carry little is missed by requests that are
+   slow alone, and no count fixes those), *queue* (requests past the TTFT allowance per ready replica),
+   and *headroom* (the attainment target: the demand growth seen within one start-up lead, at the
+   ``slo.attainment`` quantile of the demand history, bounded by the recent peak, which decays);
+2. **combine**: the largest recommendation, as HPA does across metrics; missing signals never allow
+   less than the current count, and with none readable the count is held (or raised to the fallback);
+3. **panic**: a burst (the 30 s demand alone needs twice the ready replicas) is sized in one decision
+   and starts 60 s without scale-down (Knative's KPA);
+4. **stabilise**: a scale-down goes only to the highest recommendation of the last
+   ``scaleDownStabilizationSeconds``;
+5. **rate-limit**: up by at most max(4 replicas, 100%) per decision, down by at most half;
+6. **pods**: no further scale-up while pods are Pending; an unschedulable pod is GPU capacity exhausted;
+7. **bounds**: [minReplicas, maxReplicas]; with ``minReplicas: 0`` an idle deployment goes to zero after
+   300 s, and the activation signal (outside the pods) brings it back.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
-from controllers.autoscaling.signals import Observations, Reading
+from controllers.autoscaling.signals import Observations, Quality, Reading
+from controllers.autoscaling.state import PolicyState, Sample, per_minute, within
 from crds.models import AutoscalingSpec
 
 TOLERANCE = 0.10
-# SLO policy: scale down only when both percentiles are under this share of their targets.
-SLO_HYSTERESIS = 0.7
 PANIC_THRESHOLD = 2.0  # short-window demand / ready replicas that starts panic mode
 PANIC_SECONDS = 60.0
 MAX_UP_FACTOR, MAX_UP_REPLICAS = 2.0, 4  # HPA's default scale-up policy: 100% or 4 pods per period
 MAX_DOWN_FRACTION = 0.5
 SCALE_TO_ZERO_IDLE_SECONDS = 300.0
-SETTLE_SECONDS = 60.0  # after new replicas serve, for latency windows and backlogs to show them
-TREND_WINDOW_SECONDS = 300.0  # throughput samples kept to project the load one start-up lead ahead
+SETTLE_SECONDS = 60.0  # after new replicas serve, for the latency window and the backlog to show them
+TREND_SECONDS = 90.0  # the throughput samples a rising trend is fitted over
 # Beyond the engine load time, until a replica ordered now serves: metrics up to one scrape (15 s)
 # old, and pod scheduling and container start (5 to 15 s).
 LEAD_EXTRA_SECONDS = 30.0
-# Bursts: capacity for the busiest short window of the scale-down window is kept; traffic whose 30 s
-# demand rises past BURSTY_PEAK_TO_MEAN times its mean more than once within BURSTY_MEMORY_FACTOR times
-# that window is bursty, and its bursts are kept for the longer memory (900 s at the default 300 s).
-BURSTY_PEAK_TO_MEAN = 2.0
-BURSTY_MEMORY_FACTOR = 3
-SLO_CAP = 2.0  # latency alone asks for at most this multiple of what the measured load needs
+MEDIAN_SHARE = 0.5  # a TTFT median over half its target is a shortage of capacity (prefill), not a tail
+INFEASIBLE_HOLD_SECONDS = 1800.0  # how long latency found infeasible is only reported, then tested again
+DEMAND_MEMORY_SECONDS = 3600.0  # the demand history the headroom is learned from
+RECENT_EXTRA_SECONDS = 60.0  # per-decision demand is kept for a lead and this much more
 LEARN_LOAD = 0.5  # learn capacity only from replicas carrying at least half the planned capacity
 MIN_CAPACITY_SCALE = 0.3  # the learned capacity never falls below this share of the model's
+RECOVERY_PER_MINUTE = 0.03  # a learned cut recovers this share a minute while latency is comfortable
+COMFORTABLE = 0.7  # latency under this share of its targets is comfortable
+GROWTH_SECONDS = 30.0  # the wait-for-first-token samples the backlog's growth rate is measured over
+MIN_GROWTH = 0.05  # s/s: slower growth is noise in a 30 s window
+CALM_SECONDS = 150.0  # the stable window (120 s) and a scrape: how long a backlog's times stay in it
+MAX_GROWTH = 0.8  # demand at most 5x what is served; faster growth is queues of different ages mixed
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,9 @@ class Recommendation:
     signal: str
     value: float | None
     target: float | None
-    replicas: int | None  # None: no recommendation (signal missing)
+    replicas: int | None  # None: no recommendation (signal missing); 0: no pressure
     note: str
+    holds: bool = False  # holding the count while a scale-up settles: not a measure of demand
 
 
 @dataclass(frozen=True)
@@ -71,310 +76,656 @@ class Condition:
     message: str
 
 
-@dataclass
+@dataclass(frozen=True)
+class Proposal:
+    replicas: int
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StageTrace:
+    stage: str
+    replicas: int
+    rule: str
+    note: str
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every stage reads: never changed by a stage."""
+
+    obs: Observations
+    spec: AutoscalingSpec
+    model_capacity: float  # output tokens/s per replica at the SLO, the performance model's
+    load_seconds: float
+    prefill_tokens_per_second: float | None
+    now: float
+
+    @property
+    def lead(self) -> float:
+        return self.load_seconds + LEAD_EXTRA_SECONDS
+
+
+@dataclass(frozen=True)
+class StageResult:
+    proposal: Proposal
+    state: PolicyState
+    conditions: tuple[Condition, ...] = ()
+    changes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Decision:
     replicas: int
     rule: str  # which stage decided
     reason: str  # a sentence for a person
     recommendations: list[Recommendation]
     conditions: list[Condition]
-    state: dict[str, Any]
+    state: PolicyState
     metrics_available: bool
     what_would_change: list[str] = field(default_factory=list)
+    stages: list[StageTrace] = field(default_factory=list)
+    capacity: float = 0.0  # the per-replica capacity planned with (learned from latency)
+    infeasible: bool = False  # latency over target that no count of replicas would fix
 
 
-def _window(samples: list[list[float]], now: float, seconds: float) -> list[list[float]]:
-    return [s for s in samples if now - s[0] <= seconds]
+def _value(reading: Reading) -> float | None:
+    return reading.value if reading.ok and reading.value is not None else None
 
 
-def trend_per_second(samples: list[list[float]]) -> float:
-    """Least-squares slope of (time, value) samples; 0 with fewer than 3."""
-    if len(samples) < 3:
+def _ceil(x: float) -> int:
+    return max(0, math.ceil(x - 1e-9))
+
+
+# -- signal helpers ---------------------------------------------------------------------------------
+
+
+def rising_slope(samples: tuple[Sample, ...]) -> float:
+    """Least-squares slope of the samples when the last three keep rising, else 0: a step that has
+    levelled off is not a trend (projecting it would overshoot by slope x lead)."""
+    if len(samples) < 4 or samples[-1][0] - samples[0][0] < 45 or \
+            not samples[-3][1] < samples[-2][1] < samples[-1][1]:
         return 0.0
     n = len(samples)
     mean_t = sum(s[0] for s in samples) / n
     mean_v = sum(s[1] for s in samples) / n
     var = sum((s[0] - mean_t) ** 2 for s in samples)
-    if var == 0:
-        return 0.0
-    return sum((s[0] - mean_t) * (s[1] - mean_v) for s in samples) / var
+    return max(0.0, sum((s[0] - mean_t) * (s[1] - mean_v) for s in samples) / var) if var else 0.0
 
 
-def _learned_capacity(model_capacity: float, out: Reading, pressure: float | None, ready: int,
-                      state: dict[str, Any], now: float, load_seconds: float, settling: bool) -> tuple[float, bool]:
+def latency_pressure(obs: Observations, spec: AutoscalingSpec) -> float | None:
+    ttft, itl = _value(obs.ttft_seconds), _value(obs.itl_seconds)
+    if ttft is None or itl is None:
+        return None
+    return max(ttft / (spec.slo.ttft_milliseconds / 1e3), itl / (spec.slo.inter_token_latency_milliseconds / 1e3))
+
+
+def learned_capacity(inputs: Inputs, state: PolicyState) -> PolicyState:
     """The capacity per replica to plan with: the performance model's figure times a learned scale.
 
-    The model is a prior for an average request mix; the fleet's latency says what this traffic really
-    allows. When the SLO is missed while the replicas carry less than the planned capacity, the real
-    capacity is below what they carry: the scale drops to 90% of it. When latency is comfortably under
-    target at the planned capacity, the scale recovers 1% a tick, never above the model. One cut per
-    settle period (a replica load plus a minute), and none at low load, where latency over target comes
-    from long requests rather than from a lack of capacity.
+    The model is a prior for an average request mix; latency says what this traffic allows. Latency
+    over target while loaded replicas carry less than the planned capacity cuts the scale to 90% of what
+    they carry (once per settle period, never while a scale-up settles); comfortable latency recovers
+    3% a minute, at any load, up to the model's figure, so one bad minute is not remembered forever.
     """
-    scale = float(state.get("capacityScale", 1.0))
-    capacity = model_capacity * scale
-    if pressure is None or not out.ok or out.value is None or ready < 1:
-        return capacity, scale < 1.0
-    per_replica = out.value / ready
-    cut_allowed = now >= float(state.get("capacityLearnedAt", -math.inf)) + load_seconds + SETTLE_SECONDS
-    if pressure > 1 and not settling and cut_allowed and LEARN_LOAD * capacity <= per_replica < capacity:
-        scale = max(MIN_CAPACITY_SCALE, 0.9 * per_replica / model_capacity)
-        state["capacityLearnedAt"] = now
-    elif pressure < SLO_HYSTERESIS and per_replica >= 0.9 * capacity:
-        scale = min(1.0, scale * 1.01)
-    state["capacityScale"] = round(scale, 4)
-    return model_capacity * scale, scale < 1.0
+    obs, now = inputs.obs, inputs.now
+    scale = state.capacity_scale
+    out, pressure = _value(obs.output_tokens_per_second), latency_pressure(obs, inputs.spec)
+    elapsed = now - state.last_decision if state.last_decision is not None else 0.0
+    if out is None or pressure is None or obs.ready_replicas < 1:
+        return state
+    per_replica = out / obs.ready_replicas
+    capacity = inputs.model_capacity * scale
+    cut_allowed = now >= (state.capacity_learned_at or -math.inf) + inputs.load_seconds + SETTLE_SECONDS
+    if pressure > 1 + TOLERANCE and not _settling(inputs, state) and cut_allowed and calm(inputs, state) \
+            and LEARN_LOAD * capacity <= per_replica < capacity:
+        return state.model_copy(update={"capacity_scale": round(max(MIN_CAPACITY_SCALE, 0.9 * per_replica
+                                                                    / inputs.model_capacity), 4),
+                                        "capacity_learned_at": now})
+    if pressure < COMFORTABLE and scale < 1.0:
+        return state.model_copy(update={"capacity_scale": round(min(1.0, scale * (1 + RECOVERY_PER_MINUTE)
+                                                                    ** (elapsed / 60)), 4)})
+    return state
 
 
-def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second: float,
-           load_seconds: float, state: dict[str, Any] | None, now: float,
-           prefill_tokens_per_second: float | None = None) -> Decision:
-    """Desired replicas for one ModelDeployment. ``capacity_tokens_per_second`` is the output tokens/s
-    one replica carries within the SLO, ``prefill_tokens_per_second`` the prompt tokens/s it prefills
-    (None: bursts are measured on output alone); ``load_seconds`` how long a new replica takes to serve."""
-    state = dict(state or {})
-    current = obs.current_replicas
-    ready = obs.ready_replicas
-    slo = spec.slo
-    ttft_target = slo.ttft_milliseconds / 1e3
-    itl_target = slo.inter_token_latency_milliseconds / 1e3
-    recs: list[Recommendation] = []
-    out, short = obs.output_tokens_per_second, obs.output_tokens_per_second_short
-    idle_traffic = out.ok and out.value == 0
+def _settling(inputs: Inputs, state: PolicyState) -> bool:
+    """A scale-up is still on its way into the lagging signals: until the replicas ordered serve (one
+    lead) and the latency window has moved past the time they did not."""
+    return inputs.now < (state.last_scale_up or -math.inf) + inputs.lead + SETTLE_SECONDS
+
+
+def short_demand(inputs: Inputs, capacity: float) -> float | None:
+    """Replicas the 30 s window needs: output tokens, or prompt tokens where they are counted (a burst
+    of long prompts is prefill work that output tokens show only later and in part)."""
+    short = _value(inputs.obs.output_tokens_per_second_short)
+    if short is None:
+        return None
+    demand = short / capacity
+    prompts = _value(inputs.obs.input_tokens_per_second_short)
+    if inputs.prefill_tokens_per_second and prompts is not None:
+        demand = max(demand, prompts / (inputs.prefill_tokens_per_second * capacity / inputs.model_capacity))
+    return demand
+
+
+def growth_quantile(demand: tuple[Sample, ...], lead: float, attainment: float, now: float,
+                    half_life: float) -> float:
+    """Headroom for the attainment target: for each past decision, the most the demand grew within one
+    start-up lead after it (what a replica ordered then could not have been in time for), as a ratio
+    to the demand then (at least one replica's worth); the ``attainment`` quantile of those ratios,
+    each weighted by 2^(-age / half-life) so old surprises fade. 1.0 with no history. The live signal
+    composes the same two steps, keeping each minute's highest growth (``headroom_signal``)."""
+    growths = new_growths(demand, (), lead, now)
+    return weighted_quantile([(g, 0.5 ** ((now - t) / half_life)) for t, g in growths], attainment)
+
+
+def weighted_quantile(growths: list[tuple[float, float]], attainment: float) -> float:
+    """The ``attainment`` quantile of (value, weight) pairs; 1.0 when empty."""
+    if not growths:
+        return 1.0
+    growths = sorted(growths)
+    total = sum(w for _, w in growths)
+    running = 0.0
+    for g, w in growths:
+        running += w
+        if running >= attainment * total - 1e-12:
+            return g
+    return growths[-1][0]
+
+
+def new_growths(demand: tuple[Sample, ...], done: tuple[Sample, ...], lead: float, now: float) -> tuple[Sample, ...]:
+    """Growth samples for the demand samples that have become a lead old since the last decision; each
+    is final then (no later sample falls within its lead), so they are kept rather than recomputed."""
+    last = done[-1][0] if done else -math.inf
+    out: list[Sample] = []
+    n = len(demand)
+    i = n - 1
+    while i >= 0 and demand[i][0] > last:  # newest first: only the samples since the last decision
+        i -= 1
+    for k in range(i + 1, n):
+        t, d = demand[k]
+        if t > now - lead:
+            break
+        ahead = 0.0
+        for j in range(k + 1, n):
+            if demand[j][0] > t + lead:
+                break
+            ahead = max(ahead, demand[j][1])
+        if k + 1 < n and demand[k + 1][0] <= t + lead:
+            out.append((t, max(1.0, ahead / max(d, 1.0))))
+    return tuple(out)
+
+
+def decayed_peak(demand: tuple[Sample, ...], now: float, half_life: float) -> float:
+    """The burst memory: the highest demand seen, each sample halved every ``half_life`` of age."""
+    return max((d * 0.5 ** ((now - t) / half_life) for t, d in demand), default=0.0)
+
+
+# -- stage 1: signals --------------------------------------------------------------------------------
+
+
+def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tuple[Recommendation, PolicyState]:
+    obs = inputs.obs
+    out = obs.output_tokens_per_second
+    value = _value(out)
+    samples = within(state.throughput, inputs.now, TREND_SECONDS)
+    if value is None:
+        return Recommendation("throughput", None, capacity, None, out.describe()), \
+            state.model_copy(update={"throughput": samples})
+    samples = (*samples, (inputs.now, value))
+    short = _value(obs.output_tokens_per_second_short)
+    # Start-up lead: a replica ordered now serves only after scheduling and the engine load, so while
+    # the load keeps rising, size for where it will be then.
+    level = max(value, short) if short is not None else value
+    # A backlog draining shows as a rising rate too: no trend is read until calm.
+    settled = state.ready_changed_at is None or inputs.now - state.ready_changed_at > CALM_SECONDS
+    projected = level + (rising_slope(samples) * inputs.lead if calm(inputs, state) and settled else 0.0)
+    replicas = _ceil(projected / capacity)
+    note = f"{value:.0f} tok/s" + (f", {projected:.0f} projected {inputs.lead:.0f} s ahead"
+                                   if projected > value * 1.01 else "")
+    note += f" / {capacity:.0f} tok/s per replica"
+    if capacity < inputs.model_capacity * 0.999:
+        note += f" (learned from latency; the model says {inputs.model_capacity:.0f})"
+    # No tolerance band here: the capacity already keeps 20% headroom and scale-down is stabilised, and
+    # a band would make the settled count depend on where it started (9 stays 9 and 10 stays 10 for a
+    # need of 9.4).
+    if not calm(inputs, state):
+        waits = state.waits
+        if len(waits) >= 2 and waits[-1][1] < waits[0][1]:
+            # A backlog draining is served faster than it arrives: served is not demand.
+            replicas, note = 0, note + ": a backlog is draining, so served is not demand"
+        else:
+            # Growing or holding, served is at most the demand: a floor, with no trend read into it.
+            replicas = _ceil(level / capacity)
+            note += ": requests queued, served is a floor of demand"
+    return Recommendation("throughput", value, capacity, replicas, note), \
+        state.model_copy(update={"throughput": samples})
+
+
+def latency_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tuple[Recommendation, PolicyState]:
+    obs, spec = inputs.obs, inputs.spec
     ttft, itl = obs.ttft_seconds, obs.itl_seconds
-    pressure: float | None = None
-    if ttft.ok and itl.ok and ttft.value is not None and itl.value is not None:
-        pressure = max(ttft.value / ttft_target, itl.value / itl_target)
-    # Latency percentiles and a backlog lag behind capacity: after a scale-up they stay high until the
-    # new replicas serve and the window moves on. Reading them as fresh pressure in that time orders
-    # replicas for a backlog that is already being drained (a TTFT p95 of 90 s against 2 s, on 10
-    # ready replicas, is 45x pressure: 450 replicas before the rate limit).
-    settling_until = float(state.get("lastScaleUpTime", -math.inf)) + load_seconds + SETTLE_SECONDS
-    settling = now < settling_until
-    model_capacity = capacity_tokens_per_second
-    capacity_tokens_per_second, learned = _learned_capacity(model_capacity, out, pressure, ready, state, now,
-                                                            load_seconds, settling)
-
-    # 1. Signals. ---------------------------------------------------------------------------
-    throughput_samples = _window(state.get("throughput", []), now, TREND_WINDOW_SECONDS)
-    if out.ok and out.value is not None:
-        throughput_samples.append([now, out.value])
-        slope = trend_per_second(throughput_samples)
-        # Start-up lead: a replica ordered now serves only after scheduling and load_seconds, and what
-        # it is ordered for was measured up to a scrape ago; size for the load projected that far ahead
-        # when it is rising.
-        lead = load_seconds + LEAD_EXTRA_SECONDS
-        projected = out.value + max(0.0, slope) * lead
-        replicas = math.ceil(projected / capacity_tokens_per_second) if projected > 0 else 0
-        # HPA's tolerance, on the usage ratio: 2,030 tok/s on 2 replicas of 1,000 is 1.015, no change.
-        if current > 0 and abs(projected / (current * capacity_tokens_per_second) - 1) <= TOLERANCE:
-            replicas = current
-        note = (f"{out.value:.0f} tok/s now, {projected:.0f} tok/s projected {lead:.0f} s ahead"
-                if projected > out.value * 1.01 else f"{out.value:.0f} tok/s")
-        if learned:
-            note += (f" / {capacity_tokens_per_second:.0f} tok/s per replica (learned from latency; the model "
-                     f"says {model_capacity:.0f})")
-        else:
-            note += f" / {capacity_tokens_per_second:.0f} tok/s per replica"
-        recs.append(Recommendation("throughput", out.value, capacity_tokens_per_second, replicas, note))
-    else:
-        recs.append(Recommendation("throughput", None, capacity_tokens_per_second, None, out.describe()))
-    state["throughput"] = throughput_samples[-40:]
-
-    if idle_traffic:
-        recs.append(Recommendation("slo", 0.0, 1.0, 0, "no traffic: latency targets trivially met"))
-    elif pressure is not None and ttft.value is not None and itl.value is not None:
-        # Not-ready pods count as zero when scaling up: latency comes from the ready ones.
-        if pressure > 1 and settling:
-            replicas = current
-            note = f"over target, but the last scale-up shows in latency only {settling_until - now:.0f} s from now"
-        elif pressure > 1:
-            # At most doubling on latency alone: how far over target says little about how many more
-            # replicas are needed once queueing sets in.
-            replicas = max(current + 1, math.ceil(max(ready, 1) * min(pressure, MAX_UP_FACTOR)))
-            note = "over target"
-            load_need = max(math.ceil(r.value / capacity_tokens_per_second) for r in (out, short)
-                            if r.ok and r.value is not None) if out.ok or short.ok else 0
-            cap = max(current, math.ceil(SLO_CAP * max(1, load_need)))
-            if replicas > cap:
-                replicas = cap
-                note = (f"over target, but the load needs only {load_need}: latency alone never asks for "
-                        f"more than {SLO_CAP:g}x that (long requests are slow on any number of replicas)")
-        elif pressure < SLO_HYSTERESIS and out.ok and out.value is not None and current > 1 \
-                and out.value / (current - 1) <= capacity_tokens_per_second:
-            # Comfortably under both targets and the load fits on one replica fewer: down to what
-            # carries the load.
-            replicas = max(1, math.ceil(out.value / capacity_tokens_per_second))
-            note = "comfortably under target; the load fits on fewer replicas"
-        else:
-            replicas, note = current, "within target"
-        p = f"p{slo.percentile * 100:.0f}"
-        recs.append(Recommendation("slo", pressure, 1.0, replicas,
-                                   f"TTFT {p} {ttft.value * 1e3:.0f}/{ttft_target * 1e3:.0f} ms, "
-                                   f"ITL {p} {itl.value * 1e3:.0f}/{itl_target * 1e3:.0f} ms: {note}"))
-    else:
+    out = _value(obs.output_tokens_per_second)
+    if out == 0:
+        return Recommendation("latency", 0.0, 1.0, 0, "no traffic: latency targets trivially met"), \
+            state.model_copy(update={"infeasible_since": None})
+    pressure = latency_pressure(obs, spec)
+    if pressure is None:
         unread = ttft if not ttft.ok else itl
-        recs.append(Recommendation("slo", None, 1.0, None, unread.describe()))
+        return Recommendation("latency", None, 1.0, None, unread.describe()), state
+    assert ttft.value is not None and itl.value is not None
+    p = f"p{spec.slo.percentile * 100:.0f}"
+    said = (f"TTFT {p} {ttft.value * 1e3:.0f}/{spec.slo.ttft_milliseconds} ms, ITL {p} "
+            f"{itl.value * 1e3:.0f}/{spec.slo.inter_token_latency_milliseconds} ms")
+    ready, current = obs.ready_replicas, obs.current_replicas
+    if pressure <= 1 + TOLERANCE:
+        return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), \
+            state.model_copy(update={"infeasible_since": None, "latency_scaled_at": None, "latency_pressure": None})
+    if _settling(inputs, state):
+        until = (state.last_scale_up or 0) + inputs.lead + SETTLE_SECONDS - inputs.now
+        return Recommendation("latency", pressure, 1.0, current,
+                              f"{said}: over target, but the last scale-up shows in latency only {until:.0f} s "
+                              "from now", holds=True), state
+    waits = state.waits
+    if len(waits) >= 2 and waits[-1][1] < waits[0][1]:
+        return Recommendation("latency", pressure, 1.0, current, holds=True, note=(
+            f"{said}: over target but improving (the wait for the first token fell from {waits[0][1]:.1f} s to "
+            f"{waits[-1][1]:.1f} s): holding")), state
+    # Requests slow even alone (prompts whose prefill alone exceeds the TTFT target) miss at any count,
+    # and the pods export no prompt lengths to tell them apart. So latency is put to the test: once a
+    # scale-up it decided has settled, pressure that has not fallen by a fifth was never capacity's.
+    # Then throughput sizes the fleet for INFEASIBLE_HOLD_SECONDS and latency is reported, unless the
+    # median (a shortage of capacity raises it; a slow tail does not) or the ITL says otherwise.
+    median = _value(obs.ttft_median_seconds)
+    capacity_short = (itl.value > spec.slo.inter_token_latency_milliseconds / 1e3 * (1 + TOLERANCE)) or (
+        median is not None and median > spec.slo.ttft_milliseconds / 1e3 * MEDIAN_SHARE)
+    since = state.infeasible_since
+    tested = state.latency_scaled_at is not None and state.latency_pressure is not None and \
+        inputs.now >= state.latency_scaled_at + inputs.lead + SETTLE_SECONDS
+    if not capacity_short and since is None and tested and pressure >= (state.latency_pressure or 0) * 0.8:
+        since = inputs.now
+    if not capacity_short and since is not None and inputs.now - since < INFEASIBLE_HOLD_SECONDS:
+        return Recommendation("latency", pressure, 1.0, 0,
+                              f"{said}: over target, and a scale-up on it did not bring it down: requests slow "
+                              "even alone (infeasible at any count); throughput decides"), \
+            state.model_copy(update={"infeasible_since": since, "latency_scaled_at": None,
+                                     "latency_pressure": None})
+    state = state.model_copy(update={"infeasible_since": None})
+    # How far over target says little about how many more replicas are needed once queueing sets in:
+    # at most doubling per decision, and the stages after this one add the settle time.
+    replicas = max(current + 1, _ceil(max(ready, 1) * min(pressure, MAX_UP_FACTOR)))
+    return Recommendation("latency", pressure, 1.0, replicas, f"{said}: over target"), state
 
+
+def backlog_growth(waits: tuple[Sample, ...]) -> float:
+    """Seconds the mean wait for the first token grows per second, over the kept samples (0 if falling)."""
+    if len(waits) < 2 or waits[-1][0] <= waits[0][0]:
+        return 0.0
+    return max(0.0, (waits[-1][1] - waits[0][1]) / (waits[-1][0] - waits[0][0]))
+
+
+def backlog_demand(inputs: Inputs, state: PolicyState) -> float | None:
+    """Replicas of demand while the wait for the first token grows g s/s: ready / (1 - g).
+
+    The request served at t arrived at a(t), and waited W = t - a(t); served at mu and arriving at
+    lambda, a'(t) = mu / lambda, so W grows at g = 1 - mu / lambda: the demand is 1 / (1 - g) times
+    what the saturated replicas serve, in whatever mix of prompt and output this traffic has (no
+    token model: a queue means every ready replica runs at its real capacity). Read only while the
+    ready count has held for the samples' window: a replica that just became ready serves fresh
+    requests while the old ones drain their queues, and the mean wait no longer says it."""
+    growth = backlog_growth(state.waits)
+    wait = _value(inputs.obs.wait_short)
+    changed = state.ready_changed_at
+    steady = changed is None or changed <= (state.last_scale_up or -math.inf) or (
+        inputs.now - changed >= GROWTH_SECONDS + 15 and not _settling(inputs, state))
+    ready = inputs.obs.ready_replicas
+    # Growth at or above 1 s/s is impossible for one FIFO queue (it says the fleet serves nothing):
+    # queues of replicas of different ages mixed in one mean; no estimate then.
+    if steady and ready > 0 and MIN_GROWTH < growth < 1.0 and wait is not None \
+            and wait > inputs.spec.slo.ttft_milliseconds / 2e3:
+        return ready / (1 - min(growth, MAX_GROWTH))
+    return None
+
+
+def drain_replicas(inputs: Inputs, waiting: float) -> float:
+    """Replicas that drain ``waiting`` requests within one lead, at the rate the ready replicas
+    complete requests now (saturated, so at their real capacity for this mix): 2,500 waiting, 14
+    requests/s a replica, a 90 s lead: 2."""
+    r = _value(inputs.obs.requests_per_second_short) or _value(inputs.obs.requests_per_second)
+    ready = inputs.obs.ready_replicas
+    if not r or ready < 1:
+        return 1.0
+    # Never more replicas than requests waiting (a near-zero completion rate reads as infinite need).
+    return min(waiting, waiting / (r / ready * inputs.lead))
+
+
+def queue_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tuple[Recommendation, PolicyState]:
+    """Requests waiting. Two readings of one backlog: how fast it grows, and how many wait.
+
+    While the wait for the first token grows, ``backlog_demand`` gives the demand in replicas (the one
+    figure of demand a saturated fleet shows: its served tokens are capped by its capacity); the order
+    adds what keeps queueing until the new replicas serve and the queue now spread over a lead. That is
+    an absolute estimate, so reading it again while the new replicas load orders nothing more. Once a
+    scale-up has settled and requests still queue, enough more to drain them within a lead.
+    """
+    obs, spec, now = inputs.obs, inputs.spec, inputs.now
+    waits = within(state.waits, now, GROWTH_SECONDS)
+    wait = _value(obs.wait_short)
+    if wait is not None:
+        waits = (*waits, (now, wait))
+    state = state.model_copy(update={"waits": waits})
     queue = obs.queue
-    if queue.ok and queue.value is not None:
-        per_replica = queue.value / max(ready, 1)
-        note = f"{queue.value:.0f} waiting, {per_replica:.1f} per ready replica (limit {spec.queue_per_replica:g})"
-        if per_replica <= spec.queue_per_replica:
-            replicas = 0  # no pressure from the queue; the other signals size the deployment
-        elif settling:
-            replicas = current
-            note += f"; the last scale-up drains it, serving {settling_until - now:.0f} s from now"
-        else:
-            # Engines are full and requests wait: grow by the share of demand the batches cannot hold
-            # (Knative's concurrency rule), at most doubling, since a backlog is not a rate.
-            in_flight = obs.in_flight.value if obs.in_flight.ok and obs.in_flight.value else 1.0
-            factor = min(MAX_UP_FACTOR, (in_flight + queue.value) / in_flight)
-            replicas = max(current + 1, math.ceil(max(ready, 1) * factor))
-        recs.append(Recommendation("queue", queue.value, spec.queue_per_replica, replicas, note))
-    else:
-        recs.append(Recommendation("queue", None, spec.queue_per_replica, None, queue.describe()))
+    value = _value(queue)
+    if value is None:
+        return Recommendation("queue", None, spec.queue_per_replica, None, queue.describe()), state
+    ready = max(obs.ready_replicas, 1)
+    per_replica = value / ready
+    note = f"{value:.0f} waiting, {per_replica:.1f} per ready replica (limit {spec.queue_per_replica:g})"
+    replicas = 0
+    estimate = backlog_demand(inputs, state)
+    if estimate is not None:
+        # The backlog keeps growing until the replicas ordered now serve, one lead from now; order
+        # enough to drain what will have queued by then within one more lead: the demand, plus its
+        # excess over the ready replicas, plus the queue now.
+        growth = backlog_growth(waits)
+        estimate += max(0.0, estimate - obs.ready_replicas) + drain_replicas(inputs, value)
+        replicas = _ceil(estimate)
+        note += f"; the wait for the first token grows {growth:.2f} s/s: demand {estimate:.1f} replicas"
+    if per_replica <= spec.queue_per_replica * (1 + TOLERANCE):
+        return Recommendation("queue", value, spec.queue_per_replica, replicas, note), state
+    current = obs.current_replicas
+    if _settling(inputs, state):
+        return Recommendation("queue", value, spec.queue_per_replica, max(replicas, current),
+                              note + "; the last scale-up drains it", holds=replicas <= current), state
+    # Still queued once the last scale-up serves: enough extra replicas to drain the backlog within one
+    # start-up lead at the rate the ready replicas complete requests.
+    extra = _ceil(drain_replicas(inputs, value))
+    return Recommendation("queue", value, spec.queue_per_replica, max(replicas, current + max(1, extra)),
+                          note + f"; {extra} more drain it within {inputs.lead:.0f} s"), state
 
-    # Bursts: traffic that comes in 30 s bursts after idle minutes (the Azure code trace) is gone before
-    # a replica ordered for it loads, and back a minute later; capacity for the busiest short window of
-    # the scale-down window is kept. For smooth traffic this is the stable rate plus its noise.
-    window = spec.scale_down_stabilization_seconds
-    long_memory = BURSTY_MEMORY_FACTOR * window
-    bursts = _window(state.get("bursts", []), now, long_memory)
-    if short.ok and short.value is not None:
-        demand = short.value / capacity_tokens_per_second
-        prompts = obs.input_tokens_per_second_short
-        if prefill_tokens_per_second and prompts.ok and prompts.value is not None:
-            # A burst of long prompts is prefill work that output tokens show only later and in part
-            # (the code trace: 2,048 prompt tokens per 28 output tokens).
-            learned_share = capacity_tokens_per_second / model_capacity
-            demand = max(demand, prompts.value / (prefill_tokens_per_second * learned_share))
-        bursts.append([now, demand])
-    state["bursts"] = bursts[-max(1, int(long_memory / 5)):]
-    if bursts:
-        values = [b[1] for b in bursts]
-        threshold = BURSTY_PEAK_TO_MEAN * sum(values) / len(values)
-        # Bursty: demand rose past twice its mean at least twice (one drop in load is not a burst).
-        rises = sum(1 for before, value in zip([0.0, *values], values, strict=False) if value >= threshold > before)
-        bursty = threshold > 0 and rises >= 2
-        memory = long_memory if bursty else window
-        recent = _window(bursts, now, memory)
-        if recent:
-            peak = max(b[1] for b in recent)
-            replicas = math.ceil(peak)
-            if current > 0 and abs(peak / current - 1) <= TOLERANCE:  # the same tolerance as throughput
-                replicas = current
-            recs.append(Recommendation("burst", peak, 1.0, replicas,
-                                       f"the busiest 30 s of the last {memory:.0f} s needed {peak:.1f} replicas"))
 
+def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
+                    measured: list[Recommendation]) -> tuple[Recommendation, PolicyState]:
+    """The attainment target's headroom, from the history of demand (docs/autoscaling.md has worked
+    numbers). Demand, in replicas, is what the other signals asked for now, or the 30 s token demand
+    when it is more and no backlog distorts it: in replicas rather than tokens, so traffic whose work is
+    prefill the token model cannot see (2,048-token prompts for 28 output tokens) is remembered by what
+    its latency and queue asked for."""
+    now = inputs.now
+    demand = within(state.demand, now, inputs.lead + RECENT_EXTRA_SECONDS)
+    tokens = short_demand(inputs, capacity) if calm(inputs, state) else None
+    asked = [float(r.replicas) for r in measured if r.replicas is not None and not r.holds]
+    if tokens is None and not asked:
+        return Recommendation("headroom", None, inputs.spec.slo.attainment, None,
+                              inputs.obs.output_tokens_per_second_short.describe()), \
+            state.model_copy(update={"demand": demand})
+    d = max([tokens or 0.0, *asked])
+    demand = (*demand, (now, d))
+    # Memories fade with the scale-down window's half-life: a burst 300 s ago counts for half.
+    half_life = max(15.0, float(inputs.spec.scale_down_stabilization_seconds))
+    # Incremental: each decision finalises the growth of the samples that have just become a lead old,
+    # kept as each minute's highest; the weights 2^(-age / half-life) share one factor, so only relative
+    # ages count.
+    growths = within(state.growth, now, DEMAND_MEMORY_SECONDS)
+    for t, g in new_growths(demand, state.growth, inputs.lead, now):
+        growths = per_minute(growths, t, g)
+    peaks = per_minute(within(state.peaks, now, DEMAND_MEMORY_SECONDS), now, d)
+    state = state.model_copy(update={"growth": growths, "peaks": peaks})
+    growth = weighted_quantile([(g, 2.0 ** ((t - now) / half_life)) for t, g in growths], inputs.spec.slo.attainment)
+    peak = decayed_peak(peaks, now, half_life)
+    target = min(d * growth, max(d, peak))
+    replicas = _ceil(target)
+    note = (f"demand {d:.1f} replicas now; within {inputs.lead:.0f} s it grew up to {growth:.2f}x at the "
+            f"{inputs.spec.slo.attainment:.2%} quantile of the last hour; recent peak {peak:.1f} (decaying)")
+    return Recommendation("headroom", growth, inputs.spec.slo.attainment, replicas, note), \
+        state.model_copy(update={"demand": demand})
+
+
+def backlogged(obs: Observations, spec: AutoscalingSpec) -> bool:
+    wait, queue = _value(obs.wait_short), _value(obs.queue)
+    return (wait is not None and wait > spec.slo.ttft_milliseconds / 1e3) or \
+        (queue is not None and queue / max(obs.ready_replicas, 1) > spec.queue_per_replica)
+
+
+def calm(inputs: Inputs, state: PolicyState) -> bool:
+    """No backlog now and none within the stable window: the windows hold no queued requests' times."""
+    return not backlogged(inputs.obs, inputs.spec) and (
+        state.last_backlog is None or inputs.now - state.last_backlog > CALM_SECONDS)
+
+
+def served(inputs: Inputs, state: PolicyState) -> tuple[Inputs, PolicyState]:
+    """Output tokens as completions/s times the output tokens a request carries, learned while calm.
+
+    Completions are counted true at any load and through any change of count. The token figures are
+    not, after a backlog: on the LLM-API backend they are modelled from the decoding concurrency, which
+    the queue times of requests completing after a backlog inflate for a window. So the tokens per
+    request are learned (a moving average) only while calm, and once learned the throughput is always
+    completions times them: 60 requests/s of 250 tokens read as 15,000 tok/s.
+    """
+    obs = inputs.obs
+    if backlogged(obs, inputs.spec):
+        state = state.model_copy(update={"last_backlog": inputs.now})
+    out, r = _value(obs.output_tokens_per_second), _value(obs.requests_per_second)
+    learned = state.tokens_per_request
+    # Learned only while calm and with the ready count unchanged over the window: the modelled tokens
+    # read the window's concurrency over the ready replicas now, and a count that just changed skews it.
+    settled = state.ready_changed_at is None or inputs.now - state.ready_changed_at > CALM_SECONDS
+    if calm(inputs, state) and settled and out is not None and r is not None and r > 0:
+        sample = out / r
+        learned = sample if learned is None else 0.8 * learned + 0.2 * sample
+        state = state.model_copy(update={"tokens_per_request": round(learned, 3)})
+    if learned is None:
+        return inputs, state
+    r_short = _value(obs.requests_per_second_short)
+    corrected = replace(
+        obs,
+        output_tokens_per_second=Reading(r * learned, Quality.OK, f"{r:.1f} requests/s x {learned:.0f} tokens")
+        if r is not None else obs.output_tokens_per_second,
+        output_tokens_per_second_short=Reading(r_short * learned, Quality.OK,
+                                               f"{r_short:.1f} requests/s x {learned:.0f} tokens")
+        if r_short is not None else obs.output_tokens_per_second_short)
+    return replace(inputs, obs=corrected), state
+
+
+def signals(inputs: Inputs, state: PolicyState) -> tuple[list[Recommendation], PolicyState, float, bool]:
+    ready = inputs.obs.ready_replicas
+    if ready != state.ready:
+        # The first look is no change: the count was not seen before.
+        changed = inputs.now if state.last_decision is not None else state.ready_changed_at
+        state = state.model_copy(update={"ready": ready, "ready_changed_at": changed})
+    inputs, state = served(inputs, state)
+    state = learned_capacity(inputs, state)
+    capacity = inputs.model_capacity * state.capacity_scale
+    tp, state = throughput_signal(inputs, state, capacity)
+    queue, state = queue_signal(inputs, state, capacity)
+    latency, state = latency_signal(inputs, state, capacity)
+    headroom, state = headroom_signal(inputs, state, capacity, [tp, queue, latency])
+    infeasible = state.infeasible_since is not None
+    return [tp, latency, queue, headroom], state, capacity, infeasible
+
+
+# -- stages 2 to 7 ---------------------------------------------------------------------------------
+
+
+def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> StageResult:
+    current = inputs.obs.current_replicas
     usable = [r for r in recs if r.replicas is not None]
     missing = [r.signal for r in recs if r.replicas is None]
-    metrics_available = not missing
-    conditions: list[Condition] = []
-    changes: list[str] = []
-
     if not usable:
-        fallback = spec.missing_metrics_replicas
+        fallback = inputs.spec.missing_metrics_replicas
         if fallback is not None and fallback > current:
-            desired, rule = fallback, "fallback"
-            reason = f"no usable metrics ({', '.join(missing)}): up to the fallback of {fallback} replicas"
-        else:
-            desired, rule = current, "hold"
-            reason = f"no usable metrics ({', '.join(missing)}): holding {current} replicas"
-    else:
-        winner = max(usable, key=lambda r: r.replicas or 0)
-        desired, rule = winner.replicas or 0, winner.signal
-        reason = f"{winner.signal} asks for {desired}: {winner.note}"
-        if missing and desired < current:
-            desired, rule = current, "hold"
-            reason = f"{', '.join(missing)} unavailable: never scaling down on missing data; holding {current}"
+            return StageResult(Proposal(fallback, "fallback", f"no usable metrics ({', '.join(missing)}): up to "
+                                        f"the fallback of {fallback} replicas"), state)
+        return StageResult(Proposal(current, "hold", f"no usable metrics ({', '.join(missing)}): holding "
+                                    f"{current} replicas"), state)
+    winner = max(usable, key=lambda r: r.replicas or 0)
+    proposal = Proposal(winner.replicas or 0, winner.signal, f"{winner.signal} asks for {winner.replicas}: "
+                        f"{winner.note}")
+    if proposal.replicas < current and backlogged(inputs.obs, inputs.spec):
+        proposal = Proposal(current, "hold", f"requests queued past the TTFT target: never scaling down; holding "
+                            f"{current}")
+    if missing and proposal.replicas < current:
+        proposal = Proposal(current, "hold", f"{', '.join(missing)} unavailable: never scaling down on missing "
+                            f"data; holding {current}")
+    # The stabilisation history records what the measured load asks for; the headroom has its own
+    # decaying memory, and recording it here too would hold a burst twice as long.
+    # Nor a count a lagging signal holds while a scale-up settles: that is no measure of demand, and
+    # recording it would restart the window on every decision of a backlog.
+    measured = max([r.replicas or 0 for r in usable if r.signal != "headroom" and not r.holds] + [0])
+    recorded = proposal.replicas if proposal.rule in ("hold", "fallback") else measured
+    history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
+               (inputs.now, float(recorded)))
+    return StageResult(proposal, state.model_copy(update={"history": history}))
 
-    # 2. Tolerance. -------------------------------------------------------------------------
-    if current > 0 and desired != current and abs(desired / current - 1) <= TOLERANCE + 1e-9:
-        reason = f"{reason}; within the {TOLERANCE:.0%} tolerance of {current}: unchanged"
-        desired, rule = current, "tolerance"
 
-    # 3. Panic. -----------------------------------------------------------------------------
-    if short.ok and short.value is not None:
-        burst = math.ceil(short.value / capacity_tokens_per_second)
-        if burst >= PANIC_THRESHOLD * max(ready, 1) and burst > current:
-            state["panicUntil"] = now + PANIC_SECONDS
-            if burst > desired:
-                desired, rule = burst, "panic"
-                reason = f"burst: the 30 s rate needs {burst} replicas, {ready} ready; panic mode for 60 s"
-    panicking = now < float(state.get("panicUntil", 0))
-    if panicking and desired < current:
-        desired, rule = current, "panic"
-        reason = f"panic mode until {state['panicUntil'] - now:.0f} s from now: not scaling down"
+def panic(p: Proposal, inputs: Inputs, state: PolicyState, capacity: float) -> StageResult:
+    obs, now = inputs.obs, inputs.now
+    d = short_demand(inputs, capacity)
+    if d is not None:
+        burst = _ceil(d)
+        if burst >= PANIC_THRESHOLD * max(obs.ready_replicas, 1) and burst > obs.current_replicas:
+            state = state.model_copy(update={"panic_until": now + PANIC_SECONDS})
+            if burst > p.replicas:
+                p = Proposal(burst, "panic", f"burst: the 30 s demand needs {burst} replicas, "
+                             f"{obs.ready_replicas} ready; sized in one decision, no scale-down for "
+                             f"{PANIC_SECONDS:.0f} s")
+    if state.panic_until is not None and now < state.panic_until and p.replicas < obs.current_replicas:
+        p = Proposal(obs.current_replicas, "panic", f"panic mode for {state.panic_until - now:.0f} s more: not "
+                     "scaling down")
+    return StageResult(p, state)
 
-    # 4. Scale-down stabilization. ----------------------------------------------------------
-    window = spec.scale_down_stabilization_seconds
-    history = _window(state.get("history", []), now, window)
-    # The burst memory is a window of its own: recording its count here too would hold a burst twice
-    # as long (the memory's 300 s, then the window's 300 s).
-    recorded = desired if rule != "burst" else max([r.replicas or 0 for r in usable if r.signal != "burst"] + [0])
-    history.append([now, float(recorded)])
-    state["history"] = history[-200:]
-    if desired < current:
-        stabilized = int(max(h[1] for h in history))
-        if stabilized > desired:
-            reason = (f"{reason}; the highest recommendation of the last {window} s is {stabilized}: "
-                      f"scaling down to {min(stabilized, current)} at most")
-            desired, rule = min(stabilized, current), "stabilization"
-            changes.append(f"load staying low for {window} s would allow {int(history[-1][1])}")
 
-    # 5. Rate limits. -----------------------------------------------------------------------
-    up_limit = max(math.ceil(current * MAX_UP_FACTOR), current + MAX_UP_REPLICAS)
-    down_limit = current - max(1, math.floor(current * MAX_DOWN_FRACTION))
-    if desired > up_limit:
-        reason, desired, rule = f"{reason}; limited to {up_limit} this tick (scale-up rate)", up_limit, "rate-limit"
-        conditions.append(Condition("ScalingLimited", True, "ScaleUpLimit", f"at most {up_limit} this tick"))
-    elif desired < down_limit:
-        reason, desired, rule = f"{reason}; limited to {down_limit} this tick (scale-down rate)", down_limit, \
-            "rate-limit"
+def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
+    current = inputs.obs.current_replicas
+    if p.replicas >= current or not state.history:
+        return StageResult(p, state)
+    window = inputs.spec.scale_down_stabilization_seconds
+    highest = int(max(h[1] for h in state.history))
+    if highest <= p.replicas:
+        return StageResult(p, state)
+    bound = min(highest, current)
+    return StageResult(
+        Proposal(bound, "stabilization", f"{p.reason}; the highest recommendation of the last {window} s is "
+                 f"{highest}: scaling down to {bound} at most"), state,
+        changes=(f"load staying low for {window} s would allow {p.replicas}",))
 
-    # 6. Pods. ------------------------------------------------------------------------------
-    able = Condition("AbleToScale", True, "ReadyForNewScale", "the replica count can be changed")
-    if desired > current and obs.unschedulable:
-        able = Condition("AbleToScale", False, "GPUCapacityExhausted",
-                         "a pending pod is unschedulable: no node has the GPUs it needs; not adding more")
-        conditions.append(Condition("ScalingLimited", True, "GPUCapacityExhausted", able.message))
-        reason = f"{reason}; GPU capacity exhausted (unschedulable pod): holding {current}"
-        desired, rule = current, "gpu-capacity"
-        changes.append("free GPUs of this product (or more nodes) would let it scale up")
-    elif desired > current and obs.pending_replicas > 0:
-        able = Condition("AbleToScale", False, "WaitingForPendingPods",
-                         f"{obs.pending_replicas} pod(s) pending; no further scale-up until they start")
-        reason = f"{reason}; {obs.pending_replicas} pod(s) still pending: holding {current}"
-        desired, rule = current, "pending"
 
-    # 7. Bounds and scale to zero. ----------------------------------------------------------
-    idle = idle_traffic and queue.ok and queue.value == 0 and obs.in_flight.ok and obs.in_flight.value == 0
-    if idle:
-        state.setdefault("idleSince", now)
-    else:
-        state.pop("idleSince", None)
+def rate_limit(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
+    current = inputs.obs.current_replicas
+    up = max(math.ceil(current * MAX_UP_FACTOR), current + MAX_UP_REPLICAS)
+    down = current - max(1, math.floor(current * MAX_DOWN_FRACTION))
+    if p.replicas > up:
+        return StageResult(Proposal(up, "rate-limit", f"{p.reason}; limited to {up} this decision (scale-up "
+                                    "rate)"), state,
+                           (Condition("ScalingLimited", True, "ScaleUpLimit", f"at most {up} this decision"),))
+    if p.replicas < down and current > 0:
+        return StageResult(Proposal(down, "rate-limit", f"{p.reason}; limited to {down} this decision "
+                                    "(scale-down rate)"), state)
+    return StageResult(p, state)
+
+
+def pods(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
+    obs, current = inputs.obs, inputs.obs.current_replicas
+    if p.replicas > current and obs.unschedulable:
+        message = "a pending pod is unschedulable: no node has the GPUs it needs; not adding more"
+        return StageResult(
+            Proposal(current, "gpu-capacity", f"{p.reason}; GPU capacity exhausted (unschedulable pod): holding "
+                     f"{current}"), state,
+            (Condition("AbleToScale", False, "GPUCapacityExhausted", message),
+             Condition("ScalingLimited", True, "GPUCapacityExhausted", message)),
+            ("free GPUs of this product (or more nodes) would let it scale up",))
+    if p.replicas > current and obs.pending_replicas > 0:
+        return StageResult(
+            Proposal(current, "pending", f"{p.reason}; {obs.pending_replicas} pod(s) still pending: holding "
+                     f"{current}"), state,
+            (Condition("AbleToScale", False, "WaitingForPendingPods",
+                       f"{obs.pending_replicas} pod(s) pending; no further scale-up until they start"),))
+    return StageResult(p, state, (Condition("AbleToScale", True, "ReadyForNewScale",
+                                            "the replica count can be changed"),))
+
+
+def idle(obs: Observations) -> bool:
+    """No traffic: zero output, nothing in flight or queued; at zero pods, no series is the expected
+    reading (every pod metric is EMPTY) and counts as idle."""
+    if obs.current_replicas == 0 and obs.ready_replicas == 0:
+        return all(r.quality is Quality.EMPTY or (r.ok and r.value == 0)
+                   for r in (obs.output_tokens_per_second, obs.in_flight, obs.queue))
+    return all(r.ok and r.value == 0 for r in (obs.output_tokens_per_second, obs.in_flight, obs.queue))
+
+
+def bounds(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
+    spec, obs, now = inputs.spec, inputs.obs, inputs.now
+    quiet = idle(obs)
+    state = state.model_copy(update={"idle_since": (state.idle_since if state.idle_since is not None else now)
+                                     if quiet else None})
     floor = spec.min_replicas
     if spec.min_replicas == 0:
-        idle_for = now - float(state.get("idleSince", now))
-        floor = 0 if idle and idle_for >= SCALE_TO_ZERO_IDLE_SECONDS else 1
-        if floor == 0 and current > 0:
-            desired, rule, reason = 0, "scale-to-zero", f"idle for {idle_for:.0f} s: scaling to zero"
-        if queue.ok and (queue.value or 0) > 0 and current == 0:
-            desired, rule, reason = max(desired, 1), "activation", "requests are waiting: activating from zero"
-    if desired > spec.max_replicas:
-        conditions.append(Condition("ScalingLimited", True, "TooManyReplicas",
-                                    f"{desired} wanted, maxReplicas is {spec.max_replicas}"))
-        reason, desired, rule = f"{reason}; clamped to maxReplicas {spec.max_replicas}", spec.max_replicas, "max"
-        changes.append(f"raising maxReplicas above {spec.max_replicas}")
-    elif desired < floor:
-        conditions.append(Condition("ScalingLimited", True, "TooFewReplicas",
-                                    f"{desired} wanted, the floor is {floor}"))
-        reason, desired, rule = f"{reason}; raised to the floor {floor}", floor, "min"
+        idle_for = now - state.idle_since if state.idle_since is not None else 0.0
+        floor = 0 if quiet and idle_for >= SCALE_TO_ZERO_IDLE_SECONDS else 1
+        if floor == 0 and obs.current_replicas > 0:
+            p = Proposal(0, "scale-to-zero", f"idle for {idle_for:.0f} s: scaling to zero")
+        if obs.current_replicas == 0:
+            activation = obs.activation
+            value = _value(activation)
+            threshold = spec.activation.threshold if spec.activation else 0.0
+            if value is not None and value > threshold:
+                p = Proposal(max(p.replicas, 1), "activation", f"activation signal {value:.3g} > {threshold:g}: "
+                             "starting from zero")
+            else:
+                why = activation.describe() if value is None else f"{value:.3g} <= {threshold:g}"
+                return StageResult(Proposal(0, "scale-to-zero", f"at zero; activation signal {why}"), state,
+                                   (Condition("ScalingLimited", False, "DesiredWithinRange", "at zero, idle"),))
+    if p.replicas > spec.max_replicas:
+        return StageResult(Proposal(spec.max_replicas, "max", f"{p.reason}; clamped to maxReplicas "
+                                    f"{spec.max_replicas}"), state,
+                           (Condition("ScalingLimited", True, "TooManyReplicas",
+                                      f"{p.replicas} wanted, maxReplicas is {spec.max_replicas}"),),
+                           (f"raising maxReplicas above {spec.max_replicas}",))
+    if p.replicas < floor:
+        return StageResult(Proposal(floor, "min", f"{p.reason}; raised to the floor {floor}"), state,
+                           (Condition("ScalingLimited", True, "TooFewReplicas",
+                                      f"{p.replicas} wanted, the floor is {floor}"),))
+    return StageResult(p, state)
 
+
+Stage = Callable[[Proposal, Inputs, PolicyState], StageResult]
+
+
+def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second: float, load_seconds: float,
+           state: PolicyState | None, now: float, prefill_tokens_per_second: float | None = None) -> Decision:
+    """Desired replicas for one ModelDeployment. ``capacity_tokens_per_second`` is the output tokens/s
+    one replica carries within the SLO (the performance model's), ``prefill_tokens_per_second`` the
+    prompt tokens/s it prefills (None: demand is measured on output alone), ``load_seconds`` how long a
+    new replica takes to serve."""
+    inputs = Inputs(obs, spec, capacity_tokens_per_second, load_seconds, prefill_tokens_per_second, now)
+    state = state or PolicyState.restore(None, obs.current_replicas, now)
+    if obs.current_replicas == 0 and obs.ready_replicas == 0:
+        # At zero pods no pod exports a series: EMPTY is the expected reading, not a missing one.
+        capacity, infeasible = capacity_tokens_per_second * state.capacity_scale, False
+        recs = [Recommendation(name, None, None, 0, "no pods: no series is the expected reading")
+                for name in ("throughput", "latency", "queue", "headroom")]
+    else:
+        recs, state, capacity, infeasible = signals(inputs, state)
+    result = combine(recs, inputs, state)
+    trace = [StageTrace("combine", result.proposal.replicas, result.proposal.rule, result.proposal.reason)]
+    stages: list[tuple[str, Stage]] = [
+        ("panic", lambda p, i, s: panic(p, i, s, capacity)), ("stabilise", stabilise), ("rate-limit", rate_limit),
+        ("pods", pods), ("bounds", bounds)]
+    conditions: list[Condition] = list(result.conditions)
+    changes: list[str] = list(result.changes)
+    proposal, state = result.proposal, result.state
+    for name, stage in stages:
+        result = stage(proposal, inputs, state)
+        if result.proposal != proposal:
+            trace.append(StageTrace(name, result.proposal.replicas, result.proposal.rule, result.proposal.reason))
+        proposal, state = result.proposal, result.state
+        conditions += result.conditions
+        changes += result.changes
+
+    usable = [r for r in recs if r.replicas is not None]
+    metrics_available = len(usable) == len(recs)
     if not any(c.type == "ScalingLimited" for c in conditions):
         conditions.append(Condition("ScalingLimited", False, "DesiredWithinRange", "no limit applied"))
-    conditions.append(able)
     conditions.append(Condition(
         "ScalingActive", bool(usable), "ValidMetricFound" if usable else "FailedGetMetrics",
         "scaling on " + ", ".join(r.signal for r in usable) if usable else "no signal could be read"))
@@ -382,15 +733,22 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         "MetricsAvailable", metrics_available, "AllSignalsRead" if metrics_available else "SignalsMissing",
         "every signal was read" if metrics_available else
         "; ".join(f"{r.signal}: {r.note}" for r in recs if r.replicas is None)))
-
-    if desired != current:
-        state["lastScaleTime"] = now
-    if desired > current:
-        state["lastScaleUpTime"] = now
+    current = obs.current_replicas
+    update: dict[str, float | None] = {"last_decision": now}
+    if proposal.replicas > current:
+        update["last_scale_up"] = now
+        # Latency asked for more than there was: this scale-up is latency's test, whichever signal won
+        # (headroom remembering latency's earlier asks would otherwise scale on it untested).
+        asked = next((r.replicas for r in recs if r.signal == "latency"), None)
+        if asked is not None and asked > current and state.latency_scaled_at is None:
+            update["latency_scaled_at"] = now
+            update["latency_pressure"] = latency_pressure(obs, spec)
+    state = state.model_copy(update=update)
     for r in usable:
-        if r.replicas is not None and r.replicas > desired and r.signal != rule:
+        if r.replicas is not None and r.replicas > proposal.replicas and r.signal != proposal.rule:
             changes.append(f"{r.signal} alone would ask for {r.replicas}")
-    # One condition per type (a status list-map): the later stage's limit is the one that bound the
-    # count (a scale-up rate limit, then maxReplicas below it).
-    conditions = list({c.type: c for c in conditions}.values())
-    return Decision(desired, rule, reason, recs, conditions, state, metrics_available, changes)
+    # One condition per type (a status list-map): the later stage's is the one that bound the count.
+    merged = list({c.type: c for c in conditions}.values())
+    return Decision(proposal.replicas, proposal.rule, proposal.reason, recs, merged, state, metrics_available,
+                    changes, trace, capacity, infeasible)
+

@@ -69,6 +69,17 @@ class Observations:
     unschedulable: bool = False  # a pending pod was rejected by the scheduler
     # Prompt tokens over the panic window: a burst of long prompts shows here before it shows in output.
     input_tokens_per_second_short: Reading = Reading(None, Quality.EMPTY, "not read")
+    # Mean time to the first token over the panic window (awaiting / first responses, Little's law):
+    # under a growing backlog it rises at (arrivals / service - 1) seconds per second.
+    wait_short: Reading = Reading(None, Quality.EMPTY, "not read")
+    # Requests completed per second (stable and panic windows): under a backlog, times the tokens a
+    # request carries, the one token count that stays true on the llmapi backend.
+    requests_per_second: Reading = Reading(None, Quality.EMPTY, "not read")
+    requests_per_second_short: Reading = Reading(None, Quality.EMPTY, "not read")
+    # The TTFT median: a shortage of capacity raises it; requests slow even alone raise only the tail.
+    ttft_median_seconds: Reading = Reading(None, Quality.EMPTY, "not read")
+    # From outside the pods (spec.autoscaling.activation): what wakes a deployment at zero.
+    activation: Reading = Reading(None, Quality.EMPTY, "no activation signal configured")
 
     def metric_readings(self) -> dict[str, Reading]:
         return {
@@ -81,4 +92,5 @@ class Observations:
             "queue": self.queue,
             "inFlight": self.in_flight,
             "kvCacheUtilization": self.kv_utilization,
+            "activation": self.activation,
         }

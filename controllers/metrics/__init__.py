@@ -15,6 +15,7 @@ class Target:
     namespace: str
     name: str
     percentile: float = 0.95
+    activation_query: str | None = None  # spec.autoscaling.activation.query, read as "activation"
 
 
 @dataclass
@@ -35,6 +36,7 @@ CORE_SIGNALS = (
     "requestSeconds", "requestSecondsShort",  # nv_inference_request_duration_us: mean requests in flight
     "firstResponseSeconds", "firstResponseSecondsShort",  # first-response histogram sum: mean awaiting token 1
     "ttftSeconds",  # first-response histogram quantile
+    "ttftMedianSeconds",  # the same histogram's median: capacity short raises it, requests slow alone do not
 )
 # Only the legacy tensorrtllm backend exports these (its custom metrics reporter).
 ENGINE_SIGNALS = (

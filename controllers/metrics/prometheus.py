@@ -68,6 +68,8 @@ class PrometheusSource:
             "firstResponseSecondsShort": rate("nv_inference_first_response_histogram_ms_sum", s, " / 1e3"),
             "ttftSeconds": f"histogram_quantile({percentile}, sum by ({by}, le) "
                            f"(rate(nv_inference_first_response_histogram_ms_bucket{{{m}}}[{w}]))) / 1e3",
+            "ttftMedianSeconds": f"histogram_quantile(0.5, sum by ({by}, le) "
+                                 f"(rate(nv_inference_first_response_histogram_ms_bucket{{{m}}}[{w}]))) / 1e3",
             "outputTokensPerSecond": rate("nv_llm_output_token_len_sum", w),
             "outputTokensPerSecondShort": rate("nv_llm_output_token_len_sum", s),
             "inputTokensPerSecond": rate("nv_llm_input_token_len_sum", w),
@@ -128,5 +130,28 @@ class PrometheusSource:
                 else:
                     sample_age = age if age is not None and not math.isnan(age) else 0.0
                     readings.readings[signal] = Reading.of(raw, sample_age, self.config.stale_after_seconds)
+            if target.activation_query:
+                readings.readings["activation"] = self._activation(target.activation_query, at)
             result[target] = readings
         return result
+
+    def _activation(self, promql: str, at: float) -> Reading:
+        """The user's activation query (a gateway queue, the Service's request rate): one number, read
+        where no pod exists; an empty result is no traffic (the gateway has seen none)."""
+        try:
+            values = self._query_values(promql, at)
+        except (httpx.HTTPError, RuntimeError, ValueError, KeyError) as error:
+            return Reading.error(f"{type(error).__name__}: {error}")
+        return Reading.of(sum(values)) if values else Reading.of(0.0)
+
+    def _query_values(self, promql: str, now: float) -> list[float]:
+        self.queries += 1
+        response = self.client.get("/api/v1/query", params={"query": promql, "time": f"{now:.3f}"})
+        response.raise_for_status()
+        body = response.json()
+        if body.get("status") != "success":
+            raise RuntimeError(f"{body.get('errorType')}: {body.get('error')}")
+        data = body["data"]
+        if data["resultType"] == "scalar":
+            return [float(data["result"][1])]
+        return [float(series["value"][1]) for series in data["result"]]

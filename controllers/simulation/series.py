@@ -113,6 +113,8 @@ class SimulatedSeries:
                 counts[i] += c
         quantile = histogram_quantile(percentile, self.buckets_ms, counts)
         out["ttftSeconds"] = Reading.of(quantile / 1e3 if not math.isnan(quantile) else math.nan)
+        median = histogram_quantile(0.5, self.buckets_ms, counts)
+        out["ttftMedianSeconds"] = Reading.of(median / 1e3 if not math.isnan(median) else math.nan)
         if engine_backend:
             for name in ("kvCacheUtilization",):
                 value = self._gauge(name, now)
@@ -121,5 +123,6 @@ class SimulatedSeries:
 
 
 _RATE_SIGNALS = ("requestsPerSecond", "requestsPerSecondShort", "requestSeconds", "requestSecondsShort",
-                 "firstResponseSeconds", "firstResponseSecondsShort", "ttftSeconds", "outputTokensPerSecond",
+                 "firstResponseSeconds", "firstResponseSecondsShort", "ttftSeconds", "ttftMedianSeconds",
+                 "outputTokensPerSecond",
                  "outputTokensPerSecondShort", "inputTokensPerSecond", "inputTokensPerSecondShort")

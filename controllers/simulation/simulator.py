@@ -23,8 +23,9 @@ from typing import Any, Protocol
 
 from controllers.autoscaling.loop import capacity_for
 from controllers.autoscaling.observer import count_pods, observe
-from controllers.autoscaling.policy import decide
-from controllers.autoscaling.signals import Observations
+from controllers.autoscaling.policy import Decision, decide
+from controllers.autoscaling.signals import Observations, Reading
+from controllers.autoscaling.state import PolicyState
 from controllers.metrics import SignalReadings
 from controllers.simulation.series import SimulatedSeries
 from controllers.simulation.trace import TraceRequest
@@ -37,7 +38,6 @@ from inference_pods.repository import first_response_buckets
 
 @dataclass(frozen=True)
 class SimulationConfig:
-    tick_seconds: float = 15.0
     scrape_seconds: float = 15.0  # metrics are this old when the autoscaler reads them
     window_seconds: float = 120.0  # the stable rate window
     short_window_seconds: float = 30.0  # the panic window
@@ -132,16 +132,20 @@ class TokenworksPolicy:
 
     name = "tokenworks"
 
-    def __init__(self, md: ModelDeployment, tick_seconds: float = 15.0) -> None:
+    def __init__(self, md: ModelDeployment, tick_seconds: float | None = None) -> None:
         self.md = md
-        self.tick_seconds = tick_seconds
-        self.state: dict[str, Any] = {}
+        # The spec's autoscaling.tickSeconds, as the live loop honours it.
+        self.tick_seconds = float(tick_seconds or md.spec.autoscaling.tick_seconds)
+        self.state: PolicyState | None = None
+        self.last: Decision | None = None
 
     def replicas(self, sim: Simulator, now: float) -> tuple[int, str, str]:
         obs, _ = sim.observations(now)
         decision = decide(obs, self.md.spec.autoscaling, capacity_for(self.md, obs), sim.load_seconds,
                           self.state, now, prefill_tokens_per_second=sim.replica_model.prefill_capacity())
-        self.state = decision.state
+        self.state, self.last = decision.state, decision
+        if decision.infeasible:
+            sim.infeasible_ticks += 1
         return decision.replicas, decision.rule, decision.reason
 
 
@@ -155,7 +159,8 @@ class Simulator:
         self.load_seconds = self.config.load_seconds if self.config.load_seconds is not None \
             else self.replica_model.load_seconds()
         self._arrival_times = [r.arrival for r in requests]
-        self.policy = policy or TokenworksPolicy(md, self.config.tick_seconds)
+        self.policy = policy or TokenworksPolicy(md)
+        self.infeasible_ticks = 0  # decisions that found latency infeasible at any count
         self._events: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
         self.replicas: list[SimReplica] = []
@@ -276,6 +281,11 @@ class Simulator:
         readings = self.series.readings(now, window, self.config.short_window_seconds,
                                         self.md.spec.autoscaling.slo.percentile,
                                         self.md.spec.engine.backend == "tensorrt-engine", alive)
+        if self.md.spec.autoscaling.activation is not None:
+            # A gateway in front of the pods counts arrivals whether or not a pod serves them.
+            short = self.config.short_window_seconds
+            arrived = len(self.arrived_between(seen - short, seen))
+            readings.readings["activation"] = Reading(arrived / SimulatedSeries._observed(seen, short))
         obs = observe(readings, self.md.spec.engine.backend, self.replica_model,
                       count_pods(self.pods(now), self.desired), self.md.spec.autoscaling.slo.ttft_milliseconds / 1e3)
         return obs, readings

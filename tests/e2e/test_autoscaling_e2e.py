@@ -124,7 +124,7 @@ def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any,
     manifest["spec"]["engine"]["backend"] = backend
     manifest["spec"]["ports"] = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     manifest["spec"]["autoscaling"] = {"enabled": True, "minReplicas": 1, "maxReplicas": 4,
-                                       "tokensPerSecondPerReplica": CAPACITY,
+                                       "tokensPerSecondPerReplica": CAPACITY, "tickSeconds": TICK,
                                        "scaleDownStabilizationSeconds": STABILIZATION}
     plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
     first = operator("e2e-first")

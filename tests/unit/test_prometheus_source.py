@@ -43,7 +43,7 @@ def test_one_query_per_signal_for_all_targets_and_per_percentile_for_latency() -
     shared = [q for q in seen if "histogram_quantile" not in q]
     latency = [q for q in seen if "histogram_quantile" in q]
     assert len(shared) == 12  # 11 rate/gauge signals + the sample age, for every target at once
-    assert len(latency) == 2  # TTFT, for each of the two percentiles
+    assert len(latency) == 3  # the TTFT median once, and the TTFT at each of the two percentiles
     # Only the TensorRT-LLM model's series: an ensemble's would count each request again.
     assert all('model="tensorrt_llm"' in q for q in seen)
     assert any("histogram_quantile(0.99" in q for q in latency)

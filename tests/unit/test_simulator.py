@@ -36,7 +36,8 @@ def constant(rate: float, seconds: float, start: float = 0.0, prompt: int = 500,
     return [TraceRequest(start + i / rate, prompt, output) for i in range(int(rate * seconds))]
 
 
-FAST = SimulationConfig(tick_seconds=15, scrape_seconds=15, window_seconds=60, short_window_seconds=30,
+TICK = 15.0  # spec.autoscaling.tickSeconds (the default), which the simulated autoscaler honours
+FAST = SimulationConfig(scrape_seconds=15, window_seconds=60, short_window_seconds=30,
                         scheduling_seconds=5, load_seconds=30)
 
 
@@ -93,7 +94,7 @@ def test_a_load_step_scales_up_after_the_configured_delays() -> None:
     assert set(before) == {1}
     first_up = next(t for t, d, _, _ in result.timeline if t > 300 and d > 1)
     # Visible to the autoscaler one scrape later, then at the next tick.
-    assert 300 + FAST.scrape_seconds <= first_up <= 300 + FAST.scrape_seconds + 2 * FAST.tick_seconds
+    assert 300 + FAST.scrape_seconds <= first_up <= 300 + FAST.scrape_seconds + 2 * TICK
     # New replicas serve only after scheduling and engine load.
     serving_more = next(t for t, _, ready, _ in result.timeline if t > first_up and ready > 1)
     assert serving_more >= first_up + FAST.scheduling_seconds + FAST.load_seconds

@@ -1,0 +1,80 @@
+"""The autoscaler's memory for one ModelDeployment: typed, frozen, versioned.
+
+It is written to ``status.autoscaler.state`` with every changed decision, so a failover resumes from the
+current windows instead of forgetting a burst or scaling down early. Every sample carries its time and
+every window is trimmed by time, never by a count of ticks, so a 5 s tick and a 60 s tick keep the same
+windows. A state that does not parse (another version, hand-edited) is replaced by a fresh one whose
+stabilisation history holds the current count: nothing scales down within a window of that.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.alias_generators import to_camel
+
+STATE_VERSION: Literal[2] = 2
+Sample = tuple[float, float]  # (time, value)
+
+
+class PolicyState(BaseModel):
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    version: Literal[2] = STATE_VERSION
+    # Replicas the throughput and burst signals asked for, per decision (time, replicas).
+    history: tuple[Sample, ...] = ()
+    # Output tokens/s of the stable window, for the trend projected over the start-up lead.
+    throughput: tuple[Sample, ...] = ()
+    # Demand in replicas per decision, for the last few minutes: what the growth within a lead is read
+    # from.
+    demand: tuple[Sample, ...] = ()
+    # The highest demand of each minute of the last hour: the burst memory.
+    peaks: tuple[Sample, ...] = ()
+    # The highest growth within a lead of each minute of the last hour: what the headroom is learned from.
+    growth: tuple[Sample, ...] = ()
+    # Mean time to the first token over the short window, for the backlog's growth rate.
+    waits: tuple[Sample, ...] = ()
+    # Output tokens per completed request, learned while no backlog distorts the token model.
+    tokens_per_request: float | None = None
+    ready: int = 0  # ready replicas at the last decision
+    ready_changed_at: float | None = None  # when that count last changed
+    last_backlog: float | None = None  # when requests last queued past the TTFT target
+    panic_until: float | None = None
+    last_scale_up: float | None = None
+    last_decision: float | None = None
+    idle_since: float | None = None
+    capacity_scale: float = 1.0
+    capacity_learned_at: float | None = None
+    infeasible_since: float | None = None  # latency over target that no count of replicas fixes
+    latency_scaled_at: float | None = None  # the last scale-up latency decided, and its pressure then
+    latency_pressure: float | None = None
+
+    @classmethod
+    def restore(cls, raw: Any, current: int, now: float) -> PolicyState:
+        """The state saved in status, or a fresh one that holds ``current`` for a window."""
+        if isinstance(raw, PolicyState):
+            return raw
+        try:
+            state = cls.model_validate(raw) if raw else cls()
+        except ValidationError:
+            state = cls()
+        return state.model_copy(update={"history": (*state.history, (now, float(current)))})
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def within(samples: tuple[Sample, ...], now: float, seconds: float) -> tuple[Sample, ...]:
+    """The samples of the last ``seconds`` (time-based trimming, whatever the tick); samples are kept in
+    time order, so a binary search finds the first to keep."""
+    return samples[bisect.bisect_left(samples, (now - seconds,)):]
+
+
+def per_minute(samples: tuple[Sample, ...], t: float, value: float) -> tuple[Sample, ...]:
+    """Append ``value`` at ``t``, keeping one sample a minute (the highest): an hour is 60 samples
+    whatever the tick."""
+    if samples and int(samples[-1][0] // 60) == int(t // 60):
+        return (*samples[:-1], (samples[-1][0], max(samples[-1][1], value)))
+    return (*samples, (t, value))
