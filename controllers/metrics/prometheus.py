@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -79,15 +80,20 @@ class PrometheusSource:
             "age": f"time() - max by ({by}) (timestamp(nv_inference_request_success{{{m}}}))",
         }
 
-    def _query(self, promql: str, now: float) -> dict[tuple[str, str], float]:
+    def _data(self, promql: str, now: float) -> dict[str, Any]:
+        """One instant query's ``data``: the result type and the result."""
         self.queries += 1
         response = self.client.get("/api/v1/query", params={"query": promql, "time": f"{now:.3f}"})
         response.raise_for_status()
         body = response.json()
         if body.get("status") != "success":
             raise RuntimeError(f"{body.get('errorType')}: {body.get('error')}")
+        data: dict[str, Any] = body["data"]
+        return data
+
+    def _query(self, promql: str, now: float) -> dict[tuple[str, str], float]:
         out: dict[tuple[str, str], float] = {}
-        for series in body["data"]["result"]:
+        for series in self._data(promql, now)["result"]:
             labels = series["metric"]
             key = (labels.get("namespace", ""), labels.get(self.config.deployment_label, ""))
             out[key] = float(series["value"][1])  # "NaN" and "+Inf" parse to float too
@@ -145,13 +151,7 @@ class PrometheusSource:
         return Reading.of(sum(values)) if values else Reading.of(0.0)
 
     def _query_values(self, promql: str, now: float) -> list[float]:
-        self.queries += 1
-        response = self.client.get("/api/v1/query", params={"query": promql, "time": f"{now:.3f}"})
-        response.raise_for_status()
-        body = response.json()
-        if body.get("status") != "success":
-            raise RuntimeError(f"{body.get('errorType')}: {body.get('error')}")
-        data = body["data"]
+        data = self._data(promql, now)
         if data["resultType"] == "scalar":
             return [float(data["result"][1])]
         return [float(series["value"][1]) for series in data["result"]]

@@ -79,3 +79,20 @@ def test_an_unreachable_server_is_an_error_for_every_signal() -> None:
     client = httpx.Client(base_url="http://prometheus", transport=httpx.MockTransport(refuse))
     readings = PrometheusSource(PrometheusConfig(url="http://prometheus"), client).observe([A], now=1)[A]
     assert {r.quality for r in readings.readings.values()} == {Quality.ERROR}
+
+
+def test_the_activation_query_is_read_per_target_from_outside_the_pods() -> None:
+    # A deployment at zero pods: every pod series is empty, the user's gateway query is not.
+    gateway = Target("ns", "a", 0.95, activation_query='sum(rate(my_gateway_requests_total{route="a"}[1m]))')
+    quiet = Target("ns", "b", 0.95, activation_query='sum(rate(my_gateway_requests_total{route="b"}[1m]))')
+    prometheus, seen = source({
+        'route="a"': {"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [0, "2.5"]}]}},
+        'route="b"': 500,
+    })
+    readings = prometheus.observe([gateway, quiet, A], now=100)
+    assert readings[gateway].get("activation").value == 2.5
+    assert readings[gateway].get("outputTokensPerSecond").quality is Quality.EMPTY
+    assert readings[quiet].get("activation").quality is Quality.ERROR, "an error is never read as no traffic"
+    assert readings[A].get("activation").quality is Quality.EMPTY, "no query configured, none sent"
+    assert sum('route="a"' in q for q in seen) == 1
