@@ -4,13 +4,14 @@ Each stage takes the proposal so far and returns the next one with its reason an
 condition it owns; ``Decision.stages`` is the trace `tokenworks explain` prints. docs/autoscaling.md has
 the arithmetic with worked numbers.
 
-1. **signals**: each signal recommends a count on its own ratio, with its own 10% tolerance:
-   *throughput* (output tokens/s, projected one start-up lead ahead while it keeps rising, over the
-   per-replica capacity at the SLO), *latency* (TTFT and ITL percentiles over their targets; only while
-   the replicas are loaded: latency missed by replicas that carry little is missed by requests that are
-   slow alone, and no count fixes those), *queue* (requests past the TTFT allowance per ready replica),
-   and *headroom* (the attainment target: the demand growth seen within one start-up lead, at the
-   ``slo.attainment`` quantile of the demand history, bounded by the recent peak, which decays);
+1. **signals**, each on its own ratio: *throughput* (completions times the tokens a request carries,
+   projected one start-up lead ahead while it keeps rising, over the per-replica capacity at the SLO;
+   no tolerance band, so the settled count does not depend on the start), *latency* (TTFT and ITL
+   percentiles over their targets, 10% tolerance; a scale-up on latency that does not bring it down
+   marks it infeasible, and throughput decides), *queue* (demand from how fast the wait for the first
+   token grows, and the backlog once a scale-up has settled), and *headroom* (the attainment target:
+   the demand growth seen within one start-up lead, at the ``slo.attainment`` quantile of the last
+   hour, bounded by the recent peak, which decays);
 2. **combine**: the largest recommendation, as HPA does across metrics; missing signals never allow
    less than the current count, and with none readable the count is held (or raised to the fallback);
 3. **panic**: a burst (the 30 s demand alone needs twice the ready replicas) is sized in one decision
@@ -302,7 +303,7 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
         state.model_copy(update={"throughput": samples})
 
 
-def latency_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tuple[Recommendation, PolicyState]:
+def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, PolicyState]:
     obs, spec = inputs.obs, inputs.spec
     ttft, itl = obs.ttft_seconds, obs.itl_seconds
     out = _value(obs.output_tokens_per_second)
@@ -399,7 +400,7 @@ def drain_replicas(inputs: Inputs, waiting: float) -> float:
     return min(waiting, waiting / (r / ready * inputs.lead))
 
 
-def queue_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tuple[Recommendation, PolicyState]:
+def queue_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, PolicyState]:
     """Requests waiting. Two readings of one backlog: how fast it grows, and how many wait.
 
     While the wait for the first token grows, ``backlog_demand`` gives the demand in replicas (the one
@@ -537,8 +538,8 @@ def signals(inputs: Inputs, state: PolicyState) -> tuple[list[Recommendation], P
     state = learned_capacity(inputs, state)
     capacity = inputs.model_capacity * state.capacity_scale
     tp, state = throughput_signal(inputs, state, capacity)
-    queue, state = queue_signal(inputs, state, capacity)
-    latency, state = latency_signal(inputs, state, capacity)
+    queue, state = queue_signal(inputs, state)
+    latency, state = latency_signal(inputs, state)
     headroom, state = headroom_signal(inputs, state, capacity, [tp, queue, latency])
     infeasible = state.infeasible_since is not None
     return [tp, latency, queue, headroom], state, capacity, infeasible
