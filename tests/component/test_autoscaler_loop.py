@@ -17,7 +17,7 @@ from controllers.kube import Kube
 from controllers.metrics import FakeMetricSource, Target
 from tests.support.controlplane import REPO_ROOT, ControlPlane
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
-from tests.support.waiting import eventually
+from tests.support.waiting import event_seen, eventually
 
 GROUP, VERSION, PLURAL = "tokenworks.dev", "v1alpha1", "modeldeployments"
 CAPACITY = 1000.0
@@ -107,9 +107,8 @@ def test_scale_up_stabilized_scale_down_missing_metrics_and_restart(
     assert status["autoscaler"]["desiredReplicas"] == 4
     assert conditions(status)["MetricsAvailable"] == ("True", "AllSignalsRead")
     assert conditions(status)["Ready"][0] in ("True", "False"), "the reconciler's conditions survive"
-    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=llama-8b").items
-    assert any(e.reason == "Scaled" and "from 1 to 4" in e.message for e in events)
+    event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b",
+               lambda e: e.reason == "Scaled" and "from 1 to 4" in e.message)
 
     # Steady: no writes while nothing changes.
     clock.now += 15
@@ -160,9 +159,8 @@ def test_advisory_mode_records_but_does_not_apply(
         (namespace, "llama-8b")]
     assert decision.replicas == 5
     eventually(lambda: md_status(plane, namespace).get("autoscaler", {}).get("desiredReplicas") == 5, timeout=10)
-    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=llama-8b").items
-    assert any(e.reason == "ScaleAdvised" for e in events)
+    event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b",
+               lambda e: e.reason == "ScaleAdvised")
     assert deployment_replicas(plane, namespace) == 1
 
     explained = subprocess.run(

@@ -18,7 +18,7 @@ from crds.models import ModelDeployment
 from inference_pods import templates
 from tests.support.controlplane import REPO_ROOT, ControlPlane
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
-from tests.support.waiting import assert_subset, eventually
+from tests.support.waiting import assert_subset, event_seen, eventually
 
 EXAMPLES = REPO_ROOT / "examples"
 GROUP, VERSION, PLURAL = "tokenworks.dev", "v1alpha1", "modeldeployments"
@@ -158,9 +158,9 @@ def test_a_schedulable_example_becomes_ready_on_kwok_gpu_nodes(operator: Operato
 
     obj = eventually(ready, timeout=90)
     assert obj["status"]["readyReplicas"] == 1 and obj["status"]["gpus"] == 4
-    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=llama-70b").items
-    assert {"Created", "Ready"} <= {e.reason for e in events}
+    core = client.CoreV1Api(plane.api_client())
+    event_seen(core, namespace, "llama-70b", lambda e: e.reason == "Created")
+    event_seen(core, namespace, "llama-70b", lambda e: e.reason == "Ready")
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -212,9 +212,8 @@ def test_a_spec_that_cannot_work_is_degraded_and_running_children_are_untouched(
     after = live_deployment(plane, namespace, "llama-70b")
     assert after["metadata"]["generation"] == before["metadata"]["generation"]
     assert after["spec"]["template"] == before["spec"]["template"]
-    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=llama-70b").items
-    assert any(e.reason == "NoMatchingGPUNodes" and e.type == "Warning" for e in events)
+    event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-70b",
+               lambda e: e.reason == "NoMatchingGPUNodes" and e.type == "Warning")
 
     custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-70b",
                                                  {"spec": {"gpu": {"product": "H200-SXM"}}})
@@ -248,11 +247,9 @@ def test_a_foreign_edit_of_a_child_is_reverted(operator: Operator, namespace: st
     plane.kubectl("-n", namespace, "scale", "deployment/llama-8b-fixed", "--replicas=5")
     eventually(lambda: live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["replicas"] == 2,
                timeout=30)
-    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=llama-8b-fixed").items
-    reverted = [e for e in events if e.reason == "ForeignWriteReverted"]
-    assert reverted, "the second writer is reported"
-    assert "Deployment/llama-8b-fixed by kubectl" in reverted[0].message
+    reverted = event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
+                          lambda e: e.reason == "ForeignWriteReverted")
+    assert "Deployment/llama-8b-fixed by kubectl" in reverted.message
 
 
 def test_deleting_the_model_deployment_garbage_collects_its_children(
@@ -410,9 +407,8 @@ def test_bad_model_inputs_degrade_and_leave_running_pods_alone(
     assert fragment in condition(obj, "Degraded")["message"]
     after = live_deployment(plane, namespace, "llama-70b")
     assert after["spec"]["template"] == before["spec"]["template"], "running pods are left alone"
-    events = client.CoreV1Api(plane.api_client()).list_namespaced_event(
-        namespace, field_selector="involvedObject.name=llama-70b").items
-    assert any(e.reason == reason and e.type == "Warning" for e in events)
+    event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-70b",
+               lambda e: e.reason == reason and e.type == "Warning")
 
 
 def test_a_failed_prepare_step_becomes_a_condition_and_an_event(operator: Operator, namespace: str) -> None:
@@ -441,5 +437,4 @@ def test_a_failed_prepare_step_becomes_a_condition_and_an_event(operator: Operat
     prepared = condition(obj, "ModelPrepared")
     assert prepared["reason"] == "RevisionNotFound"
     assert prepared["message"] == "revision v9 does not exist for meta-llama/Llama-3.1-8B-Instruct"
-    events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=llama-8b").items
-    assert any(e.reason == "RevisionNotFound" and e.type == "Warning" for e in events)
+    event_seen(core, namespace, "llama-8b", lambda e: e.reason == "RevisionNotFound" and e.type == "Warning")

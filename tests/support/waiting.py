@@ -38,3 +38,13 @@ def assert_subset(expected: Any, actual: Any, path: str = "") -> None:
             assert_subset(e, a, f"{path}[{i}]")
     else:
         assert expected == actual, f"{path}: expected {expected!r}, got {actual!r}"
+
+
+def event_seen(core: Any, namespace: str, name: str, match: Callable[[Any], bool],
+               timeout: float = 30) -> Any:
+    """Wait for an Event about ``name`` that ``match`` accepts and return it. The operator posts
+    Events after it writes status, so a test that has seen the status may not see the Event yet."""
+    def found() -> Any:
+        events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        return next((e for e in events if match(e)), None)
+    return eventually(found, timeout=timeout)
