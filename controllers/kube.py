@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -79,11 +80,23 @@ class Kube:
     """``KubeApi`` over the dynamic client; server-side apply with one field manager."""
 
     def __init__(self, api_client: client.ApiClient | None = None,
-                 counter: RequestCounter | None = None) -> None:
+                 counter: RequestCounter | None = None, fence: Callable[[], float] | None = None,
+                 request_timeout: float = 20) -> None:
         self.api_client = api_client or client.ApiClient()
         self.dynamic = dynamic.DynamicClient(self.api_client)
         self.counter = counter or RequestCounter()
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
+        # Leader fencing: returns the seconds this process may still write, or raises NotLeader.
+        self.fence = fence
+        # No request may hang forever: a stuck API server must not stall a worker past its lease.
+        self.request_timeout = request_timeout
+
+    def _write_timeout(self) -> float:
+        """Before every write: refuse it when leadership may have passed, and let it run no longer than
+        leadership lasts."""
+        if self.fence is None:
+            return self.request_timeout
+        return min(self.request_timeout, self.fence())
 
     def _resource(self, api_version: str, kind: str) -> Any:
         return self.dynamic.resources.get(api_version=api_version, kind=kind)
@@ -91,7 +104,8 @@ class Kube:
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None:
         self.counter.count(write=False)
         try:
-            obj = self._resource(api_version, kind).get(name=name, namespace=namespace)
+            obj = self._resource(api_version, kind).get(name=name, namespace=namespace,
+                                                        _request_timeout=self.request_timeout)
         except NotFoundError:
             return None
         result: ManifestT = obj.to_dict()
@@ -100,17 +114,18 @@ class Kube:
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[ManifestT]:
         self.counter.count(write=False)
-        items = self._resource(api_version, kind).get(namespace=namespace,
-                                                      label_selector=label_selector).items
+        items = self._resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                      _request_timeout=self.request_timeout).items
         return [item.to_dict() for item in items]
 
     def apply(self, manifest: ManifestT) -> ManifestT:
+        timeout = self._write_timeout()
         self.counter.count(write=True)
         metadata = manifest["metadata"]
         try:
             obj = self._resource(manifest["apiVersion"], manifest["kind"]).server_side_apply(
                 body=manifest, name=metadata["name"], namespace=metadata.get("namespace"),
-                field_manager=FIELD_MANAGER, force_conflicts=True,
+                field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=timeout,
             )
         except ApiException as error:
             if error.status == 409:
@@ -125,13 +140,14 @@ class Kube:
                      status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT:
         """Server-side apply of the status subresource; each writer (reconciler, autoscaler) uses its
         own field manager and so owns only its own fields and conditions."""
+        timeout = self._write_timeout()
         self.counter.count(write=True)
         body = {"apiVersion": api_version, "kind": kind,
                 "metadata": {"name": name, "namespace": namespace}, "status": status}
         status_resource = self._resource(api_version, kind).subresources["status"]
         obj = self.dynamic.server_side_apply(
             status_resource, body=body, name=name, namespace=namespace,
-            field_manager=field_manager, force_conflicts=True,
+            field_manager=field_manager, force_conflicts=True, _request_timeout=timeout,
         )
         result: ManifestT = obj.to_dict()
         return result
@@ -155,6 +171,7 @@ class Kube:
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event about ``regarding``, shown by ``kubectl describe``."""
+        timeout = self._write_timeout()
         self.counter.count(write=True)
         metadata = regarding["metadata"]
         now = dt.datetime.now(dt.UTC)
@@ -173,12 +190,13 @@ class Kube:
         )
         # Events are best effort: losing one must not fail a reconcile.
         with contextlib.suppress(ApiException):
-            client.CoreV1Api(self.api_client).create_namespaced_event(metadata["namespace"], body)
+            client.CoreV1Api(self.api_client).create_namespaced_event(metadata["namespace"], body,
+                                                                      _request_timeout=timeout)
 
     def events_for(self, namespace: str, name: str) -> builtins.list[ManifestT]:
         self.counter.count(write=False)
         events = client.CoreV1Api(self.api_client).list_namespaced_event(
-            namespace, field_selector=f"involvedObject.name={name}")
+            namespace, field_selector=f"involvedObject.name={name}", _request_timeout=self.request_timeout)
         serialized: builtins.list[ManifestT] = [self.api_client.sanitize_for_serialization(e)
                                        for e in events.items]
         return serialized

@@ -1,8 +1,10 @@
-"""The operator process: leader election, kopf watches feeding a work queue, reconcile workers,
-periodic resync, health endpoints and Prometheus metrics.
+"""The operator process: leader election, watches feeding a work queue, reconcile workers, periodic
+resync, the autoscaler loop, health endpoints and Prometheus metrics.
 
-Only the leader watches and writes. A standby blocks on the Lease and takes over within the lease
-duration when the leader dies; a leader that cannot renew exits, so two never act at once.
+Only the leader watches and writes. A standby campaigns for the Lease and takes over within the
+lease duration when the leader dies or releases it. Every write is fenced (controllers/leader.py): a
+leader whose lease could have passed to another writes nothing, and any end of the elector ends the
+process, so two never act at once.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -18,13 +21,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import kopf
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from controllers.kube import Conflict, Kube, NamespaceTerminating, load_config
+from controllers.leader import LeaderElector, NotLeader
 from controllers.reconcile import Reconciler
+from controllers.watches import Watch
 from controllers.workqueue import WorkQueue
-from crds.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
+from crds.models import API_VERSION, KIND
 from inference_pods.templates import INSTANCE_LABEL, MANAGED_BY
 
 log = logging.getLogger("tokenworks.manager")
@@ -36,13 +40,18 @@ STATUS_WRITES = Counter("tokenworks_status_writes_total", "Status subresource wr
 LEADER = Gauge("tokenworks_leader", "1 while this process is the leader.")
 QUEUE_DEPTH = Gauge("tokenworks_workqueue_depth", "Keys waiting to be reconciled.")
 
-# Children whose changes trigger a reconcile of their owner: (group, version, plural).
+# Children whose changes trigger a reconcile of their owner: (apiVersion, kind, optional).
 WATCHED_CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("", "v1", "configmaps"),
-    ("policy", "v1", "poddisruptionbudgets"),
+    ("apps/v1", "Deployment", False),
+    ("v1", "Service", False),
+    ("v1", "ConfigMap", False),
+    ("policy/v1", "PodDisruptionBudget", False),
+    ("monitoring.coreos.com/v1", "PodMonitor", True),
 )
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+# A watch failing this long makes /healthz fail, so the kubelet restarts a process whose watches
+# are wedged; an API server outage shorter than this is ridden out.
+WATCH_UNHEALTHY_SECONDS = 120
 
 Key = tuple[str, str]
 
@@ -87,58 +96,44 @@ class Operator:
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         self.api_client = load_config(config.kubeconfig)
-        self.kube = Kube(self.api_client)
+        # The audit log then tells the two replicas apart.
+        self.api_client.user_agent = f"tokenworks-operator/{config.identity}"
+        self.elector: LeaderElector | None = None
+        if config.leader_elect:
+            from kubernetes import client
+
+            self.elector = LeaderElector(
+                client.CoordinationV1Api(self.api_client), config.lease_name, config.lease_namespace,
+                config.identity, config.lease_duration, config.renew_deadline, config.retry_period)
+        self.kube = Kube(self.api_client, fence=self.elector.fence if self.elector else None)
         self.reconciler = Reconciler(self.kube)
         self.queue: WorkQueue[Key] = WorkQueue()
         self.leading = threading.Event()
         self.stopping = threading.Event()
-        self.registry = self._registry()
+        self.finished = threading.Event()  # the process should end: stopped, or leadership over
+        self.signalled = threading.Event()  # SIGTERM/SIGINT: a clean stop
+        self.watches: list[Watch] = []
+        self.threads: dict[str, threading.Thread] = {}
 
-    # -- kopf: watches only, no handlers that persist state or add finalizers ---------------
-    def _registry(self) -> kopf.OperatorRegistry:
-        registry = kopf.OperatorRegistry()
+    # -- watches: list+watch, server-side filtered, feeding the queue ----------------------
+    def _watches(self) -> list[Watch]:
         queue = self.queue
 
-        def on_model_deployment(body: Any, **_: Any) -> None:
-            queue.add((body["metadata"]["namespace"], body["metadata"]["name"]))
+        def on_model_deployment(obj: dict[str, Any]) -> None:
+            queue.add((obj["metadata"]["namespace"], obj["metadata"]["name"]))
 
-        def on_child(body: Any, **_: Any) -> None:
-            owner = (body["metadata"].get("labels") or {}).get(INSTANCE_LABEL)
+        def on_child(obj: dict[str, Any]) -> None:
+            owner = (obj["metadata"].get("labels") or {}).get(INSTANCE_LABEL)
             if owner:
-                queue.add((body["metadata"]["namespace"], owner))
+                queue.add((obj["metadata"]["namespace"], owner))
 
-        # A private registry has no default login handlers. Hand kopf the credentials the
-        # kubernetes client already loaded (in-cluster service account, or --kubeconfig), so both
-        # clients act as the same identity.
-        kopf.on.login(registry=registry)(self._credentials)
-        kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)(on_model_deployment)
-        for group, version, plural in WATCHED_CHILDREN:
-            kopf.on.event(group, version, plural, registry=registry,
-                          labels={"app.kubernetes.io/managed-by": MANAGED_BY})(on_child)
-        return registry
-
-    def _credentials(self, **_: Any) -> kopf.ConnectionInfo:
-        configuration = self.api_client.configuration
-        # The client keeps the token under "BearerToken" (kubeconfig) or "authorization".
-        keys = configuration.api_key or {}
-        token = str(keys.get("BearerToken") or keys.get("authorization") or "")
-        return kopf.ConnectionInfo(
-            server=configuration.host,
-            ca_path=configuration.ssl_ca_cert,
-            insecure=not configuration.verify_ssl,
-            scheme="Bearer" if token else None,
-            token=token.removeprefix("Bearer ") or None,
-            certificate_path=configuration.cert_file,
-            private_key_path=configuration.key_file,
-        )
-
-    def _settings(self) -> kopf.OperatorSettings:
-        settings = kopf.OperatorSettings()
-        settings.posting.enabled = False  # we post our own Events, about the ModelDeployment
-        settings.scanning.disabled = True  # no cluster-wide CRD/namespace watch: least privilege
-        settings.watching.server_timeout = 300
-        settings.peering.standalone = True
-        return settings
+        scopes: list[str | None] = list(self.config.namespaces) or [None]
+        watches = [Watch(self.kube.dynamic, API_VERSION, KIND, ns, on_model_deployment, self.stopping)
+                   for ns in scopes]
+        watches += [Watch(self.kube.dynamic, api_version, kind, ns, on_child, self.stopping,
+                          label_selector=CHILD_SELECTOR, optional=optional)
+                    for api_version, kind, optional in WATCHED_CHILDREN for ns in scopes]
+        return watches
 
     # -- work ------------------------------------------------------------------------------
     def worker(self) -> None:
@@ -151,6 +146,9 @@ class Operator:
             started = time.monotonic()
             try:
                 result = self.reconciler.reconcile(namespace, name)
+            except NotLeader:
+                # Leadership lapsed mid-reconcile: the write was refused, the next leader does it.
+                RECONCILES.labels("not_leader").inc()
             except Conflict:
                 RECONCILES.labels("conflict").inc()
                 self.queue.retry(key)
@@ -211,25 +209,49 @@ class Operator:
 
     # -- leader election -------------------------------------------------------------------
     def elect(self) -> None:
-        from kubernetes.leaderelection import electionconfig, leaderelection
-        from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
+        elector = self.elector
+        assert elector is not None
 
-        def on_lost() -> None:
+        def on_started() -> None:
+            self.leading.set()
+
+        def on_stopped(led: bool) -> None:
+            self.leading.clear()
             LEADER.set(0)
-            if self.stopping.is_set():
-                return
-            log.error("lost leadership identity=%s; exiting so a fresh process can stand by",
-                      self.config.identity)
-            os._exit(1)
+            if not self.stopping.is_set():
+                log.error("leadership ended identity=%s led=%s; exiting so a fresh process can stand by",
+                          self.config.identity, led)
+            self.finished.set()
 
-        lock = LeaseLock(self.config.lease_name, self.config.lease_namespace, self.config.identity)
-        elector = leaderelection.LeaderElection(electionconfig.Config(
-            lock, self.config.lease_duration, self.config.renew_deadline, self.config.retry_period,
-            onstarted_leading=self.leading.set, onstopped_leading=on_lost,
-        ))
-        threading.Thread(target=elector.run, name="leader-election", daemon=True).start()
+        thread = threading.Thread(target=elector.run, args=(self.stopping, on_started, on_stopped),
+                                  name="leader-election", daemon=True)
+        self.threads["leader-election"] = thread
+        thread.start()
 
     # -- health ----------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Alive unless a thread that must run has died, the elector has stopped trying, or a watch
+        has failed for WATCH_UNHEALTHY_SECONDS. Pure over the process's own state."""
+        now = time.monotonic()
+        problems = [f"thread {name} exited" for name, thread in self.threads.items() if not thread.is_alive()]
+        if self.elector is not None and now - self.elector.last_attempt > 3 * self.config.retry_period + \
+                self.elector.request_timeout * 2 and self.elector.last_attempt:
+            problems.append(f"no lease attempt for {now - self.elector.last_attempt:.0f}s")
+        watches = {}
+        for w in self.watches:
+            with w.state.lock:
+                failing = w.state.failing_since
+                name = f"{w.kind}/{w.namespace or '*'}"
+                watches[name] = "watching" if w.state.connected else (
+                    f"retrying for {now - failing:.0f}s: {w.state.last_error}" if failing is not None
+                    else "starting")
+            if failing is not None and now - failing > WATCH_UNHEALTHY_SECONDS and not w.optional:
+                problems.append(f"watch {name} failing for {now - failing:.0f}s")
+        body = {"leader": self.leading.is_set(), "identity": self.config.identity,
+                "leaseRemainingSeconds": round(self.elector.remaining(), 1) if self.elector else None,
+                "watches": watches, "problems": problems}
+        return not problems, body
+
     def serve_health(self) -> ThreadingHTTPServer:
         operator = self
 
@@ -238,9 +260,9 @@ class Operator:
                 if self.path not in ("/healthz", "/readyz"):
                     self.send_error(404)
                     return
-                body = json.dumps({"leader": operator.leading.is_set(),
-                                   "identity": operator.config.identity}).encode()
-                self.send_response(200)
+                ok, report = operator.health()
+                body = json.dumps(report).encode()
+                self.send_response(200 if ok else 503)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(body)
@@ -253,41 +275,60 @@ class Operator:
         return server
 
     # -- main ------------------------------------------------------------------------------
+    def _start(self, name: str, target: Any) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        self.threads[name] = thread
+        thread.start()
+
     def run(self) -> None:
+        def terminate(signum: int, _frame: Any) -> None:
+            log.info("received signal=%s: releasing the lease and stopping", signal.Signals(signum).name)
+            self.signalled.set()
+            self.stopping.set()
+            if self.elector is None:
+                self.finished.set()
+
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, terminate)
+            signal.signal(signal.SIGINT, terminate)
         if self.config.metrics_port:
             start_http_server(self.config.metrics_port)
         if self.config.health_port:
             self.serve_health()
-        if self.config.leader_elect:
+        if self.elector is not None:
             log.info("waiting for leadership lease=%s/%s identity=%s", self.config.lease_namespace,
                      self.config.lease_name, self.config.identity)
             self.elect()
-            self.leading.wait()
+            while not self.leading.wait(0.5):
+                if self.finished.is_set():
+                    log.info("stopped identity=%s", self.config.identity)
+                    return
         else:
             self.leading.set()
         LEADER.set(1)
         log.info("leading identity=%s", self.config.identity)
-        threads = [threading.Thread(target=self.worker, name=f"worker-{i}", daemon=True)
-                   for i in range(self.config.workers)]
-        threads.append(threading.Thread(target=self.resync, name="resync", daemon=True))
-        threads.append(threading.Thread(target=self.autoscale, name="autoscaler", daemon=True))
-        for thread in threads:
-            thread.start()
-        try:
-            kopf.run(
-                registry=self.registry, settings=self._settings(), standalone=True,
-                clusterwide=not self.config.namespaces, namespaces=self.config.namespaces,
-            )
-        finally:
-            self.stopping.set()
-            self.queue.shutdown()
-            log.info("stopped identity=%s", self.config.identity)
+        for i in range(self.config.workers):
+            self._start(f"worker-{i}", self.worker)
+        self._start("resync", self.resync)
+        self._start("autoscaler", self.autoscale)
+        self.watches = self._watches()
+        for w in self.watches:
+            self._start(f"watch-{w.kind}-{w.namespace or 'all'}", w.run)
+        self.finished.wait()
+        self.stopping.set()
+        self.queue.shutdown()
+        for w in self.watches:
+            w.stop()
+        log.info("stopped identity=%s", self.config.identity)
+        if not self.signalled.is_set():
+            # Leadership was lost, not given up: end now, whatever a worker is blocked in; the
+            # Deployment restarts the process as a standby.
+            logging.shutdown()
+            os._exit(1)
 
 
 def main(config: ManagerConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    logging.getLogger("kopf").setLevel(logging.WARNING)
-    logging.getLogger("leaderelection").setLevel(logging.WARNING)
     Operator(config).run()
