@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -133,7 +134,7 @@ class Component:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:  # a restarted component keeps its earlier log
             self.process = subprocess.Popen(
                 self.argv,
                 stdout=log,
@@ -306,6 +307,45 @@ class ControlPlane:
         return self.workdir / "admin.kubeconfig"
 
     @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.log"
+
+    def audit_writes(self) -> list[dict[str, Any]]:
+        """Successful, persisted writes from the audit log (dry runs excluded), oldest first."""
+        writes = []
+        with contextlib.suppress(FileNotFoundError), self.audit_log.open() as log:
+            for line in log:
+                event = json.loads(line)
+                code = (event.get("responseStatus") or {}).get("code", 0)
+                if event.get("stage") == "ResponseComplete" and 200 <= code < 300 \
+                        and "dryRun=" not in event.get("requestURI", ""):
+                    writes.append(event)
+        return writes
+
+    def apiserver(self) -> Component:
+        return next(c for c in self.components if c.name == "kube-apiserver")
+
+    def stop_apiserver(self) -> None:
+        """Kill the API server (SIGKILL: connections are cut, not drained)."""
+        process = self.apiserver().process
+        assert process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+    def start_apiserver(self) -> None:
+        """Start it again on the same port, certificates and etcd."""
+        apiserver = self.apiserver()
+        apiserver.start()
+        apiserver.wait_until(self._apiserver_ready, timeout=90, what="ready again (/readyz)")
+
+    def pause_apiserver(self, paused: bool) -> None:
+        """SIGSTOP/SIGCONT: a hung API server (or load balancer) that accepts and never answers."""
+        process = self.apiserver().process
+        assert process is not None
+        os.killpg(process.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.api_port}"
 
@@ -352,6 +392,12 @@ class ControlPlane:
             f"{self.scheduler_token},system:kube-scheduler,uid-scheduler\n"
         )
         self.api_port = free_port()
+        audit_policy = self.workdir / "audit-policy.yaml"
+        # Writes only (reads and watches are most requests): the chaos tests ask who wrote what, when.
+        audit_policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                      {"level": "None"}]}))
         apiserver = self._component(
             "kube-apiserver",
             [
@@ -372,6 +418,9 @@ class ControlPlane:
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 "--allow-privileged=true",
                 "--endpoint-reconciler-type=none",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json",
                 "--v=1",
             ],
         )

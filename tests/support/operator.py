@@ -42,7 +42,7 @@ class OperatorProcess:
     """`tokenworks operator run` in a subprocess with its own log, metrics and health ports."""
 
     def __init__(self, plane: ControlPlane, kubeconfig: Path, name: str, lease_duration: int = 6,
-                 resync_seconds: float = 30) -> None:
+                 resync_seconds: float = 30, extra_args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.log_path = plane.logs / f"operator-{name}.log"
         self.metrics_port = free_port()
@@ -51,7 +51,7 @@ class OperatorProcess:
             sys.executable, "-m", "controllers.cli", "operator", "run",
             f"--kubeconfig={kubeconfig}", f"--identity={name}",
             f"--lease-duration={lease_duration}", f"--metrics-port={self.metrics_port}",
-            f"--health-port={self.health_port}", f"--resync-seconds={resync_seconds}",
+            f"--health-port={self.health_port}", f"--resync-seconds={resync_seconds}", *extra_args,
         ]
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -93,6 +93,23 @@ class OperatorProcess:
         with contextlib.suppress(FileNotFoundError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+    @property
+    def user_agent(self) -> str:
+        """What its requests carry (the audit log's userAgent)."""
+        return f"tokenworks-operator/{self.name}"
+
+    def pause(self, paused: bool) -> None:
+        """SIGSTOP/SIGCONT: a process that hangs (a frozen VM, a long GC pause) and comes back."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def health(self) -> tuple[int, dict[str, object]]:
+        response = httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2)
+        return response.status_code, response.json()
 
     def kill(self) -> None:
         """SIGKILL: no lease release, no cleanup, like a node dying."""
