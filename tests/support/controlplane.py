@@ -339,6 +339,14 @@ class ControlPlane:
         apiserver.start()
         apiserver.wait_until(self._apiserver_ready, timeout=90, what="ready again (/readyz)")
 
+    def outage(self, seconds: float) -> None:
+        """The API server down for ``seconds``: the fault's length is the point, so this one waits."""
+        self.stop_apiserver()
+        try:
+            time.sleep(seconds)
+        finally:
+            self.start_apiserver()
+
     def pause_apiserver(self, paused: bool) -> None:
         """SIGSTOP/SIGCONT: a hung API server (or load balancer) that accepts and never answers."""
         process = self.apiserver().process
