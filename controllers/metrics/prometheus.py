@@ -20,6 +20,7 @@ from inference_pods.repository import TRTLLM_MODEL
 
 DEFAULT_DEPLOYMENT_LABEL = "tokenworks_dev_model_deployment"
 LATENCY_SIGNALS = ("ttftSeconds",)
+MAX_SERIES = 20_000
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,18 @@ class PrometheusSource:
         return data
 
     def _query(self, promql: str, now: float) -> dict[tuple[str, str], float]:
+        result = self._data(promql, now)["result"]
+        if len(result) > MAX_SERIES:
+            raise ValueError(f"{len(result)} series, more than the {MAX_SERIES} ModelDeployments one query serves: "
+                             "is a relabelling rule missing?")
         out: dict[tuple[str, str], float] = {}
-        for series in self._data(promql, now)["result"]:
+        for series in result:
             labels = series["metric"]
             key = (labels.get("namespace", ""), labels.get(self.config.deployment_label, ""))
+            if key in out:
+                # Two series for one ModelDeployment (a second scrape job, a label the sum does not drop):
+                # neither can be trusted, and picking one could scale down on half the load.
+                raise ValueError(f"more than one series for {key[0]}/{key[1]}: {labels}")
             out[key] = float(series["value"][1])  # "NaN" and "+Inf" parse to float too
         return out
 

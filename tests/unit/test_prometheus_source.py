@@ -96,3 +96,12 @@ def test_the_activation_query_is_read_per_target_from_outside_the_pods() -> None
     assert readings[quiet].get("activation").quality is Quality.ERROR, "an error is never read as no traffic"
     assert readings[A].get("activation").quality is Quality.EMPTY, "no query configured, none sent"
     assert sum('route="a"' in q for q in seen) == 1
+
+
+def test_two_series_for_one_deployment_are_an_error_not_a_guess() -> None:
+    prom, _ = source({"nv_llm_output_token_len_sum": vector(("a", "100"), ("a", "40"), ("b", "7"))})
+    readings = prom.observe([A, B], now=1000.0)
+    reading = readings[A].readings["outputTokensPerSecond"]
+    assert reading.quality is Quality.ERROR and "more than one series for ns/a" in reading.detail
+    assert readings[B].readings["outputTokensPerSecond"].quality is Quality.ERROR, \
+        "the whole answer is suspect: a relabelling fault rarely hits one deployment only"
