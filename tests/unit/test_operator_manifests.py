@@ -50,3 +50,13 @@ def test_manager_runs_two_replicas_as_the_operator_service_account() -> None:
     assert pod["serviceAccountName"] == "tokenworks-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert not (OPERATOR / "__init__.py").exists()
+
+
+def test_a_read_only_root_comes_with_a_writable_tmp() -> None:
+    (deployment,) = documents("manager.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for container in pod["containers"]:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1 and tmp[0]["name"] in empty_dirs and not tmp[0].get("readOnly"), container["name"]
