@@ -29,14 +29,19 @@ def install_api_and_rbac(plane: ControlPlane) -> None:
     plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "rbac.yaml"))
 
 
-def service_account_kubeconfig(plane: ControlPlane, path: Path) -> Path:
-    token = client.CoreV1Api(plane.api_client()).create_namespaced_service_account_token(
-        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE,
+def service_account_token(plane: ControlPlane, account: str = OPERATOR_ACCOUNT,
+                          namespace: str = OPERATOR_NAMESPACE) -> str:
+    token: str = client.CoreV1Api(plane.api_client()).create_namespaced_service_account_token(
+        account, namespace,
         client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
             audiences=[], expiration_seconds=24 * 3600)),
     ).status.token
-    return plane.kubeconfig_for_token(token, path, user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
-                                      f"{OPERATOR_ACCOUNT}")
+    return token
+
+
+def service_account_kubeconfig(plane: ControlPlane, path: Path) -> Path:
+    return plane.kubeconfig_for_token(service_account_token(plane), path,
+                                      user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}")
 
 
 class OperatorProcess:

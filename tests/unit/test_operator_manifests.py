@@ -30,6 +30,13 @@ def test_operator_cannot_delete_or_touch_secrets() -> None:
     assert all("secrets" not in r["resources"] for r in rules)
 
 
+def test_the_operator_may_block_its_owners_deletion() -> None:
+    """Its children set blockOwnerDeletion: OwnerReferencesPermissionEnforcement checks for this."""
+    (role,) = [d for d in documents("rbac.yaml") if d["kind"] == "ClusterRole"]
+    assert any(r["apiGroups"] == ["tokenworks.dev"] and "modeldeployments/finalizers" in r["resources"]
+               and "update" in r["verbs"] for r in role["rules"])
+
+
 def test_leases_are_granted_only_in_the_operator_namespace() -> None:
     for doc in documents("rbac.yaml"):
         for rule in doc.get("rules", []):
