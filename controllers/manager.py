@@ -22,6 +22,7 @@ import kopf
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from controllers.kube import Conflict, Kube, NamespaceTerminating, load_config
+from controllers.listening import listening
 from controllers.reconcile import Reconciler
 from controllers.workqueue import WorkQueue
 from crds.models import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -255,9 +256,11 @@ class Operator:
     # -- main ------------------------------------------------------------------------------
     def run(self) -> None:
         if self.config.metrics_port:
-            start_http_server(self.config.metrics_port)
+            with listening("--metrics-port", self.config.metrics_port):
+                start_http_server(self.config.metrics_port)
         if self.config.health_port:
-            self.serve_health()
+            with listening("--health-port", self.config.health_port):
+                self.serve_health()
         if self.config.leader_elect:
             log.info("waiting for leadership lease=%s/%s identity=%s", self.config.lease_namespace,
                      self.config.lease_name, self.config.identity)
