@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import platform
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from controllers import __version__
 
@@ -19,11 +21,118 @@ if TYPE_CHECKING:
 
     from crds.models import ModelDeployment
 
+class ExitCode(enum.IntEnum):
+    """What a `tokenworks` exit status means; every command's errors are mapped in ``explain_error``."""
+
+    OK = 0
+    FAILED = 1  # the command ran and reports a failure (crds generate --check: out of date)
+    USAGE = 2  # bad arguments, or an invalid manifest or trace
+    NOT_FOUND = 3  # the object, or the API serving it (the CRD), does not exist
+    PERMISSION = 4  # the credentials were refused (401) or lack a permission (403)
+    UNREACHABLE = 5  # no cluster at the configured address, or no usable kubeconfig
+    API_ERROR = 6  # the API server refused the request otherwise (409, 422, 5xx)
+    PORT_UNAVAILABLE = 7  # operator run: a port to listen on is taken
+    INTERNAL = 70  # a bug: rerun with --debug for the traceback
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 the command reports a failure; 2 bad arguments or an invalid manifest; 3 not "
+    "found; 4 permission denied; 5 cannot reach the cluster (or no kubeconfig); 6 other API errors; 7 a port "
+    "the operator listens on is taken; 70 internal error. Errors are one line; --debug (or TOKENWORKS_DEBUG=1) "
+    "shows the traceback."
+)
+DEBUG_ENV = "TOKENWORKS_DEBUG"
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _api_message(error: Any) -> str:
+    """The apiserver's own sentence from a Status body, else the HTTP status and reason."""
+    import json
+
+    try:
+        message = json.loads(error.body).get("message")
+    except (TypeError, ValueError, AttributeError):  # no body, or not a Status
+        message = None
+    return _one_line(message or f"{error.status} {error.reason}")
+
+
+def _root_cause(error: BaseException) -> str:
+    """The innermost OS-level reason ("Connection refused", "Name or service not known"), if any."""
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
+    while seen is not None and seen not in chain and len(chain) < 20:
+        chain.append(seen)
+        nested = getattr(seen, "reason", None)  # urllib3's MaxRetryError keeps its cause here
+        seen = nested if isinstance(nested, BaseException) else (seen.__cause__ or seen.__context__)
+    reasons = [e.strerror for e in chain if isinstance(e, OSError) and e.strerror]
+    return reasons[-1] if reasons else _one_line(error)
+
+
+def explain_error(error: BaseException) -> tuple[ExitCode, str]:
+    """The exit code and the one line a person reads for an error no command handled itself."""
+    from kubernetes.client.rest import ApiException
+    from kubernetes.config.config_exception import ConfigException
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+    from urllib3.exceptions import HTTPError, MaxRetryError
+
+    from controllers.listening import PortUnavailable
+
+    if isinstance(error, PortUnavailable):
+        return ExitCode.PORT_UNAVAILABLE, str(error)
+    if isinstance(error, MaxRetryError):
+        pool = error.pool
+        where = f" at {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
+        return ExitCode.UNREACHABLE, f"cannot reach the cluster{where}: {_root_cause(error)}"
+    if isinstance(error, HTTPError):
+        return ExitCode.UNREACHABLE, f"cannot reach the cluster: {_root_cause(error)}"
+    if isinstance(error, ConfigException):
+        return ExitCode.UNREACHABLE, (f"no usable cluster configuration: {_one_line(error)} (pass --kubeconfig or "
+                                      "set KUBECONFIG, or run in a pod)")
+    if isinstance(error, ResourceNotFoundError):
+        return ExitCode.NOT_FOUND, (f"not found: the API server serves no such kind ({_one_line(error)}); is the "
+                                    "ModelDeployment CRD installed (kubectl apply -k operator/)?")
+    if isinstance(error, ApiException):
+        if error.status == 0:  # the client's own failure before any answer, e.g. TLS
+            return ExitCode.UNREACHABLE, f"cannot reach the cluster: {_one_line(error.reason)}"
+        if error.status == 404:
+            return ExitCode.NOT_FOUND, f"not found: {_api_message(error)}"
+        if error.status == 401:
+            return ExitCode.PERMISSION, ("not authenticated: the API server refused the kubeconfig's credentials "
+                                         f"({_api_message(error)})")
+        if error.status == 403:
+            return ExitCode.PERMISSION, f"permission denied: {_api_message(error)}"
+        return ExitCode.API_ERROR, f"the API server refused the request ({error.status}): {_api_message(error)}"
+    return ExitCode.INTERNAL, (f"internal error: {type(error).__name__}: {_one_line(error)} (rerun with --debug, "
+                               f"or {DEBUG_ENV}=1, for the traceback)")
+
+
+class ExitCodeGroup(TyperGroup):
+    """The root command: an error no command handled becomes one line on stderr and an ``ExitCode``,
+    in this one place; --debug keeps the traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # typer's own: usage errors, help, explicit exits
+        except Exception as error:
+            if ctx.params.get("debug"):  # --debug, or TOKENWORKS_DEBUG through the option's envvar
+                raise
+            code, message = explain_error(error)
+            typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code) from error
+
+
 app = typer.Typer(
     name="tokenworks",
+    cls=ExitCodeGroup,
     help="Operate and autoscale LLM inference fleets (Triton + TensorRT-LLM) on Kubernetes.",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 crds_app = typer.Typer(help="The ModelDeployment CustomResourceDefinition.", no_args_is_help=True)
 operator_app = typer.Typer(help="Run the operator.", no_args_is_help=True)
@@ -47,7 +156,7 @@ def load_model_deployment(path: Path, autoscaling: dict[str, Any] | None = None)
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         console.print(f"[red]{path}: not a YAML mapping[/]")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
     raw.setdefault("metadata", {}).setdefault("namespace", "default")
     raw["metadata"].setdefault("uid", "00000000-0000-0000-0000-000000000000")
     if autoscaling and isinstance(raw.get("spec"), dict):
@@ -63,11 +172,14 @@ def load_model_deployment(path: Path, autoscaling: dict[str, Any] | None = None)
     except ValidationError as error:
         for problem in error.errors():
             console.print(f"[red]{'.'.join(str(p) for p in problem['loc'])}[/]: {problem['msg']}")
-        raise typer.Exit(2) from error
+        raise typer.Exit(ExitCode.USAGE) from error
 
 
-@app.callback()
-def main() -> None:
+@app.callback(epilog=EXIT_CODES_HELP)
+def main(
+    debug: Annotated[bool, typer.Option("--debug", envvar=DEBUG_ENV,
+                                        help="Show the traceback of an unexpected error.")] = False,
+) -> None:
     """Operate and autoscale LLM inference fleets (Triton + TensorRT-LLM) on Kubernetes."""
 
 
@@ -89,7 +201,7 @@ def crds_generate(
     if check:
         if not target.exists() or target.read_text() != generate.render():
             console.print(f"[red]{target} is out of date[/]: run `tokenworks crds generate`")
-            raise typer.Exit(1)
+            raise typer.Exit(ExitCode.FAILED)
         console.print(f"{target} is up to date")
         return
     generate.write(target)
@@ -105,8 +217,10 @@ def operator_run(
     lease_namespace: Annotated[str, typer.Option(envvar="POD_NAMESPACE")] = "tokenworks-system",
     lease_duration: Annotated[int, typer.Option(help="Seconds a leader's lease lasts.")] = 15,
     identity: Annotated[str | None, typer.Option(envvar="POD_NAME")] = None,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus metrics; 0 disables.")] = 8080,
-    health_port: Annotated[int, typer.Option(help="/healthz and /readyz; 0 disables.")] = 8081,
+    metrics_port: Annotated[int, typer.Option(help="Port of the Prometheus metrics; 0 disables them. A second "
+                                              "copy on one machine needs another port, or 0.")] = 8080,
+    health_port: Annotated[int, typer.Option(help="Port of /healthz and /readyz; 0 disables them. A second "
+                                             "copy on one machine needs another port, or 0.")] = 8081,
     resync_seconds: Annotated[float, typer.Option(help="Re-check every resource this often.")] = 300,
     prometheus_url: Annotated[str | None, typer.Option(envvar="TOKENWORKS_PROMETHEUS_URL",
                                                        help="Prometheus the autoscaler reads.")] = None,
@@ -225,7 +339,7 @@ def simulate(
 
     def fail(message: str) -> typer.Exit:
         console.print(f"[red]{escape(message)}[/]")
-        return typer.Exit(2)
+        return typer.Exit(ExitCode.USAGE)
 
     if compare and policy is not None:
         raise fail("--compare runs every policy; leave out --policy")
@@ -360,8 +474,8 @@ def describe(
     kube = Kube(load_config(kubeconfig))
     obj = kube.get(API_VERSION, KIND, namespace, name)
     if obj is None:
-        console.print(f"[red]modeldeployment {namespace}/{name} not found[/]")
-        raise typer.Exit(1)
+        typer.secho(f"error: not found: modeldeployment {namespace}/{name}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(ExitCode.NOT_FOUND)
     children = views.children_of(kube, obj)
     events = kube.events_for(namespace, name)
     console.print(views.describe(obj, children, events))
@@ -381,8 +495,8 @@ def explain(
 
     obj = Kube(load_config(kubeconfig)).get(API_VERSION, KIND, namespace, name)
     if obj is None:
-        console.print(f"[red]modeldeployment {namespace}/{name} not found[/]")
-        raise typer.Exit(1)
+        typer.secho(f"error: not found: modeldeployment {namespace}/{name}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(ExitCode.NOT_FOUND)
     console.print(views.explain(obj))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,18 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient()
 
 
+class ProcessDiscoverer(dynamic.LazyDiscoverer):  # type: ignore[misc]  # the client is untyped
+    """API discovery cached in this process only. The client's default cache is a file named by
+    ``tempfile.gettempdir()``, which raises where nothing is writable (the image's read-only root)."""
+
+    def __init__(self, dynamic_client: Any, cache_file: str | None = None) -> None:
+        # A file that cannot exist (/dev/null is no directory), so none is read; none is written either.
+        super().__init__(dynamic_client, cache_file or os.path.join(os.devnull, "tokenworks-discovery.json"))
+
+    def _write_cache(self) -> None:
+        pass
+
+
 class Kube:
     """``KubeApi`` over the dynamic client; server-side apply with one field manager."""
 
@@ -83,7 +96,7 @@ class Kube:
                  counter: RequestCounter | None = None, fence: Callable[[], float] | None = None,
                  request_timeout: float = 20) -> None:
         self.api_client = api_client or client.ApiClient()
-        self.dynamic = dynamic.DynamicClient(self.api_client)
+        self.dynamic = dynamic.DynamicClient(self.api_client, discoverer=ProcessDiscoverer)
         self.counter = counter or RequestCounter()
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
         # Leader fencing: returns the seconds this process may still write, or raises NotLeader.

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from controllers.kube import Conflict, Kube, NamespaceTerminating, load_config
 from controllers.leader import LeaderElector, NotLeader
+from controllers.listening import listening
 from controllers.reconcile import Reconciler
 from controllers.watches import Watch
 from controllers.workqueue import WorkQueue
@@ -292,9 +293,11 @@ class Operator:
             signal.signal(signal.SIGTERM, terminate)
             signal.signal(signal.SIGINT, terminate)
         if self.config.metrics_port:
-            start_http_server(self.config.metrics_port)
+            with listening("--metrics-port", self.config.metrics_port):
+                start_http_server(self.config.metrics_port)
         if self.config.health_port:
-            self.serve_health()
+            with listening("--health-port", self.config.health_port):
+                self.serve_health()
         if self.elector is not None:
             log.info("waiting for leadership lease=%s/%s identity=%s", self.config.lease_namespace,
                      self.config.lease_name, self.config.identity)

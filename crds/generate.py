@@ -110,7 +110,7 @@ def crd() -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "metadata": {"type": "object", "properties": {"name": models.NAME_SCHEMA}},
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },

@@ -6,11 +6,13 @@ The CRD's OpenAPI schema, defaults, enums, bounds and CEL rules are generated fr
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 GROUP = "tokenworks.dev"
 VERSION = "v1alpha1"
@@ -60,6 +62,24 @@ def rule(expression: str, message: str | None = None, *, message_expression: str
     if field_path:
         entry["fieldPath"] = field_path
     return entry
+
+
+# A ModelDeployment's name is its children's: the tightest limits are the Service's name, a DNS-1035
+# label (at most 63 characters: lowercase letters, digits and '-', starting with a letter, not ending with
+# '-'), and the label values that select its pods (at most 63). The rest allow more: the ConfigMap
+# `NAME-engine` is a DNS subdomain (253); the Deployment's ReplicaSets are `NAME-HASH` (253), and the
+# apiserver cuts its pods' generated names to 63.
+NAME_MAX_LENGTH = 63
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_MESSAGE = (
+    "the name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and "
+    f"ending with a letter or digit) of at most {NAME_MAX_LENGTH} characters: it names the ModelDeployment's "
+    "Service and labels its pods"
+)
+
+
+def valid_name(name: str) -> bool:
+    return len(name) <= NAME_MAX_LENGTH and re.fullmatch(NAME_PATTERN, name) is not None
 
 
 class ApiModel(BaseModel):
@@ -362,12 +382,28 @@ class ModelDeploymentStatus(ApiModel):
         None, description="The autoscaler's last decision.")
 
 
+# The CRD's schema of metadata.name (a CRD may restrict no other metadata field).
+NAME_SCHEMA: JsonDict = {"type": "string", "x-kubernetes-validations": [rule(
+    f"self.size() <= {NAME_MAX_LENGTH} && self.matches('{NAME_PATTERN}')", NAME_MESSAGE, reason="FieldValueInvalid",
+)]}
+
+
 class ModelDeployment(ApiModel):
     api_version: Literal["tokenworks.dev/v1alpha1"] = "tokenworks.dev/v1alpha1"
     kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: ModelDeploymentSpec
     status: ModelDeploymentStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_fits_the_children(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        # The CRD's NAME_SCHEMA, for the reconciler (objects admitted before the rule) and manifests
+        # read outside the API server (plan, simulate). No name yet is generateName's case: not ours.
+        name = metadata.get("name")
+        if name is not None and not (isinstance(name, str) and valid_name(name)):
+            raise PydanticCustomError("model_deployment_name", NAME_MESSAGE)
+        return metadata
 
     @property
     def name(self) -> str:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -28,27 +29,38 @@ def install_api_and_rbac(plane: ControlPlane) -> None:
     plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "rbac.yaml"))
 
 
-def service_account_kubeconfig(plane: ControlPlane, path: Path) -> Path:
-    token = client.CoreV1Api(plane.api_client()).create_namespaced_service_account_token(
-        OPERATOR_ACCOUNT, OPERATOR_NAMESPACE,
+def service_account_token(plane: ControlPlane, account: str = OPERATOR_ACCOUNT,
+                          namespace: str = OPERATOR_NAMESPACE) -> str:
+    token: str = client.CoreV1Api(plane.api_client()).create_namespaced_service_account_token(
+        account, namespace,
         client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(
             audiences=[], expiration_seconds=24 * 3600)),
     ).status.token
-    return plane.kubeconfig_for_token(token, path, user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:"
-                                      f"{OPERATOR_ACCOUNT}")
+    return token
+
+
+def service_account_kubeconfig(plane: ControlPlane, path: Path) -> Path:
+    return plane.kubeconfig_for_token(service_account_token(plane), path,
+                                      user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}")
 
 
 class OperatorProcess:
     """`tokenworks operator run` in a subprocess with its own log, metrics and health ports."""
 
     def __init__(self, plane: ControlPlane, kubeconfig: Path, name: str, lease_duration: int = 6,
-                 resync_seconds: float = 30, extra_args: tuple[str, ...] = ()) -> None:
+                 resync_seconds: float = 30, launcher: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None, cwd: Path = REPO_ROOT,
+                 extra_args: tuple[str, ...] = ()) -> None:
+        """``launcher`` goes before the command (e.g. a sandbox that execs its arguments); ``env``
+        replaces the inherited environment; ``extra_args`` go after it."""
         self.name = name
+        self.cwd = cwd
+        self.env = dict(os.environ if env is None else env)
         self.log_path = plane.logs / f"operator-{name}.log"
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.argv = [
-            sys.executable, "-m", "controllers.cli", "operator", "run",
+            *launcher, sys.executable, "-m", "controllers.cli", "operator", "run",
             f"--kubeconfig={kubeconfig}", f"--identity={name}",
             f"--lease-duration={lease_duration}", f"--metrics-port={self.metrics_port}",
             f"--health-port={self.health_port}", f"--resync-seconds={resync_seconds}", *extra_args,
@@ -59,8 +71,8 @@ class OperatorProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
-                                            cwd=REPO_ROOT, start_new_session=True,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                            cwd=self.cwd, start_new_session=True,
+                                            env={**self.env, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

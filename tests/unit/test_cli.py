@@ -1,9 +1,16 @@
-"""The `tokenworks` CLI faces that need no cluster: version, crds generate --check, plan, simulate."""
+"""The `tokenworks` CLI without a cluster: its commands, help, and cluster errors as one line and an exit code."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +18,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner, Result
 
-from controllers.cli import app
+from controllers.cli import EXIT_CODES_HELP, ExitCode, app, explain_error
+from controllers.listening import PortUnavailable
 from controllers.simulation.policies import POLICIES
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -220,3 +228,180 @@ def test_simulate_help_names_every_policy() -> None:
     assert result.exit_code == 0
     text = " ".join(result.output.split())
     assert all(name in text for name in POLICIES), text
+
+
+@pytest.mark.parametrize("args", [["-h"], ["--help"], ["operator", "run", "-h"], ["describe", "-h"]])
+def test_h_is_help_too(args: list[str]) -> None:
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Usage: " in result.output
+
+
+def test_help_documents_the_exit_codes_and_port_zero() -> None:
+    text = " ".join(runner.invoke(app, ["-h"], env={"COLUMNS": "200"}).output.split())
+    assert " ".join(EXIT_CODES_HELP.split()) in text
+    assert all(f"{code.value} " in EXIT_CODES_HELP for code in ExitCode if code)
+    text = " ".join(runner.invoke(app, ["operator", "run", "-h"], env={"COLUMNS": "200"}).output.split())
+    assert text.count("0 disables them") == 2, text
+
+
+def kubeconfig(path: Path, server: str) -> Path:
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": server}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))
+    return path
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port bound but not listening: connecting is refused at once, and nothing else can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def one_error_line(result: Result) -> str:
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_an_unreachable_cluster_is_one_line_naming_it(tmp_path: Path, closed_port: int) -> None:
+    config = kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{closed_port}")
+    for command in (["get"], ["describe", "x"], ["explain", "x"], ["get", "-A"]):
+        result = runner.invoke(app, [*command, "--kubeconfig", str(config)])
+        assert result.exit_code == ExitCode.UNREACHABLE, result.output
+        assert one_error_line(result) == (f"error: cannot reach the cluster at https://127.0.0.1:{closed_port}: "
+                                          "Connection refused")
+
+
+def test_debug_keeps_the_traceback(tmp_path: Path, closed_port: int) -> None:
+    from urllib3.exceptions import MaxRetryError
+
+    config = kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{closed_port}")
+    result = runner.invoke(app, ["--debug", "get", "--kubeconfig", str(config)])
+    assert isinstance(result.exception, MaxRetryError)
+    result = runner.invoke(app, ["get", "--kubeconfig", str(config)], env={"TOKENWORKS_DEBUG": "1"})
+    assert isinstance(result.exception, MaxRetryError)
+
+
+def test_no_kubeconfig_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["get", "--kubeconfig", str(tmp_path / "missing")])
+    assert result.exit_code == ExitCode.UNREACHABLE
+    assert "no usable cluster configuration" in one_error_line(result)
+
+
+GROUPS = {"kind": "APIGroupList", "groups": [{"name": "tokenworks.dev", "versions": [
+    {"groupVersion": "tokenworks.dev/v1alpha1", "version": "v1alpha1"}],
+    "preferredVersion": {"groupVersion": "tokenworks.dev/v1alpha1", "version": "v1alpha1"}}]}
+RESOURCES = {"kind": "APIResourceList", "groupVersion": "tokenworks.dev/v1alpha1", "resources": [
+    {"name": "modeldeployments", "singularName": "modeldeployment", "namespaced": True,
+     "kind": "ModelDeployment", "verbs": ["get", "list"]}]}
+
+
+class FakeApiServer:
+    """Just enough of an apiserver over plain HTTP: discovery of tokenworks.dev, then canned answers."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, tuple[int, dict[str, Any]]] = {
+            "/version": (200, {"major": "1", "minor": "36", "gitVersion": "v1.36.3"}),
+            "/apis": (200, GROUPS),
+            "/apis/tokenworks.dev/v1alpha1": (200, RESOURCES),
+        }
+        answers = self.answers
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = answers.get(self.path.split("?")[0], (404, status_body(404, "NotFound", "not found")))
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason,
+            "code": code}
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApiServer]:
+    fake = FakeApiServer()
+    yield fake
+    fake.server.shutdown()
+    fake.server.server_close()
+
+
+LIST = "/apis/tokenworks.dev/v1alpha1/namespaces/default/modeldeployments"
+FORBIDDEN = ('modeldeployments.tokenworks.dev is forbidden: User "system:serviceaccount:default:x" cannot list '
+             'resource "modeldeployments" in API group "tokenworks.dev" in the namespace "default"')
+
+
+@pytest.mark.parametrize(("answer", "code", "line"), [
+    ((403, status_body(403, "Forbidden", FORBIDDEN)), ExitCode.PERMISSION, f"error: permission denied: {FORBIDDEN}"),
+    ((401, status_body(401, "Unauthorized", "Unauthorized")), ExitCode.PERMISSION,
+     "error: not authenticated: the API server refused the kubeconfig's credentials (Unauthorized)"),
+    ((500, status_body(500, "InternalError", "etcdserver: request timed out")), ExitCode.API_ERROR,
+     "error: the API server refused the request (500): etcdserver: request timed out"),
+], ids=["403", "401", "500"])
+def test_api_errors_are_one_line_with_the_servers_message(
+    tmp_path: Path, api: FakeApiServer, answer: tuple[int, dict[str, Any]], code: ExitCode, line: str
+) -> None:
+    api.answers[LIST] = answer
+    result = runner.invoke(app, ["get", "--kubeconfig", str(kubeconfig(tmp_path / "kubeconfig", api.url))])
+    assert result.exit_code == code, result.output
+    assert one_error_line(result) == line
+
+
+def test_a_missing_model_deployment_is_not_found(tmp_path: Path, api: FakeApiServer) -> None:
+    result = runner.invoke(app, ["describe", "gone", "--kubeconfig", str(kubeconfig(tmp_path / "kc", api.url))])
+    assert result.exit_code == ExitCode.NOT_FOUND
+    assert one_error_line(result) == "error: not found: modeldeployment default/gone"
+
+
+def test_a_cluster_without_the_crd_is_not_found_and_says_so(tmp_path: Path, api: FakeApiServer) -> None:
+    api.answers["/apis"] = (200, {"kind": "APIGroupList", "groups": []})
+    result = runner.invoke(app, ["get", "--kubeconfig", str(kubeconfig(tmp_path / "kc", api.url))])
+    assert result.exit_code == ExitCode.NOT_FOUND
+    assert "is the ModelDeployment CRD installed (kubectl apply -k operator/)?" in one_error_line(result)
+
+
+def test_an_unexpected_error_is_internal_and_points_to_debug() -> None:
+    code, line = explain_error(KeyError("spec"))
+    assert code == ExitCode.INTERNAL and line == ("internal error: KeyError: 'spec' (rerun with --debug, or "
+                                                  "TOKENWORKS_DEBUG=1, for the traceback)")
+    assert explain_error(PortUnavailable("cannot listen"))[0] == ExitCode.PORT_UNAVAILABLE
+
+
+@pytest.mark.parametrize("flag", ["--metrics-port", "--health-port"])
+def test_a_second_operator_on_a_taken_port_names_the_port_and_flag(
+    tmp_path: Path, api: FakeApiServer, flag: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        other = "--health-port" if flag == "--metrics-port" else "--metrics-port"
+        # The real process: its exit status and stderr, as a person starting a second copy sees them.
+        result = subprocess.run(
+            [sys.executable, "-m", "controllers.cli", "operator", "run", "--kubeconfig",
+             str(kubeconfig(tmp_path / "kc", api.url)), f"{flag}={port}", f"{other}=0", "--no-leader-elect"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == ExitCode.PORT_UNAVAILABLE, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: cannot listen on port {port} ({flag}): Address already in use; another copy of the operator? "
+        f"Pass {flag}=0 to disable it, or another port"]

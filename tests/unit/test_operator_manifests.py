@@ -30,6 +30,13 @@ def test_operator_cannot_delete_or_touch_secrets() -> None:
     assert all("secrets" not in r["resources"] for r in rules)
 
 
+def test_the_operator_may_block_its_owners_deletion() -> None:
+    """Its children set blockOwnerDeletion: OwnerReferencesPermissionEnforcement checks for this."""
+    (role,) = [d for d in documents("rbac.yaml") if d["kind"] == "ClusterRole"]
+    assert any(r["apiGroups"] == ["tokenworks.dev"] and "modeldeployments/finalizers" in r["resources"]
+               and "update" in r["verbs"] for r in role["rules"])
+
+
 def test_leases_are_granted_only_in_the_operator_namespace() -> None:
     for doc in documents("rbac.yaml"):
         for rule in doc.get("rules", []):
@@ -50,3 +57,13 @@ def test_manager_runs_two_replicas_as_the_operator_service_account() -> None:
     assert pod["serviceAccountName"] == "tokenworks-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert not (OPERATOR / "__init__.py").exists()
+
+
+def test_a_read_only_root_comes_with_a_writable_tmp() -> None:
+    (deployment,) = documents("manager.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    empty_dirs = {v["name"] for v in pod.get("volumes", []) if "emptyDir" in v}
+    for container in pod["containers"]:
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert len(tmp) == 1 and tmp[0]["name"] in empty_dirs and not tmp[0].get("readOnly"), container["name"]
