@@ -99,6 +99,7 @@ class Kube:
         self.dynamic = dynamic.DynamicClient(self.api_client, discoverer=ProcessDiscoverer)
         self.counter = counter or RequestCounter()
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
+        self._discovery = threading.RLock()
         # Leader fencing: returns the seconds this process may still write, or raises NotLeader.
         self.fence = fence
         # No request may hang forever: a stuck API server must not stall a worker past its lease.
@@ -112,7 +113,18 @@ class Kube:
         return min(self.request_timeout, self.fence())
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        # Discovery fills its cache lazily and is not thread-safe: two threads resolving kinds at once
+        # see a half-built cache (KeyError 'resources').
+        with self._discovery:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        """The dynamic client's resource for a kind (watches use it); ResourceNotFoundError if not served."""
+        return self._resource(api_version, kind)
+
+    def invalidate_discovery(self) -> None:
+        with self._discovery:
+            self.dynamic.resources.invalidate_cache()
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None:
         self.counter.count(write=False)
@@ -174,7 +186,7 @@ class Kube:
             return known[0]
         try:
             if known is not None:
-                self.dynamic.resources.invalidate_cache()
+                self.invalidate_discovery()
             self._resource(api_version, kind)
             found = True
         except ResourceNotFoundError:

@@ -129,9 +129,9 @@ class Operator:
                 queue.add((obj["metadata"]["namespace"], owner))
 
         scopes: list[str | None] = list(self.config.namespaces) or [None]
-        watches = [Watch(self.kube.dynamic, API_VERSION, KIND, ns, on_model_deployment, self.stopping)
+        watches = [Watch(self.kube, API_VERSION, KIND, ns, on_model_deployment, self.stopping)
                    for ns in scopes]
-        watches += [Watch(self.kube.dynamic, api_version, kind, ns, on_child, self.stopping,
+        watches += [Watch(self.kube, api_version, kind, ns, on_child, self.stopping,
                           label_selector=CHILD_SELECTOR, optional=optional)
                     for api_version, kind, optional in WATCHED_CHILDREN for ns in scopes]
         return watches

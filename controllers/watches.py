@@ -50,11 +50,11 @@ class Watch:
     """One list+watch loop for one kind in one namespace (or cluster-wide), calling ``on_object``
     with each object seen (listed or changed, deletions included)."""
 
-    def __init__(self, dynamic: Any, api_version: str, kind: str, namespace: str | None,
+    def __init__(self, kube: Any, api_version: str, kind: str, namespace: str | None,
                  on_object: Callable[[dict[str, Any]], None], stopping: threading.Event,
                  label_selector: str | None = None, timeout_seconds: int = 60,
                  optional: bool = False) -> None:
-        self.dynamic = dynamic
+        self.kube = kube  # controllers.kube.Kube: resolves kinds under its discovery lock
         self.api_version = api_version
         self.kind = kind
         self.namespace = namespace
@@ -78,7 +78,7 @@ class Watch:
             except ResourceNotFoundError as error:
                 cause = "error"
                 self._failed(error, quiet=self.optional)
-                self.dynamic.resources.invalidate_cache()  # noticed when the CRD comes back
+                self.kube.invalidate_discovery()  # noticed when the CRD comes back
                 self.stopping.wait(20 if self.optional else backoff)
             except Exception as error:  # the loop must outlive any API failure
                 cause = "error"
@@ -91,7 +91,7 @@ class Watch:
             self.watcher.stop()
 
     def _resource(self) -> Any:
-        return self.dynamic.resources.get(api_version=self.api_version, kind=self.kind)
+        return self.kube.resource(self.api_version, self.kind)
 
     def _list(self, cause: str) -> str:
         listed = self._resource().get(namespace=self.namespace, label_selector=self.label_selector,
@@ -134,6 +134,8 @@ class Watch:
                 self.state.failing_since = None
 
     def _failed(self, error: Exception, quiet: bool = False) -> None:
+        if self.stopping.is_set():
+            return  # the connection was closed because the process is stopping
         with self.state.lock:
             self.state.connected = False
             if self.state.failing_since is None:

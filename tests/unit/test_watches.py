@@ -59,8 +59,8 @@ class Server:
 
 def run(server: Server, stop: threading.Event) -> tuple[Watch, list[str]]:
     seen: list[str] = []
-    dynamic = SimpleNamespace(resources=SimpleNamespace(get=lambda **_: server, invalidate_cache=lambda: None))
-    watch = Watch(dynamic, "apps/v1", "Deployment", "ns", lambda o: seen.append(o["metadata"]["name"]), stop,
+    kube = SimpleNamespace(resource=lambda *_: server, invalidate_discovery=lambda: None)
+    watch = Watch(kube, "apps/v1", "Deployment", "ns", lambda o: seen.append(o["metadata"]["name"]), stop,
                   label_selector="app.kubernetes.io/managed-by=tokenworks")
     thread = threading.Thread(target=watch.run, daemon=True)
     thread.start()
