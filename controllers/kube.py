@@ -30,7 +30,7 @@ class KubeApi(Protocol):
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None: ...
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[ManifestT]: ...
-    def apply(self, manifest: ManifestT) -> ManifestT: ...
+    def apply(self, manifest: ManifestT, dry_run: bool = False) -> ManifestT: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT: ...
     def has_kind(self, api_version: str, kind: str) -> bool: ...
@@ -104,13 +104,14 @@ class Kube:
                                                       label_selector=label_selector).items
         return [item.to_dict() for item in items]
 
-    def apply(self, manifest: ManifestT) -> ManifestT:
+    def apply(self, manifest: ManifestT, dry_run: bool = False) -> ManifestT:
+        # A dry run (dryRun=All) persists nothing, but it is a PATCH: it counts as a write request.
         self.counter.count(write=True)
         metadata = manifest["metadata"]
         try:
             obj = self._resource(manifest["apiVersion"], manifest["kind"]).server_side_apply(
                 body=manifest, name=metadata["name"], namespace=metadata.get("namespace"),
-                field_manager=FIELD_MANAGER, force_conflicts=True,
+                field_manager=FIELD_MANAGER, force_conflicts=True, **({"dry_run": "All"} if dry_run else {}),
             )
         except ApiException as error:
             if error.status == 409:
