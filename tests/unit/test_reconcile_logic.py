@@ -95,20 +95,22 @@ def test_handover(name: str, model: ModelDeployment, live: int | None, expected:
 
 
 def test_the_handover_in_a_worked_example() -> None:
-    """docs/operator.md: on at generation 3, the autoscaler left 3 replicas; spec.replicas says 1."""
-    on = md(replicas=1, autoscaling=ON, status={"autoscaler": {"desiredReplicas": 3, "generation": 3}})
-    assert desired_replicas(on, 3) == 3
-    recorded = derive_status(on, deployment(3, 3, 3), 3, [])["replicaSource"]
+    """docs/operator.md, row by row: on at generation 3, the autoscaler left 4; spec.replicas says 1."""
+    on = md(replicas=1, autoscaling=ON, status={"autoscaler": {"desiredReplicas": 4, "generation": 3}})
+    assert desired_replicas(on, 4) == 4
+    recorded = derive_status(on, deployment(4, 4, 4), 4, [])["replicaSource"]
     assert recorded == {"owner": "autoscaler", "specReplicas": 1}
-    # Switched off (generation 4): the operator writes 3 into spec.replicas before anything else.
+    # Switched off (generation 4): the operator writes 4 into spec.replicas before anything else.
     off = md(replicas=1, generation=4,
-             status={"replicaSource": recorded, "autoscaler": {"desiredReplicas": 3, "generation": 3}})
-    assert handover_replicas(off, 3) == 3
-    handed = md(replicas=3, generation=5, status={"replicaSource": {"owner": "spec", "specReplicas": 3}})
-    assert desired_replicas(handed, 3) == 3 and handover_replicas(handed, 3) is None
-    # A week later at 2 (kubectl scale, generation 6), switched on again (7): last week's 3 is stale; 2 holds.
-    again = md(replicas=2, autoscaling=ON, generation=7,
-               status={"autoscaler": {"desiredReplicas": 3, "generation": 3}})
+             status={"replicaSource": recorded, "autoscaler": {"desiredReplicas": 4, "generation": 3}})
+    assert handover_replicas(off, 4) == 4
+    handed = md(replicas=4, generation=5, status={"replicaSource": {"owner": "spec", "specReplicas": 4}})
+    assert desired_replicas(handed, 4) == 4 and handover_replicas(handed, 4) is None
+    # A week later at 2 (kubectl scale, generation 6), switched on again (7): last week's 4 is stale; 2 holds.
+    again = md(replicas=2, autoscaling={**ON, "maxReplicas": 8}, generation=7,
+               status={"replicaSource": {"owner": "spec", "specReplicas": 2},
+                       "autoscaler": {"desiredReplicas": 4, "generation": 3}})
+    assert handover_replicas(again, 2) is None
     assert desired_replicas(again, 2) == 2
 
 
