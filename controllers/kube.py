@@ -32,7 +32,7 @@ class KubeApi(Protocol):
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None: ...
     def list(self, api_version: str, kind: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[ManifestT]: ...
-    def apply(self, manifest: ManifestT) -> ManifestT: ...
+    def apply(self, manifest: ManifestT, dry_run: bool = False) -> ManifestT: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT: ...
     def has_kind(self, api_version: str, kind: str) -> bool: ...
@@ -143,7 +143,9 @@ class Kube:
                                                       _request_timeout=self.request_timeout).items
         return [item.to_dict() for item in items]
 
-    def apply(self, manifest: ManifestT) -> ManifestT:
+    def apply(self, manifest: ManifestT, dry_run: bool = False) -> ManifestT:
+        # A dry run (dryRun=All) persists nothing, but it is a PATCH: it counts as a write request,
+        # and is fenced like one (a dry run of a non-leader is wasted work at best).
         timeout = self._write_timeout()
         self.counter.count(write=True)
         metadata = manifest["metadata"]
@@ -151,6 +153,7 @@ class Kube:
             obj = self._resource(manifest["apiVersion"], manifest["kind"]).server_side_apply(
                 body=manifest, name=metadata["name"], namespace=metadata.get("namespace"),
                 field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=timeout,
+                **({"dry_run": "All"} if dry_run else {}),
             )
         except ApiException as error:
             if error.status == 409:

@@ -1,21 +1,31 @@
 """The ModelDeployment reconcile: level-triggered and idempotent.
 
-read the ModelDeployment -> check it can work (GPU nodes, memory) -> render children (pure) ->
-server-side apply the ones that differ -> derive status -> write status only when it changed.
+read the ModelDeployment -> hand the replica count over if autoscaling was just switched off -> check
+it can work (GPU nodes, memory) -> render children (pure) -> server-side apply the ones whose content
+differs -> derive status -> write status only when it changed.
 A spec that cannot work sets ``Degraded`` and leaves running children exactly as they are.
+
+Drift is judged by content, not by who wrote last: a child unchanged since it was last verified
+(same intent, same resourceVersion) is skipped; otherwise a server-side apply dry run of the intent is
+compared with the live object, and only a difference is applied. Fields another writer took from the
+operator are reverted with a ``ForeignWriteReverted`` Event; fields another writer added, which
+server-side apply cannot take back, are reported once with ``ForeignFieldsKept``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from controllers.kube import FIELD_MANAGER, KubeApi, ManifestT
@@ -25,6 +35,8 @@ from inference_pods.repository import PREPARE_REASONS, cache_key
 from inference_pods.templates import CACHE_KEY_ANNOTATION, digest, render_children, selector_labels
 
 log = logging.getLogger("tokenworks.reconcile")
+DRY_RUNS = Counter("tokenworks_child_dry_runs_total",
+                   "Server-side apply dry runs of children (drift checks; none at rest).", ["kind"])
 
 APPLIED_HASH_ANNOTATION = "tokenworks.dev/applied-hash"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -128,9 +140,10 @@ def prepared_condition(pods: list[ManifestT], key: str, generation: int) -> dict
         return _condition("ModelPrepared", False, failure[0], failure[1], generation)
     return {"type": "ModelPrepared", "status": "Unknown", "reason": "NotPreparedYet",
             "message": "no pod of the current spec has run the prepare step yet", "observedGeneration": generation}
-# Writers whose changes to a child's spec are expected (the Deployment controller writes status
-# and annotations, not spec) or our own.
-TRUSTED_MANAGERS = {FIELD_MANAGER, "kube-controller-manager"}
+# Status fields the reconciler owns (field manager ``tokenworks``): every status write sends all of them,
+# since server-side apply removes the fields a manager stops sending.
+RECONCILER_STATUS_FIELDS = ("observedGeneration", "replicas", "readyReplicas", "updatedReplicas",
+                            "desiredReplicas", "gpus", "endpoint", "selector", "replicaSource", "conditions")
 
 Clock = Callable[[], dt.datetime]
 
@@ -151,36 +164,193 @@ class ReconcileResult:
     status_written: bool = False
     problems: list[Problem] = field(default_factory=list)
     gone: bool = False
-    reverted: list[str] = field(default_factory=list)  # children another writer had changed
+    reverted: list[str] = field(default_factory=list)  # what another writer had changed, reverted
+    dry_runs: int = 0
+    handed_over: int | None = None  # spec.replicas written when autoscaling was switched off
 
 
-def desired_replicas(md: ModelDeployment) -> int:
-    """The one rule for who owns the replica count (docs/replicas.md).
+def replica_owner(md: ModelDeployment) -> str:
+    """``autoscaler`` while autoscaling is on and not advisory, else ``spec`` (spec.replicas)."""
+    scaling = md.spec.autoscaling
+    return "autoscaler" if scaling.enabled and not scaling.advisory else "spec"
 
-    Autoscaling off or advisory: ``spec.replicas`` (what ``kubectl scale`` sets). Autoscaling on:
-    the autoscaler's last decision in ``status.autoscaler.desiredReplicas``, and before its first
-    decision ``spec.replicas`` clamped to [minReplicas, maxReplicas].
+
+def current_decision(md: ModelDeployment) -> int | None:
+    """The autoscaler's decision if it was made under the current ``metadata.generation``; a decision
+    of another generation (one from before autoscaling was switched off and on again, or before the
+    last spec edit) is stale: None."""
+    autoscaler = md.status.autoscaler if md.status else None
+    if autoscaler is None or not isinstance(autoscaler.desired_replicas, int):
+        return None
+    if autoscaler.generation != md.metadata.get("generation"):
+        return None
+    return autoscaler.desired_replicas
+
+
+def desired_replicas(md: ModelDeployment, live: int | None = None) -> int:
+    """The one rule for who owns the replica count (docs/operator.md, "Who owns the replica count").
+
+    Autoscaling off or advisory: ``spec.replicas`` (what ``kubectl scale`` sets). Autoscaling on: the
+    autoscaler's decision for this generation in ``status.autoscaler.desiredReplicas``; without one
+    (none yet, or a stale one) the ``live`` count of the Deployment, and without a Deployment
+    ``spec.replicas``; clamped to [minReplicas, maxReplicas].
     """
     spec = md.spec
     scaling = spec.autoscaling
-    if not scaling.enabled or scaling.advisory:
+    if replica_owner(md) == "spec":
         return spec.replicas
-    status = md.status.model_dump(by_alias=True) if md.status else {}
-    decided = (status.get("autoscaler") or {}).get("desiredReplicas")
-    target = decided if isinstance(decided, int) else spec.replicas
+    decided = current_decision(md)
+    target = decided if decided is not None else live if live is not None else spec.replicas
     return max(scaling.min_replicas, min(scaling.max_replicas, target))
 
 
-def foreign_spec_writer(live: ManifestT) -> str | None:
-    """Name of a field manager other than ours that owns part of the child's spec, if any."""
-    for entry in live.get("metadata", {}).get("managedFields") or []:
-        manager = entry.get("manager", "")
-        # `kubectl scale deployment` writes through the scale subresource: that counts too.
-        if manager in TRUSTED_MANAGERS or entry.get("subresource") == "status":
+def handover_replicas(md: ModelDeployment, live: int | None) -> int | None:
+    """The count to write into ``spec.replicas`` when autoscaling was just switched off (or to
+    advisory), so capacity is handed over, not cut: the ``live`` count of the Deployment.
+
+    None when there is nothing to hand over: the autoscaler does not own the count now and did not at
+    the last reconcile (``status.replicaSource``), or the user set ``spec.replicas`` in the same edit
+    (it differs from what it was while the autoscaler owned the count: the user's number wins), or
+    the live count already equals ``spec.replicas``.
+    """
+    source = md.status.replica_source if md.status else None
+    if replica_owner(md) != "spec" or source is None or source.owner != "autoscaler":
+        return None
+    if md.spec.replicas != source.spec_replicas or live is None or live == md.spec.replicas:
+        return None
+    return live
+
+
+# --- drift by content -------------------------------------------------------------------------------
+FieldPath = tuple[str, ...]  # keys of a managedFields fieldsV1 trie: ("f:spec", "f:replicas")
+# What `kubectl rollout restart` adds to the pod template: the documented way to restart, kept silently.
+RESTARTED_AT: FieldPath = ("f:spec", "f:template", "f:metadata", "f:annotations",
+                           "f:kubectl.kubernetes.io/restartedAt")
+# Maintained by the API server, not asked for: no part of the comparison.
+_SERVER_METADATA = ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid")
+
+
+def owned_fields(fields_v1: dict[str, Any]) -> set[FieldPath]:
+    """The fields a fieldsV1 trie names: its leaves, and list elements marked ``.`` (the element
+    itself). A ``.`` under a struct or map field only says the map exists, which nobody asked for."""
+    paths: set[FieldPath] = set()
+
+    def walk(node: dict[str, Any], path: FieldPath) -> None:
+        for key, child in node.items():
+            if key == ".":
+                if path and not path[-1].startswith("f:"):
+                    paths.add(path)
+            elif child:
+                walk(child, (*path, key))
+            else:
+                paths.add((*path, key))
+
+    walk(fields_v1, ())
+    return paths
+
+
+def field_owners(obj: ManifestT) -> dict[str, set[FieldPath]]:
+    """Fields of the main resource per writer, named ``manager`` or ``manager (through /scale)``;
+    status-subresource entries are left out (status is not the operator's to compare)."""
+    owners: dict[str, set[FieldPath]] = {}
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        subresource = entry.get("subresource") or ""
+        if subresource == "status":
             continue
-        if "f:spec" in (entry.get("fieldsV1") or {}):
-            return str(manager)
-    return None
+        name = str(entry.get("manager", "")) + (f" (through /{subresource})" if subresource else "")
+        owners.setdefault(name, set()).update(owned_fields(entry.get("fieldsV1") or {}))
+    return owners
+
+
+def field_name(path: FieldPath) -> str:
+    """``spec.template.spec.containers[name=triton].env[name=EXTRA]`` for a fieldsV1 path."""
+    text = ""
+    for key in path:
+        kind, _, rest = key.partition(":")
+        if kind == "f":
+            text += f"[{rest}]" if "." in rest or "/" in rest else ("." if text else "") + rest
+        elif kind == "k":
+            element = json.loads(rest)
+            text += "[" + ",".join(f"{k}={v}" for k, v in element.items()) + "]"
+        elif kind == "v":
+            text += f"[={rest}]"
+        else:
+            text += f"[{rest}]"
+    return text
+
+
+def _outermost(paths: set[FieldPath]) -> list[FieldPath]:
+    """The paths no other path of the set contains: an added env var, not also its name and value."""
+    return sorted(p for p in paths if not any(p[:i] in paths for i in range(1, len(p))))
+
+
+def comparable(obj: ManifestT) -> ManifestT:
+    """The object less what the server maintains (managedFields, resourceVersion, generation, uid,
+    creationTimestamp) and less status: what a dry run is compared on."""
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _SERVER_METADATA}
+    return {**{k: v for k, v in obj.items() if k not in ("metadata", "status")}, "metadata": metadata}
+
+
+_MISSING: Any = object()
+
+
+def value_at(obj: Any, path: FieldPath) -> Any:
+    """The value a fieldsV1 path names in ``obj``; ``_MISSING`` where there is none."""
+    node = obj
+    for key in path:
+        kind, _, rest = key.partition(":")
+        if kind == "f" and isinstance(node, dict) and rest in node:
+            node = node[rest]
+        elif kind == "k" and isinstance(node, list):
+            want = json.loads(rest)
+            node = next((e for e in node if isinstance(e, dict)
+                         and all(e.get(k) == v for k, v in want.items())), _MISSING)
+        elif kind == "v" and isinstance(node, list):
+            node = json.loads(rest) if json.loads(rest) in node else _MISSING
+        elif kind == "i" and isinstance(node, list) and int(rest) < len(node):
+            node = node[int(rest)]
+        else:
+            return _MISSING
+        if node is _MISSING:
+            return node
+    return node
+
+
+def fields_taken(live: ManifestT, dry: ManifestT, intent_changed: bool) -> dict[str, list[str]]:
+    """Fields another writer took from the operator, per writer: those the operator owns once its
+    intent is applied (``dry``, the dry run) but not in ``live``, with another value there.
+
+    A field another writer owns in ``live`` is named after it. A field nobody owns was removed; it
+    counts only when the intent did not change (``intent_changed`` False), since a field new in the
+    intent is missing from ``live`` too."""
+    taken = field_owners(dry).get(FIELD_MANAGER, set()) - field_owners(live).get(FIELD_MANAGER, set())
+    others = {name: fields for name, fields in field_owners(live).items() if name != FIELD_MANAGER}
+    named: dict[str, list[str]] = {}
+    for path in _outermost(taken):
+        if value_at(live, path) == value_at(dry, path):
+            continue  # another owner, the same value: nothing was changed
+        writers = [name for name, fields in others.items()
+                   if any(path[:i] in fields for i in range(1, len(path) + 1))]
+        if not writers and intent_changed:
+            continue
+        for writer in writers or ["a writer that removed it"]:
+            named.setdefault(writer, []).append(field_name(path))
+    return named
+
+
+def fields_kept(applied: ManifestT) -> dict[str, list[str]]:
+    """Spec fields other writers added that the operator never set (an env var from ``kubectl
+    edit``), per writer: server-side apply cannot remove fields a manager does not own. The
+    ``restartedAt`` annotation of ``kubectl rollout restart`` is not listed."""
+    mine = field_owners(applied).get(FIELD_MANAGER, set())
+    kept: dict[str, list[str]] = {}
+    for name, fields in field_owners(applied).items():
+        if name == FIELD_MANAGER:
+            continue
+        extra = {p for p in fields if p[:1] == ("f:spec",) and p != RESTARTED_AT and p not in mine}
+        if extra:
+            kept[name] = [field_name(p) for p in _outermost(extra)]
+    return kept
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -234,9 +404,22 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
         "gpus": existing * md.spec.gpus_per_replica,
         "endpoint": f"http://{md.name}.{md.namespace}.svc:{md.spec.ports.http}",
         "selector": ",".join(f"{k}={v}" for k, v in selector_labels(md.name).items()),
+        "replicaSource": {"owner": replica_owner(md), "specReplicas": md.spec.replicas},
         "conditions": [ready_condition, progressing, degraded,
                        prepared_condition(pods or [], cache_key(md.spec, image_registry), generation)],
     }
+    return status
+
+
+def degraded_only_status(current: dict[str, Any], problem: Problem, generation: int) -> dict[str, Any]:
+    """The reconciler's whole status intent when only ``Degraded`` can be known (the spec does not
+    parse): its other fields and conditions carried forward from ``current``. Pure."""
+    status = {k: current[k] for k in RECONCILER_STATUS_FIELDS if k in current and k != "conditions"}
+    status["observedGeneration"] = generation
+    status["conditions"] = [
+        *(c for c in current.get("conditions") or [] if c.get("type") in OWN_CONDITIONS
+          and c.get("type") != "Degraded"),
+        _condition("Degraded", True, problem.reason, problem.message, generation)]
     return status
 
 
@@ -282,6 +465,11 @@ class Reconciler:
             else image_registry
         self.node_cache_seconds = node_cache_seconds
         self._nodes: tuple[float, list[ManifestT]] | None = None
+        # Per ModelDeployment, each child's (intent hash, resourceVersion) when its content was last
+        # found equal to the intent: unchanged since, it needs no dry run. Workers share it.
+        self._verified: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str | None]]] = {}
+        self._kept_said: set[tuple[str, ...]] = set()
+        self._lock = threading.Lock()
 
     def nodes(self) -> list[ManifestT]:
         # One node list serves every reconcile for a while: 200 deployments must not mean 200 lists.
@@ -356,6 +544,7 @@ class Reconciler:
         obj = self.kube.get(API_VERSION, KIND, namespace, name)
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             result.gone = True
+            self._forget(namespace, name)
             return result  # owner references let the garbage collector remove the children
         current_status = obj.get("status") or {}
         try:
@@ -369,13 +558,20 @@ class Reconciler:
             return result
 
         deployment = self.kube.get("apps/v1", "Deployment", namespace, name)
-        replicas = desired_replicas(md)
+        live = (deployment or {}).get("spec", {}).get("replicas")
+        live = live if isinstance(live, int) else None
+        handover = handover_replicas(md, live)
+        if handover is not None:
+            # Before anything is applied, even while Degraded: no reconcile may cut to a stale count.
+            obj, md = self._hand_over(obj, md, handover)
+            result.handed_over = handover
+        replicas = desired_replicas(md, live)
         result.problems = self.problems(md)
         if not result.problems:
             pod_monitor = self.kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
             for child in render_children(md, replicas, pod_monitor_api=pod_monitor,
                                          image_registry=self.image_registry):
-                applied = self._apply_if_changed(child, result)
+                applied = self._apply_if_changed(obj, child, result)
                 if applied is not None:
                     result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
                     if child["kind"] == "Deployment":
@@ -385,8 +581,8 @@ class Reconciler:
 
         for change in result.reverted:
             # A second writer (an HPA on the Deployment, a hand edit): the operator owns these fields.
-            self.kube.event(obj, "ForeignWriteReverted", f"reverted the change to {change}: the operator owns "
-                            "this object's spec; scale the ModelDeployment instead", "Warning")
+            self.kube.event(obj, "ForeignWriteReverted", f"reverted {change}: the operator owns these "
+                            "fields; change the ModelDeployment instead", "Warning")
         pods = self.kube.list("v1", "Pod", namespace,
                               ",".join(f"{k}={v}" for k, v in selector_labels(name).items()))
         status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry)
@@ -399,21 +595,81 @@ class Reconciler:
             self._post_events(obj, current_status, status, result)
         return result
 
-    def _apply_if_changed(self, child: ManifestT, result: ReconcileResult) -> ManifestT | None:
+    def _hand_over(self, obj: ManifestT, md: ModelDeployment, replicas: int) -> tuple[ManifestT, ModelDeployment]:
+        """Write the live count into ``spec.replicas`` (field manager ``tokenworks``, this one field):
+        from here ``spec.replicas`` is the count, and ``kubectl scale`` changes it as usual."""
+        before = md.spec.replicas
+        updated = self.kube.apply({"apiVersion": API_VERSION, "kind": KIND,
+                                   "metadata": {"name": md.name, "namespace": md.namespace},
+                                   "spec": {"replicas": replicas}})
+        what = "advisory" if md.spec.autoscaling.enabled else "off"
+        self.kube.event(updated, "AutoscalingHandedOver", (
+            f"autoscaling {what}; keeping {replicas} replicas: spec.replicas set from {before} to {replicas} "
+            "(the count the autoscaler left); set spec.replicas to change it"))
+        log.info("handed over the replica count object=%s/%s replicas=%d was=%d", md.namespace, md.name,
+                 replicas, before)
+        return updated, ModelDeployment.model_validate(updated)
+
+    def _forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            self._verified.pop((namespace, name), None)
+            self._kept_said = {k for k in self._kept_said if k[:2] != (namespace, name)}
+
+    def _apply_if_changed(self, obj: ManifestT, child: ManifestT, result: ReconcileResult) -> ManifestT | None:
+        """Apply ``child`` only where the live object's content differs from it (see the module
+        docstring); the applied object, or None when nothing was written."""
         metadata = child["metadata"]
+        owner = (metadata["namespace"], obj["metadata"]["name"])
+        key = (child["apiVersion"], child["kind"], metadata["name"])
         wanted = digest(child)
-        live = self.kube.get(child["apiVersion"], child["kind"], metadata["namespace"], metadata["name"])
-        if live is not None:
-            live_hash = (live["metadata"].get("annotations") or {}).get(APPLIED_HASH_ANNOTATION)
-            foreign = foreign_spec_writer(live)
-            if live_hash == wanted and foreign is None:
-                return None
-            if foreign is not None:
-                log.info("reverted change by another writer kind=%s object=%s/%s manager=%s",
-                         child["kind"], metadata["namespace"], metadata["name"], foreign)
-                result.reverted.append(f"{child['kind']}/{metadata['name']} by {foreign}")
         metadata.setdefault("annotations", {})[APPLIED_HASH_ANNOTATION] = wanted
-        return self.kube.apply(child)
+        live = self.kube.get(child["apiVersion"], child["kind"], metadata["namespace"], metadata["name"])
+        if live is None:
+            applied = self.kube.apply(child)
+            self._verify(owner, key, wanted, applied)
+            return applied
+        with self._lock:
+            known = self._verified.get(owner, {}).get(key)
+        if known == (wanted, live["metadata"].get("resourceVersion")):
+            return None  # verified before, and nobody has written it since
+        dry = self.kube.apply(child, dry_run=True)
+        result.dry_runs += 1
+        DRY_RUNS.labels(child["kind"]).inc()
+        self._say_kept(obj, child, dry)
+        if comparable(dry) == comparable(live):
+            self._verify(owner, key, wanted, live)
+            return None
+        intent_changed = (live["metadata"].get("annotations") or {}).get(APPLIED_HASH_ANNOTATION) != wanted
+        taken = fields_taken(live, dry, intent_changed)
+        applied = self.kube.apply(child)
+        self._verify(owner, key, wanted, applied)
+        if taken:
+            writers = "; ".join(f"{', '.join(fields)} changed by {writer}" for writer, fields in taken.items())
+            log.info("reverted change by another writer kind=%s object=%s/%s fields=%s", child["kind"],
+                     metadata["namespace"], metadata["name"], writers)
+            result.reverted.append(f"{child['kind']}/{metadata['name']}: {writers}")
+        return applied
+
+    def _verify(self, owner: tuple[str, str], key: tuple[str, str, str], wanted: str, obj: ManifestT) -> None:
+        with self._lock:
+            self._verified.setdefault(owner, {})[key] = (wanted, obj["metadata"].get("resourceVersion"))
+
+    def _say_kept(self, obj: ManifestT, child: ManifestT, applied: ManifestT) -> None:
+        """One Warning per child, writer and set of fields per process: fields another writer added
+        stay, and only a person can remove them."""
+        metadata = child["metadata"]
+        for writer, fields in fields_kept(applied).items():
+            said = (metadata["namespace"], obj["metadata"]["name"], child["kind"], metadata["name"], writer,
+                    *fields)
+            with self._lock:
+                if said in self._kept_said:
+                    continue
+                self._kept_said.add(said)
+            self.kube.event(obj, "ForeignFieldsKept", (
+                f"{child['kind']}/{metadata['name']}: {writer} added {', '.join(fields)}, which the operator "
+                "never set; server-side apply cannot remove fields it does not own, so they stay: remove "
+                f"them by hand (kubectl edit {child['kind'].lower()} {metadata['name']}) if unwanted"),
+                "Warning")
 
     def _post_events(self, obj: ManifestT, old: dict[str, Any], new: dict[str, Any],
                      result: ReconcileResult) -> None:
@@ -441,8 +697,7 @@ class Reconciler:
     def _write_degraded_only(self, obj: ManifestT, problem: Problem, result: ReconcileResult) -> None:
         generation = int(obj["metadata"].get("generation", 0))
         current = obj.get("status") or {}
-        status = {"observedGeneration": generation, "conditions": [
-            _condition("Degraded", True, problem.reason, problem.message, generation)]}
+        status = degraded_only_status(current, problem, generation)
         mine = {c["type"]: c for c in current.get("conditions") or []}
         if mine.get("Degraded", {}).get("message") != problem.message:
             merge_transition_times(status, current.get("conditions") or [], self.clock())

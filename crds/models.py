@@ -352,6 +352,8 @@ class AutoscalerStatus(ApiModel):
         "x-kubernetes-preserve-unknown-fields": True})
 
     desired_replicas: int | None = Field(None, description="Replicas the autoscaler decided.")
+    generation: int | None = Field(None, description="metadata.generation the decision was made under; a "
+                                   "decision of another generation is stale and not applied.")
 
 
 class ScalingDecisionStatus(ApiModel):
@@ -361,6 +363,14 @@ class ScalingDecisionStatus(ApiModel):
     time: str | None = Field(None, description="When the decision was made.")
     replicas: int | None = Field(None, description="Replicas decided.")
     reason: str | None = Field(None, description="Which rule decided, and why.")
+
+
+class ReplicaSourceStatus(ApiModel):
+    """Who set the replica count at the last reconcile: how the operator sees autoscaling switched off."""
+
+    owner: Literal["autoscaler", "spec"] = Field(description="`autoscaler` (autoscaling on, not advisory) or "
+                                                 "`spec` (spec.replicas).")
+    spec_replicas: int = Field(description="spec.replicas then.")
 
 
 class ModelDeploymentStatus(ApiModel):
@@ -373,6 +383,8 @@ class ModelDeploymentStatus(ApiModel):
     endpoint: str | None = Field(None, description="In-cluster HTTP endpoint of the model.")
     selector: str | None = Field(None, description="Label selector of the pods (scale "
                                  "subresource).")
+    replica_source: ReplicaSourceStatus | None = Field(None, description="Who set the replica count at "
+                                                       "the last reconcile.")
     conditions: list[Condition] = Field(
         default_factory=list, description="Current conditions, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},

@@ -324,13 +324,15 @@ def service(md: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def pod_disruption_budget(md: ModelDeployment) -> dict[str, Any]:
+def pod_disruption_budget(md: ModelDeployment, replicas: int) -> dict[str, Any]:
+    """A drain must never take the whole model down: one replica at a time of two or more, and none of
+    a single replica (the drain waits; docs/operator.md says how to move it)."""
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(md, md.name),
-        # One replica at a time: a drained node must not take a whole model offline at once.
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(md.name)}},
+        "spec": {"maxUnavailable": 1 if replicas > 1 else 0,
+                 "selector": {"matchLabels": selector_labels(md.name)}},
     }
 
 
@@ -360,7 +362,7 @@ def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool
         config,
         deployment(md, replicas, digest(config["data"]), image_registry),
         service(md),
-        pod_disruption_budget(md),
+        pod_disruption_budget(md, replicas),
     ]
     if pod_monitor_api:
         children.append(pod_monitor(md))

@@ -5,6 +5,11 @@ The decision state (recommendation history, throughput trend, panic and idle tim
 ``status.autoscaler`` so a restarted operator neither forgets its windows nor scales down: on its first
 tick for a ModelDeployment it also records the current count in the history, so nothing scales down
 within one stabilization window of a restart.
+
+A decision carries the ``metadata.generation`` it was made under; one of another generation is stale
+(made before autoscaling was switched off and on again, or before a spec edit): it is not resumed, and
+the loop starts from the Deployment's current count. Every status write sends the autoscaler's whole
+intent, since server-side apply removes the fields a manager stops sending.
 """
 
 from __future__ import annotations
@@ -99,7 +104,6 @@ class AutoscalerLoop:
         # Decision state per ModelDeployment, authoritative while this process lives; status holds the
         # copy written with the last changed decision, for the next process.
         self._states: dict[tuple[str, str], PolicyState] = {}
-        self._last: dict[tuple[str, str], Decision] = {}
 
     def _list(self, api_version: str, kind: str, selector: str | None = None) -> list[ManifestT]:
         scopes: list[str | None] = list(self.namespaces) or [None]
@@ -115,6 +119,11 @@ class AutoscalerLoop:
                 continue  # the reconciler reports it as Degraded
             if md.spec.autoscaling.enabled and not obj["metadata"].get("deletionTimestamp"):
                 models.append((md, obj))
+        # A ModelDeployment no longer autoscaled (or gone) loses its in-process state: switched on
+        # again, it starts from the current count, not from the windows of before.
+        autoscaled = {(md.namespace, md.name) for md, _ in models}
+        for key in [k for k in self._states if k not in autoscaled]:
+            del self._states[key]
         if not models:
             return {}
         # Each ModelDeployment decides on its own spec.autoscaling.tickSeconds; the loop runs at the
@@ -161,12 +170,14 @@ class AutoscalerLoop:
                 pods: list[ManifestT], now: float) -> Decision:
         key = (md.namespace, md.name)
         saved = ((obj.get("status") or {}).get("autoscaler") or {})
-        # The count the system is moving to: the last decision, unless advisory. The Deployment's
-        # spec lags a reconcile behind it; holding "the Deployment's count" right after a decision
-        # would undo that decision.
+        fresh = saved.get("generation") == obj["metadata"].get("generation")
+        # The count the system is moving to: the last decision of this generation, unless advisory.
+        # The Deployment's spec lags a reconcile behind it; holding "the Deployment's count" right
+        # after a decision would undo that decision. A stale decision is not the count: the
+        # Deployment's is.
         applied = saved.get("desiredReplicas")
-        current = int(applied) if isinstance(applied, int) and not md.spec.autoscaling.advisory else int(
-            ((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
+        current = int(applied) if isinstance(applied, int) and fresh and not md.spec.autoscaling.advisory \
+            else int(((deployment or {}).get("spec") or {}).get("replicas", desired_replicas(md)))
         replica_model = ReplicaModel.for_spec(md.spec)
         observations = observe(readings, md.spec.engine.backend, replica_model, count_pods(pods, current),
                                md.spec.autoscaling.slo.ttft_milliseconds / 1e3)
@@ -174,14 +185,15 @@ class AutoscalerLoop:
         if state is None:
             # First look since this process started: resume the saved windows, and nothing scales down
             # within one window.
-            state = PolicyState.restore(saved.get("state"), current, now)
+            state = PolicyState.restore(saved.get("state") if fresh else None, current, now)
         spec = md.spec
         capacity = capacity_for(md, observations)
         decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now,
                           prefill_tokens_per_second=replica_model.prefill_capacity())
         self._states[key] = decision.state
         self._export(md, decision, observations)
-        if fingerprint(decision) != saved.get("fingerprint") or saved.get("desiredReplicas") != decision.replicas:
+        if fingerprint(decision) != saved.get("fingerprint") or saved.get("desiredReplicas") != decision.replicas \
+                or not fresh:
             self._write(md, obj, decision, now, current)
         return decision
 
@@ -199,25 +211,7 @@ class AutoscalerLoop:
 
     def _write(self, md: ModelDeployment, obj: ManifestT, decision: Decision, now: float, current: int) -> None:
         advisory = md.spec.autoscaling.advisory
-        state = decision.state
-        previous = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
-        conditions = []
-        for c in decision.conditions:
-            truth = "True" if c.status else "False"
-            before = previous.get(c.type, {})
-            conditions.append({
-                "type": c.type, "status": truth, "reason": c.reason, "message": c.message,
-                "lastTransitionTime": before.get("lastTransitionTime", _stamp(now))
-                if before.get("status") == truth else _stamp(now),
-            })
-        status: dict[str, Any] = {
-            "autoscaler": {"desiredReplicas": decision.replicas, "advisory": advisory, "state": state.dump(),
-                           "fingerprint": fingerprint(decision), "lastDecision": decision_record(decision, now)},
-            "conditions": conditions,
-        }
-        if decision.replicas != current:
-            status["lastScalingDecision"] = {"time": _stamp(now), "replicas": decision.replicas,
-                                             "reason": decision.reason}
+        status = autoscaler_status(obj, decision, now, current, advisory)
         self.kube.patch_status(API_VERSION, KIND, md.namespace, md.name, status, field_manager=FIELD_MANAGER)
         if decision.replicas != current:
             verb = "would scale" if advisory else "scaled"
@@ -225,3 +219,33 @@ class AutoscalerLoop:
                             f"{verb} from {current} to {decision.replicas}: {decision.reason}")
             log.info("%s object=%s/%s from=%d to=%d rule=%s", verb.replace(" ", "_"), md.namespace, md.name,
                      current, decision.replicas, decision.rule)
+
+
+def autoscaler_status(obj: ManifestT, decision: Decision, now: float, current: int, advisory: bool) -> dict[str, Any]:
+    """The autoscaler's whole status intent (field manager ``tokenworks-autoscaler``): the decision
+    stamped with the generation it was made under, its conditions, and ``lastScalingDecision``: a new
+    one when the count changes, else the live one carried forward (server-side apply would drop it).
+    Pure."""
+    live = obj.get("status") or {}
+    previous = {c["type"]: c for c in live.get("conditions") or []}
+    conditions = []
+    for c in decision.conditions:
+        truth = "True" if c.status else "False"
+        before = previous.get(c.type, {})
+        conditions.append({
+            "type": c.type, "status": truth, "reason": c.reason, "message": c.message,
+            "lastTransitionTime": before.get("lastTransitionTime", _stamp(now))
+            if before.get("status") == truth else _stamp(now),
+        })
+    status: dict[str, Any] = {
+        "autoscaler": {"desiredReplicas": decision.replicas, "advisory": advisory,
+                       "generation": obj["metadata"].get("generation"), "state": decision.state.dump(),
+                       "fingerprint": fingerprint(decision), "lastDecision": decision_record(decision, now)},
+        "conditions": conditions,
+    }
+    if decision.replicas != current:
+        status["lastScalingDecision"] = {"time": _stamp(now), "replicas": decision.replicas,
+                                         "reason": decision.reason}
+    elif live.get("lastScalingDecision"):
+        status["lastScalingDecision"] = live["lastScalingDecision"]
+    return status

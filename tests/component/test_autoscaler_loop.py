@@ -1,5 +1,6 @@
 """The autoscaler loop against the real control plane and the real operator, with a fake metric source
-and a fake clock: scale-up, stabilized scale-down, missing metrics, restarts, quiet ticks, explain."""
+and a fake clock: scale-up, stabilized scale-down, missing metrics, restarts, quiet ticks, explain, and
+the count handed over when autoscaling is switched off and on again."""
 
 from __future__ import annotations
 
@@ -134,6 +135,8 @@ def test_scale_up_stabilized_scale_down_missing_metrics_and_restart(
     assert (blind.replicas, blind.rule) == (2, "hold")
     eventually(lambda: conditions(md_status(plane, namespace)).get("MetricsAvailable") == ("False", "SignalsMissing"),
                timeout=10)
+    # That write did not scale: the last scaling decision (to 2) is carried, not dropped.
+    assert md_status(plane, namespace)["lastScalingDecision"]["replicas"] == 2
     # The scale-down to 2 reaches the Deployment through the reconciler, and blind ticks keep it there.
     eventually(lambda: deployment_replicas(plane, namespace) == 2, timeout=30)
     source.fail = None
@@ -171,3 +174,50 @@ def test_advisory_mode_records_but_does_not_apply(
     for text in ("5 replicas (advisory: recorded, not applied)", "throughput <- won", "5000 tok/s",
                  "MetricsAvailable"):
         assert text in explained.stdout, text
+
+
+def test_switching_autoscaling_off_under_load_keeps_the_count_and_on_again_starts_from_it(
+    full_control_plane: ControlPlane, operator: OperatorProcess, namespace: str
+) -> None:
+    plane = full_control_plane
+    target = deploy(plane, namespace)
+    clock, source = Clock(), FakeMetricSource()
+    loop = AutoscalerLoop(Kube(plane.api_client()), source, clock=clock, namespaces=[namespace])
+    load(source, target, 3500)
+    assert loop.tick()[(namespace, "llama-8b")].replicas == 4
+    eventually(lambda: deployment_replicas(plane, namespace) == 4, timeout=30)
+    eventually(lambda: (md_status(plane, namespace).get("replicaSource") or {}).get("owner") == "autoscaler",
+               timeout=30)
+    apps = client.AppsV1Api(plane.api_client())
+    generation = apps.read_namespaced_deployment("llama-8b", namespace).metadata.generation
+
+    # Off under load: spec.replicas still says 1; the 4 running are handed over, not cut.
+    custom = client.CustomObjectsApi(plane.api_client())
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b",
+                                          {"spec": {"autoscaling": {"enabled": False}}})
+    eventually(lambda: custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b")[
+        "spec"]["replicas"] == 4, timeout=30)
+    handed = event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b",
+                        lambda e: e.reason == "AutoscalingHandedOver")
+    assert handed.type == "Normal" and "autoscaling off; keeping 4 replicas" in handed.message
+    eventually(lambda: (md_status(plane, namespace).get("replicaSource") or {}).get("owner") == "spec", timeout=30)
+    deployment = apps.read_namespaced_deployment("llama-8b", namespace)
+    assert deployment.spec.replicas == 4
+    assert deployment.metadata.generation == generation, "the Deployment's count never changed"
+    clock.now += 15
+    assert loop.tick() == {}
+
+    # By hand for a while, then on again: the decision of before (4) is stale; the count is 2.
+    plane.kubectl("-n", namespace, "scale", "mdep", "llama-8b", "--replicas=2")
+    eventually(lambda: deployment_replicas(plane, namespace) == 2, timeout=30)
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b",
+                                          {"spec": {"autoscaling": {"enabled": True}}})
+    eventually(lambda: (md_status(plane, namespace).get("replicaSource") or {}).get("owner") == "autoscaler",
+               timeout=30)
+    assert deployment_replicas(plane, namespace) == 2, "the stale decision is not applied"
+    load(source, target, 1500)
+    clock.now += 3600
+    assert loop.tick()[(namespace, "llama-8b")].replicas == 2
+    generation = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b")[
+        "metadata"]["generation"]
+    assert md_status(plane, namespace)["autoscaler"]["generation"] == generation

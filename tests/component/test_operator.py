@@ -1,11 +1,14 @@
 """The operator against the real control plane, acting as its own ServiceAccount: children, validation,
-Degraded, edits, garbage collection, kubectl scale, quiet at rest, restarts, CLI views."""
+Degraded, edits, hand edits of children (reverted or kept), garbage collection, kubectl scale, quiet at
+rest, restarts, CLI views."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from crds.models import ModelDeployment
 from inference_pods import templates
@@ -36,19 +40,22 @@ POD_MONITOR_CRD = {
 }
 
 
+RESYNC_SECONDS = 5
+
+
 class Operator:
     """The module's operator; a test may replace the process (restart)."""
 
     def __init__(self, plane: ControlPlane, kubeconfig: Path) -> None:
         self.plane = plane
         self.kubeconfig = kubeconfig
-        self.process = OperatorProcess(plane, kubeconfig, "op-main", resync_seconds=5).start()
+        self.process = OperatorProcess(plane, kubeconfig, "op-main", resync_seconds=RESYNC_SECONDS).start()
         eventually(self.process.is_leader, timeout=30)
 
     def restart(self) -> None:
         self.process.kill()
         self.process = OperatorProcess(self.plane, self.kubeconfig, "op-restarted",
-                                       resync_seconds=5).start()
+                                       resync_seconds=RESYNC_SECONDS).start()
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +247,62 @@ def test_editing_the_spec_updates_children_and_observed_generation(operator: Ope
     assert hash_after != hash_before, "a new engine configuration must roll the pods"
 
 
-def test_a_foreign_edit_of_a_child_is_reverted(operator: Operator, namespace: str) -> None:
+def events(plane: ControlPlane, namespace: str, name: str, reason: str) -> list[Any]:
+    core = client.CoreV1Api(plane.api_client())
+    return [e for e in core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+            if e.reason == reason]
+
+
+def operator_writes(operator: Operator) -> tuple[float, float, float]:
+    """Child applies, status writes and drift-check dry runs so far."""
+    process = operator.process
+    return (process.metric("tokenworks_child_applies_total"), process.metric("tokenworks_status_writes_total"),
+            process.metric("tokenworks_child_dry_runs_total"))
+
+
+def resync_rounds(operator: Operator, rounds: int) -> None:
+    """Wait until the operator has reconciled every ModelDeployment ``rounds`` more times (a resync
+    round reconciles each once) and ``rounds`` resync periods have passed: reconciles that watch
+    events caused (a namespace of an earlier test going) must not stand in for the resyncs."""
+    process = operator.process
+    every = len(custom(operator.plane).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"])
+    count = process.metric("tokenworks_reconcile_total")
+    until = time.monotonic() + rounds * RESYNC_SECONDS
+    eventually(lambda: process.metric("tokenworks_reconcile_total") >= count + rounds * every
+               and time.monotonic() >= until, timeout=30 * rounds)
+
+
+def at_rest(operator: Operator) -> tuple[float, float, float]:
+    """The write counters once two resync rounds pass without a write."""
+    def settled() -> tuple[float, float, float] | None:
+        # Objects of earlier tests may still be finishing (pods turning ready, namespaces going).
+        before = operator_writes(operator)
+        resync_rounds(operator, 2)
+        return before if operator_writes(operator) == before else None
+
+    quiet: tuple[float, float, float] = eventually(settled, timeout=90, interval=0)
+    return quiet
+
+
+def kubectl_edit(plane: ControlPlane, namespace: str, resource: str, editor: Path) -> None:
+    """`kubectl edit` with ``editor`` (a Python script given the file) in place of a person."""
+    result = subprocess.run(
+        [str(plane.bin("kubectl")), f"--kubeconfig={plane.kubeconfig}", "-n", namespace, "edit", resource],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "KUBE_EDITOR": f"{sys.executable} {editor}"})
+    assert result.returncode == 0, result.stderr
+
+
+ADD_ENV = """import sys, yaml
+path = sys.argv[-1]
+obj = yaml.safe_load(open(path))
+obj["spec"]["template"]["spec"]["containers"][0].setdefault("env", []).append({"name": "EXTRA", "value": "1"})
+open(path, "w").write(yaml.safe_dump(obj))
+"""
+
+
+def test_a_replica_count_written_by_another_writer_is_reverted_with_one_warning(
+    operator: Operator, namespace: str
+) -> None:
     plane = operator.plane
     apply_example(plane, namespace, "fixed-replicas.yaml")
     eventually(lambda: reconciled(plane, namespace, "llama-8b-fixed"), timeout=60)
@@ -249,7 +311,104 @@ def test_a_foreign_edit_of_a_child_is_reverted(operator: Operator, namespace: st
                timeout=30)
     reverted = event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
                           lambda e: e.reason == "ForeignWriteReverted")
-    assert "Deployment/llama-8b-fixed by kubectl" in reverted.message
+    assert reverted.type == "Warning"
+    assert "Deployment/llama-8b-fixed: spec.replicas changed by kubectl" in reverted.message
+
+    # An HPA writes the Deployment's /scale as the controller manager: no writer is trusted.
+    client.AppsV1Api(plane.api_client()).patch_namespaced_deployment_scale(
+        "llama-8b-fixed", namespace, {"spec": {"replicas": 6}}, field_manager="kube-controller-manager")
+    eventually(lambda: live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["replicas"] == 2,
+               timeout=30)
+    hpa = event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
+                     lambda e: e.reason == "ForeignWriteReverted" and "kube-controller-manager" in e.message)
+    assert "spec.replicas changed by kube-controller-manager (through /scale)" in hpa.message
+    at_rest(operator)
+    assert len(events(plane, namespace, "llama-8b-fixed", "ForeignWriteReverted")) == 2, "one per write"
+
+
+def test_fields_another_writer_adds_are_kept_reported_once_and_not_fought_over(
+    operator: Operator, namespace: str, tmp_path: Path
+) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "fixed-replicas.yaml")
+    eventually(lambda: reconciled(plane, namespace, "llama-8b-fixed"), timeout=60)
+
+    # `kubectl rollout restart`: the documented way to restart; kept, and nothing to say.
+    plane.kubectl("-n", namespace, "rollout", "restart", "deployment/llama-8b-fixed")
+    resync_rounds(operator, 2)
+    template = live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["template"]
+    assert "kubectl.kubernetes.io/restartedAt" in template["metadata"]["annotations"]
+    assert [e for e in client.CoreV1Api(plane.api_client()).list_namespaced_event(namespace).items
+            if e.type == "Warning"] == []
+
+    # `kubectl edit` adding an env var: server-side apply cannot take it back; said once, then quiet.
+    editor = tmp_path / "add_env.py"
+    editor.write_text(ADD_ENV)
+    kubectl_edit(plane, namespace, "deployment/llama-8b-fixed", editor)
+    kept = event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
+                      lambda e: e.reason == "ForeignFieldsKept")
+    assert kept.type == "Warning"
+    assert ("Deployment/llama-8b-fixed: kubectl-edit added spec.template.spec.containers[name=triton]"
+            ".env[name=EXTRA]") in kept.message
+    quiet = at_rest(operator)
+    resync_rounds(operator, 3)
+    assert operator_writes(operator) == quiet, "no re-apply loop"
+    assert len(events(plane, namespace, "llama-8b-fixed", "ForeignFieldsKept")) == 1
+    assert events(plane, namespace, "llama-8b-fixed", "ForeignWriteReverted") == []
+    live = live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["template"]
+    assert {"name": "EXTRA", "value": "1"} in live["spec"]["containers"][0]["env"]
+    assert "kubectl.kubernetes.io/restartedAt" in live["metadata"]["annotations"]
+
+
+def test_a_spec_that_does_not_parse_keeps_the_rest_of_the_status(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "fixed-replicas.yaml")
+    before = eventually(lambda: reconciled(plane, namespace, "llama-8b-fixed"), timeout=60)["status"]
+    # What an older schema let in: precision without its enum.
+    crd = "crd/modeldeployments.tokenworks.dev"
+    enum = "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/engine/properties/precision/enum"
+    plane.kubectl("patch", crd, "--type=json", "-p", json.dumps([{"op": "remove", "path": enum}]))
+    try:
+        eventually(lambda: custom(plane).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, "llama-8b-fixed", {"spec": {"engine": {"precision": "fp4"}}}),
+            timeout=30)
+
+        def invalid() -> dict[str, Any] | None:
+            obj = reconciled(plane, namespace, "llama-8b-fixed")
+            return obj if obj and condition(obj, "Degraded").get("reason") == "InvalidSpec" else None
+
+        status = eventually(invalid, timeout=60)["status"]
+        for field in ("endpoint", "selector", "desiredReplicas", "replicaSource"):
+            assert status[field] == before[field], field
+        assert {c["type"] for c in status["conditions"]} >= {"Ready", "Progressing", "Degraded", "ModelPrepared"}
+        event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
+                   lambda e: e.reason == "InvalidSpec" and e.type == "Warning")
+        custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b-fixed",
+                                                     {"spec": {"engine": {"precision": "bf16"}}})
+    finally:
+        plane.kubectl("apply", "-f", str(REPO_ROOT / "crds" / "modeldeployment.yaml"))
+
+
+def test_a_drain_cannot_evict_the_only_pod_of_a_one_replica_model(operator: Operator, namespace: str) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-8b-h100.yaml")
+    eventually(lambda: (o := get_md(plane, namespace, "llama-8b"))
+               and condition(o, "Ready").get("status") == "True", timeout=90)
+    api = plane.api_client()
+    policy, core = client.PolicyV1Api(api), client.CoreV1Api(api)
+
+    def budget_observed() -> bool:
+        pdb = policy.read_namespaced_pod_disruption_budget("llama-8b", namespace)
+        return bool(pdb.status and pdb.status.observed_generation == pdb.metadata.generation
+                    and pdb.status.current_healthy == 1)
+
+    eventually(budget_observed, timeout=60)
+    (pod,) = core.list_namespaced_pod(namespace, label_selector=f"{templates.INSTANCE_LABEL}=llama-8b").items
+    # What `kubectl drain` asks for: an eviction, refused while the budget allows no disruption.
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod_eviction(pod.metadata.name, namespace, client.V1Eviction(
+            metadata=client.V1ObjectMeta(name=pod.metadata.name, namespace=namespace)))
+    assert refused.value.status == 429
 
 
 def test_deleting_the_model_deployment_garbage_collects_its_children(
@@ -288,28 +447,10 @@ def test_no_writes_at_rest(operator: Operator, namespace: str) -> None:
     apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
     eventually(lambda: (o := get_md(plane, namespace, "llama-70b"))
                and condition(o, "Ready").get("status") == "True", timeout=90)
-    process = operator.process
-
-    def writes() -> tuple[float, float]:
-        return (process.metric("tokenworks_child_applies_total"),
-                process.metric("tokenworks_status_writes_total"))
-
-    def resync_rounds(rounds: int) -> None:
-        """Wait until the operator has reconciled every ModelDeployment ``rounds`` more times (a resync
-        round reconciles each once)."""
-        every = len(custom(plane).list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"])
-        count = process.metric("tokenworks_reconcile_total")
-        eventually(lambda: process.metric("tokenworks_reconcile_total") >= count + rounds * every, timeout=30 * rounds)
-
-    def settled() -> tuple[float, float] | None:
-        # Objects of earlier tests may still be finishing (pods turning ready, namespaces going).
-        before = writes()
-        resync_rounds(2)
-        return before if writes() == before else None
-
-    at_rest = eventually(settled, timeout=90, interval=0)
-    resync_rounds(3)  # resync keeps reconciling (each wait fails its deadline otherwise)
-    assert writes() == at_rest
+    quiet = at_rest(operator)
+    resync_rounds(operator, 3)  # resync keeps reconciling (each wait fails its deadline otherwise)
+    # No apply, no status write, and no dry run either: nothing changed since each child was verified.
+    assert operator_writes(operator) == quiet
 
 
 def test_tokenworks_get_and_describe(operator: Operator, namespace: str) -> None:

@@ -1,4 +1,5 @@
-"""Pure parts of the reconcile: who owns the replica count, status derivation, change detection."""
+"""The reconcile's logic: who owns the replica count and its hand-over, status derivation and carry-forward,
+drift by content (dry run, fields taken and kept), and the requests a reconcile makes, against a fake API."""
 
 from __future__ import annotations
 
@@ -9,13 +10,20 @@ from typing import Any
 import pytest
 
 from controllers.reconcile import (
+    RECONCILER_STATUS_FIELDS,
     Problem,
     cache_bytes_needed,
+    comparable,
+    degraded_only_status,
     derive_status,
     desired_replicas,
     engine_limit_problems,
-    foreign_spec_writer,
+    field_name,
+    fields_kept,
+    fields_taken,
+    handover_replicas,
     merge_transition_times,
+    owned_fields,
     prepared_condition,
     quantity_bytes,
     status_changed,
@@ -28,9 +36,9 @@ NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
 
 
 def md(replicas: int = 2, autoscaling: dict[str, Any] | None = None,
-       status: dict[str, Any] | None = None) -> ModelDeployment:
+       status: dict[str, Any] | None = None, generation: int = 3) -> ModelDeployment:
     return ModelDeployment.model_validate({
-        "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": 3},
+        "metadata": {"name": "m", "namespace": "ns", "uid": "u", "generation": generation},
         "spec": {"model": {"name": "m", "profile": "Llama-3.1-8B", "huggingFace": "x/y"},
                  "gpu": {"product": "H100-SXM"}, "parallelism": {"tensor": 2},
                  "replicas": replicas, "autoscaling": autoscaling or {}},
@@ -38,21 +46,72 @@ def md(replicas: int = 2, autoscaling: dict[str, Any] | None = None,
     })
 
 
-@pytest.mark.parametrize(("name", "model", "expected"), [
-    ("autoscaling off: spec.replicas rules", md(replicas=3), 3),
-    ("autoscaling on, no decision yet: spec.replicas clamped up to min",
-     md(replicas=1, autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5}), 2),
-    ("autoscaling on: the autoscaler's decision",
-     md(replicas=1, autoscaling={"enabled": True, "maxReplicas": 5},
-        status={"autoscaler": {"desiredReplicas": 4}}), 4),
+ON = {"enabled": True, "minReplicas": 1, "maxReplicas": 5}
+
+
+@pytest.mark.parametrize(("name", "model", "live", "expected"), [
+    ("autoscaling off: spec.replicas rules", md(replicas=3), 5, 3),
+    ("autoscaling on, no decision yet, no Deployment: spec.replicas clamped up to min",
+     md(replicas=1, autoscaling={**ON, "minReplicas": 2}), None, 2),
+    ("autoscaling on: the decision of this generation",
+     md(replicas=1, autoscaling=ON, status={"autoscaler": {"desiredReplicas": 4, "generation": 3}}), 2, 4),
     ("a decision above a lowered max is clamped",
-     md(autoscaling={"enabled": True, "maxReplicas": 3}, status={"autoscaler": {"desiredReplicas": 7}}), 3),
+     md(autoscaling={**ON, "maxReplicas": 3}, status={"autoscaler": {"desiredReplicas": 7, "generation": 3}}),
+     3, 3),
+    ("a stale decision (another generation) is ignored: the live count holds",
+     md(replicas=1, autoscaling=ON, status={"autoscaler": {"desiredReplicas": 5, "generation": 1}}), 2, 2),
+    ("a stale decision, the live count clamped to the bounds",
+     md(replicas=1, autoscaling={**ON, "maxReplicas": 3}, status={"autoscaler": {"desiredReplicas": 5,
+                                                                                 "generation": 1}}), 4, 3),
+    ("a decision without a generation (an older operator's) is stale",
+     md(replicas=1, autoscaling=ON, status={"autoscaler": {"desiredReplicas": 5}}), 2, 2),
     ("advisory: decisions are recorded, spec.replicas rules",
      md(replicas=2, autoscaling={"enabled": True, "advisory": True},
-        status={"autoscaler": {"desiredReplicas": 6}}), 2),
+        status={"autoscaler": {"desiredReplicas": 6, "generation": 3}}), 6, 2),
 ])
-def test_replica_owner(name: str, model: ModelDeployment, expected: int) -> None:
-    assert desired_replicas(model) == expected, name
+def test_replica_owner(name: str, model: ModelDeployment, live: int | None, expected: int) -> None:
+    assert desired_replicas(model, live) == expected, name
+
+
+AUTOSCALED = {"replicaSource": {"owner": "autoscaler", "specReplicas": 1}}
+
+
+@pytest.mark.parametrize(("name", "model", "live", "expected"), [
+    ("switched off: the live count is handed over",
+     md(replicas=1, autoscaling={"enabled": False}, status=AUTOSCALED), 3, 3),
+    ("switched to advisory: handed over too",
+     md(replicas=1, autoscaling={"enabled": True, "advisory": True}, status=AUTOSCALED), 3, 3),
+    ("still on: nothing to hand over", md(replicas=1, autoscaling=ON, status=AUTOSCALED), 3, None),
+    ("off at the last reconcile too: spec.replicas is the user's",
+     md(replicas=1, status={"replicaSource": {"owner": "spec", "specReplicas": 1}}), 3, None),
+    ("the user set spec.replicas in the same edit: their number wins",
+     md(replicas=2, status=AUTOSCALED), 3, None),
+    ("the live count is spec.replicas already", md(replicas=1, status=AUTOSCALED), 1, None),
+    ("no Deployment: nothing is running to keep", md(replicas=1, status=AUTOSCALED), None, None),
+    ("no record (an older operator's status): no hand-over", md(replicas=1, status={}), 3, None),
+])
+def test_handover(name: str, model: ModelDeployment, live: int | None, expected: int | None) -> None:
+    assert handover_replicas(model, live) == expected, name
+
+
+def test_the_handover_in_a_worked_example() -> None:
+    """docs/operator.md, row by row: on at generation 3, the autoscaler left 4; spec.replicas says 1."""
+    on = md(replicas=1, autoscaling=ON, status={"autoscaler": {"desiredReplicas": 4, "generation": 3}})
+    assert desired_replicas(on, 4) == 4
+    recorded = derive_status(on, deployment(4, 4, 4), 4, [])["replicaSource"]
+    assert recorded == {"owner": "autoscaler", "specReplicas": 1}
+    # Switched off (generation 4): the operator writes 4 into spec.replicas before anything else.
+    off = md(replicas=1, generation=4,
+             status={"replicaSource": recorded, "autoscaler": {"desiredReplicas": 4, "generation": 3}})
+    assert handover_replicas(off, 4) == 4
+    handed = md(replicas=4, generation=5, status={"replicaSource": {"owner": "spec", "specReplicas": 4}})
+    assert desired_replicas(handed, 4) == 4 and handover_replicas(handed, 4) is None
+    # A week later at 2 (kubectl scale, generation 6), switched on again (7): last week's 4 is stale; 2 holds.
+    again = md(replicas=2, autoscaling={**ON, "maxReplicas": 8}, generation=7,
+               status={"replicaSource": {"owner": "spec", "specReplicas": 2},
+                       "autoscaler": {"desiredReplicas": 4, "generation": 3}})
+    assert handover_replicas(again, 2) is None
+    assert desired_replicas(again, 2) == 2
 
 
 def deployment(replicas: int, ready: int, updated: int, generation: int = 1,
@@ -114,18 +173,130 @@ def test_status_changed_ignores_other_owners_conditions() -> None:
     assert not status_changed(new, stamped), "timestamps alone are no change"
 
 
-@pytest.mark.parametrize(("managed_fields", "expected"), [
-    ([{"manager": "tokenworks", "operation": "Apply", "fieldsV1": {"f:spec": {}}}], None),
-    ([{"manager": "kube-controller-manager", "operation": "Update", "subresource": "status",
-       "fieldsV1": {"f:status": {}}}], None),
-    ([{"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:metadata": {}}}], None),
-    ([{"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}}],
-     "kubectl-edit"),
-    ([{"manager": "kubectl", "operation": "Update", "subresource": "scale",
-       "fieldsV1": {"f:spec": {"f:replicas": {}}}}], "kubectl"),
+def test_every_reconciler_status_write_sends_the_whole_intent() -> None:
+    assert tuple(derive_status(md(), deployment(2, 2, 2), 2, [])) == RECONCILER_STATUS_FIELDS
+
+
+def test_a_degraded_only_status_carries_the_other_fields_forward() -> None:
+    current = merge_transition_times(derive_status(md(), deployment(2, 2, 2), 2, []), [], NOW)
+    current["conditions"].append({"type": "ScalingActive", "status": "True", "reason": "x"})  # the autoscaler's
+    current["autoscaler"] = {"desiredReplicas": 2}
+    status = degraded_only_status(current, Problem("InvalidSpec", "spec.engine.precision: bad"), 4)
+    assert status["observedGeneration"] == 4
+    for key in ("endpoint", "selector", "desiredReplicas", "replicas", "readyReplicas", "gpus", "replicaSource"):
+        assert status[key] == current[key], key
+    assert "autoscaler" not in status, "another manager's fields are not the reconciler's to send"
+    assert conditions(status) == {"Ready": ("True", "AllReplicasReady"), "Progressing": ("False", "Complete"),
+                                  "ModelPrepared": ("Unknown", "NotPreparedYet"),
+                                  "Degraded": ("True", "InvalidSpec")}
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["lastTransitionTime"] == "2026-11-28T12:00:00Z"
+
+
+# managedFields as the API server wrote them for a Deployment after `kubectl scale`, `kubectl set env`
+# and `kubectl rollout restart` (recorded from kube-apiserver v1.36), less fields of no interest here.
+def ours(replicas: bool = True, env: bool = True) -> dict[str, Any]:
+    """The operator's own fieldsV1, with or without spec.replicas and its env var A."""
+    container: dict[str, Any] = {".": {}, "f:image": {}, "f:name": {}}
+    if env:
+        container["f:env"] = {'k:{"name":"A"}': {".": {}, "f:name": {}, "f:value": {}}}
+    return {"f:metadata": {"f:annotations": {"f:tokenworks.dev/applied-hash": {}}},
+            "f:spec": {**({"f:replicas": {}} if replicas else {}), "f:selector": {}, "f:template": {
+                "f:metadata": {"f:annotations": {"f:tokenworks.dev/engine-config-hash": {}}},
+                "f:spec": {"f:containers": {'k:{"name":"triton"}': container}}}}}
+
+
+OURS = ours()
+EXTRA_ENV = {"f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"triton"}': {
+    "f:env": {'k:{"name":"EXTRA"}': {".": {}, "f:name": {}, "f:value": {}}}}}}}}}
+RESTARTED = {"f:spec": {"f:template": {"f:metadata": {"f:annotations": {
+    ".": {}, "f:kubectl.kubernetes.io/restartedAt": {}}}}}}
+REPLICAS = {"f:spec": {"f:replicas": {}}}
+WITHOUT_REPLICAS = ours(replicas=False)
+
+
+def entry(manager: str, fields: dict[str, Any], subresource: str | None = None) -> dict[str, Any]:
+    return {"manager": manager, "operation": "Apply" if manager == "tokenworks" else "Update",
+            "fieldsV1": fields, **({"subresource": subresource} if subresource else {})}
+
+
+def child(replicas: int, env: list[dict[str, str]], entries: list[dict[str, Any]], rv: str = "7",
+          restarted: bool = False) -> dict[str, Any]:
+    annotations = {"tokenworks.dev/engine-config-hash": "h"} | (
+        {"kubectl.kubernetes.io/restartedAt": "2026-11-28T12:00:00Z"} if restarted else {})
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "m", "namespace": "ns", "resourceVersion": rv, "generation": int(rv),
+                         "uid": "u", "creationTimestamp": "2026-11-28T11:00:00Z",
+                         "annotations": {"tokenworks.dev/applied-hash": "a"}, "managedFields": entries},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"a": "b"}}, "template": {
+                "metadata": {"annotations": annotations},
+                "spec": {"containers": [{"name": "triton", "image": "img", "env": env}]}}},
+            "status": {"replicas": replicas}}
+
+
+def test_owned_fields_are_leaves_and_list_elements() -> None:
+    assert owned_fields(EXTRA_ENV) == {
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"triton"}', "f:env", 'k:{"name":"EXTRA"}'),
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"triton"}', "f:env", 'k:{"name":"EXTRA"}',
+         "f:name"),
+        ("f:spec", "f:template", "f:spec", "f:containers", 'k:{"name":"triton"}', "f:env", 'k:{"name":"EXTRA"}',
+         "f:value")}
+    # The "." of a map only says the map exists: the annotation is the field.
+    assert owned_fields(RESTARTED) == {("f:spec", "f:template", "f:metadata", "f:annotations",
+                                        "f:kubectl.kubernetes.io/restartedAt")}
+    assert field_name(("f:spec", "f:template", "f:metadata", "f:annotations",
+                       "f:kubectl.kubernetes.io/restartedAt")) == \
+        "spec.template.metadata.annotations[kubectl.kubernetes.io/restartedAt]"
+    assert field_name(("f:spec", "f:ports", 'k:{"containerPort":8000,"protocol":"TCP"}')) == \
+        "spec.ports[containerPort=8000,protocol=TCP]"
+
+
+def test_content_is_compared_without_what_the_server_maintains() -> None:
+    live = child(2, [{"name": "A", "value": "1"}], [entry("tokenworks", OURS)])
+    dry = child(2, [{"name": "A", "value": "1"}], [entry("tokenworks", OURS)], rv="9")
+    dry["status"] = {"replicas": 0}
+    dry["metadata"].update(uid="other", creationTimestamp="later")
+    assert comparable(live) == comparable(dry)
+    assert comparable(live) != comparable(child(5, [{"name": "A", "value": "1"}], [entry("tokenworks", OURS)]))
+
+
+@pytest.mark.parametrize(("name", "writer", "subresource"), [
+    ("kubectl scale deployment", "kubectl", "scale"),
+    ("an HPA through /scale: the controller manager is not trusted", "kube-controller-manager", "scale"),
+    ("kubectl edit", "kubectl-edit", None),
 ])
-def test_foreign_spec_writer(managed_fields: list[dict[str, Any]], expected: str | None) -> None:
-    assert foreign_spec_writer({"metadata": {"managedFields": managed_fields}}) == expected
+def test_a_taken_replica_count_is_named_after_its_writer(name: str, writer: str, subresource: str | None) -> None:
+    env = [{"name": "A", "value": "1"}]
+    live = child(5, env, [entry("tokenworks", WITHOUT_REPLICAS), entry(writer, REPLICAS, subresource)])
+    dry = child(2, env, [entry("tokenworks", OURS)], rv="8")
+    label = f"{writer} (through /scale)" if subresource else writer
+    assert fields_taken(live, dry, intent_changed=False) == {label: ["spec.replicas"]}, name
+
+
+def test_what_is_not_taken() -> None:
+    env = [{"name": "A", "value": "1"}]
+    # Another owner, but scaled back to the operator's own number: nothing was changed.
+    same = child(2, env, [entry("tokenworks", WITHOUT_REPLICAS), entry("kubectl", REPLICAS, "scale")])
+    assert fields_taken(same, child(2, env, [entry("tokenworks", OURS)]), intent_changed=False) == {}
+    # A field new in the intent is missing from the live object too: not a removal.
+    older = child(2, [], [entry("tokenworks", ours(env=False))])
+    newer = child(2, env, [entry("tokenworks", OURS)])
+    assert fields_taken(older, newer, intent_changed=True) == {}
+    # The same, with an unchanged intent: somebody removed it.
+    assert fields_taken(older, newer, intent_changed=False) == {
+        "a writer that removed it": ["spec.template.spec.containers[name=triton].env[name=A]"]}
+
+
+def test_fields_another_writer_added_are_kept_and_named() -> None:
+    env = [{"name": "A", "value": "1"}, {"name": "EXTRA", "value": "1"}]
+    applied = child(2, env, [entry("tokenworks", OURS), entry("kubectl-edit", EXTRA_ENV),
+                             entry("kubectl-rollout", RESTARTED),
+                             entry("kube-controller-manager", {"f:status": {"f:replicas": {}}}, "status")],
+                    restarted=True)
+    assert fields_kept(applied) == {"kubectl-edit": ["spec.template.spec.containers[name=triton].env[name=EXTRA]"]}
+    # `kubectl rollout restart` alone: kept, and nothing to say.
+    restarted = child(2, env[:1], [entry("tokenworks", OURS), entry("kubectl-rollout", RESTARTED)], restarted=True)
+    assert fields_kept(restarted) == {}
 
 
 def pod(key: str, init: dict[str, Any], main: dict[str, Any] | None = None) -> dict[str, Any]:

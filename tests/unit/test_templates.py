@@ -139,3 +139,12 @@ def test_a_new_cache_key_rolls_the_pods() -> None:
         return str(deployment["spec"]["template"]["metadata"]["annotations"][templates.CACHE_KEY_ANNOTATION])
 
     assert key(md) != key(other)
+
+
+@pytest.mark.parametrize(("replicas", "max_unavailable"), [(0, 0), (1, 0), (2, 1), (5, 1)])
+def test_a_drain_never_takes_the_whole_model_down(replicas: int, max_unavailable: int) -> None:
+    # One replica: no voluntary eviction at all; two or more: one at a time.
+    pdb = by_kind(templates.render_children(load("llama-8b-h100.yaml"), replicas, pod_monitor_api=False))[
+        "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == max_unavailable
+    assert pdb["spec"]["selector"] == {"matchLabels": {templates.INSTANCE_LABEL: "llama-8b"}}
