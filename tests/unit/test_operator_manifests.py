@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from inference_pods.templates import CHILD_KINDS
+
 OPERATOR = Path(__file__).resolve().parents[2] / "operator"
 
 
@@ -50,3 +52,11 @@ def test_manager_runs_two_replicas_as_the_operator_service_account() -> None:
     assert pod["serviceAccountName"] == "tokenworks-operator"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert not (OPERATOR / "__init__.py").exists()
+
+
+def test_every_child_kind_may_be_read_watched_and_applied() -> None:
+    (role,) = [d for d in documents("rbac.yaml") if d["kind"] == "ClusterRole"]
+    for kind in CHILD_KINDS:
+        verbs = {verb for rule in role["rules"] if kind.group in rule["apiGroups"] and kind.plural in rule["resources"]
+                 for verb in rule["verbs"]}
+        assert {"get", "list", "watch", "create", "patch"} <= verbs, kind.kind
