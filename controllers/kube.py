@@ -29,11 +29,11 @@ ManifestT = dict[str, Any]
 class KubeApi(Protocol):
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None: ...
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[ManifestT]: ...
+             label_selector: str | None = None, field_selector: str | None = None) -> list[ManifestT]: ...
     def apply(self, manifest: ManifestT) -> ManifestT: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT: ...
-    def has_kind(self, api_version: str, kind: str) -> bool: ...
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool: ...
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None: ...
 
 
@@ -43,6 +43,15 @@ class Conflict(Exception):  # noqa: N818 - reads as what happened
 
 class NamespaceTerminating(Exception):  # noqa: N818
     """The namespace is being deleted: nothing can be created in it, and nothing needs to be."""
+
+
+class KindNotServed(Exception):  # noqa: N818
+    """The API server does not serve this kind (its CRD is not installed, or was deleted)."""
+
+    def __init__(self, api_version: str, kind: str) -> None:
+        super().__init__(f"{api_version} {kind} is not served")
+        self.api_version = api_version
+        self.kind = kind
 
 
 @dataclass
@@ -86,7 +95,12 @@ class Kube:
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError as error:
+            # Discovery refreshes itself before it says no, so this is the server's current answer.
+            self._kinds[(api_version, kind)] = (False, time.monotonic())
+            raise KindNotServed(api_version, kind) from error
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None:
         self.counter.count(write=False)
@@ -98,10 +112,10 @@ class Kube:
         return result
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[ManifestT]:
+             label_selector: str | None = None, field_selector: str | None = None) -> list[ManifestT]:
         self.counter.count(write=False)
-        items = self._resource(api_version, kind).get(namespace=namespace,
-                                                      label_selector=label_selector).items
+        items = self._resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                      field_selector=field_selector).items
         return [item.to_dict() for item in items]
 
     def apply(self, manifest: ManifestT) -> ManifestT:
@@ -117,6 +131,9 @@ class Kube:
                 raise Conflict(str(error.reason)) from error
             if error.status == 403 and "NamespaceTerminating" in str(error.body):
                 raise NamespaceTerminating(metadata.get("namespace", "")) from error
+            # Discovery is cached: a kind whose CRD was deleted since reads as a 404. Ask again at once.
+            if error.status == 404 and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True):
+                raise KindNotServed(manifest["apiVersion"], manifest["kind"]) from error
             raise
         result: ManifestT = obj.to_dict()
         return result
@@ -136,19 +153,21 @@ class Kube:
         result: ManifestT = obj.to_dict()
         return result
 
-    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 300) -> bool:
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool:
         """Whether the API serves ``kind`` (e.g. the Prometheus Operator's PodMonitor). A "no" is
-        re-checked every ``recheck_seconds``, so a CRD installed later is picked up."""
+        re-checked every ``recheck_seconds``, so a CRD installed later is picked up within it; a "yes"
+        is kept until a write of that kind fails (``fresh``: ask the server now)."""
         key = (api_version, kind)
         known = self._kinds.get(key)
-        if known is not None and (known[0] or time.monotonic() - known[1] < recheck_seconds):
+        if not fresh and known is not None and (known[0] or time.monotonic() - known[1] < recheck_seconds):
             return known[0]
+        if fresh:
+            # A cached "yes" lives in discovery too; only a refresh drops a deleted CRD's kind.
+            self.dynamic.resources.invalidate_cache()
         try:
-            if known is not None:
-                self.dynamic.resources.invalidate_cache()
             self._resource(api_version, kind)
             found = True
-        except ResourceNotFoundError:
+        except KindNotServed:
             found = False
         self._kinds[key] = (found, time.monotonic())
         return found
