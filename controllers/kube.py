@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -73,6 +74,16 @@ class RequestCounter:
                 self.reads += 1
 
 
+def _not_found_kind(error: ApiException) -> str | None:
+    """The kind a 404's Status names (``namespaces`` when the namespace is gone), if it names one."""
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (TypeError, ValueError):
+        return None
+    kind = details.get("kind") if isinstance(details, dict) else None
+    return str(kind) if kind else None
+
+
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (``KUBECONFIG``)."""
     try:
@@ -93,10 +104,13 @@ class Kube:
         self.dynamic = dynamic.DynamicClient(self.api_client)
         self.counter = counter or RequestCounter()
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
+        # Reconcile workers share the discovery cache, and refreshing it empties it first: one at a time.
+        self._discovery = threading.RLock()
 
     def _resource(self, api_version: str, kind: str) -> Any:
         try:
-            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+            with self._discovery:
+                return self.dynamic.resources.get(api_version=api_version, kind=kind)
         except ResourceNotFoundError as error:
             # Discovery refreshes itself before it says no, so this is the server's current answer.
             self._kinds[(api_version, kind)] = (False, time.monotonic())
@@ -131,8 +145,10 @@ class Kube:
                 raise Conflict(str(error.reason)) from error
             if error.status == 403 and "NamespaceTerminating" in str(error.body):
                 raise NamespaceTerminating(metadata.get("namespace", "")) from error
-            # Discovery is cached: a kind whose CRD was deleted since reads as a 404. Ask again at once.
-            if error.status == 404 and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True):
+            # Discovery is cached: a kind whose CRD was deleted since reads as a 404. Ask again at once
+            # (not for a 404 about the namespace, which is gone).
+            if error.status == 404 and _not_found_kind(error) != "namespaces" \
+                    and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True):
                 raise KindNotServed(manifest["apiVersion"], manifest["kind"]) from error
             raise
         result: ManifestT = obj.to_dict()
@@ -158,19 +174,25 @@ class Kube:
         re-checked every ``recheck_seconds``, so a CRD installed later is picked up within it; a "yes"
         is kept until a write of that kind fails (``fresh``: ask the server now)."""
         key = (api_version, kind)
-        known = self._kinds.get(key)
-        if not fresh and known is not None and (known[0] or time.monotonic() - known[1] < recheck_seconds):
-            return known[0]
-        if fresh:
-            # A cached "yes" lives in discovery too; only a refresh drops a deleted CRD's kind.
-            self.dynamic.resources.invalidate_cache()
-        try:
-            self._resource(api_version, kind)
-            found = True
-        except KindNotServed:
-            found = False
-        self._kinds[key] = (found, time.monotonic())
-        return found
+        asked = time.monotonic()
+        with self._discovery:
+            known = self._kinds.get(key)
+            if known is not None:
+                # Fresh: another worker may have asked the server while this one waited for the lock.
+                answered = known[1] >= asked if fresh else \
+                    known[0] or time.monotonic() - known[1] < recheck_seconds
+                if answered:
+                    return known[0]
+            if fresh:
+                # A cached "yes" lives in discovery too; only a refresh drops a deleted CRD's kind.
+                self.dynamic.resources.invalidate_cache()
+            try:
+                self._resource(api_version, kind)
+                found = True
+            except KindNotServed:
+                found = False
+            self._kinds[key] = (found, time.monotonic())
+            return found
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event about ``regarding``, shown by ``kubectl describe``."""

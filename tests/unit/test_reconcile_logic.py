@@ -329,3 +329,16 @@ def test_a_lost_node_is_a_condition_and_one_warning_naming_it() -> None:
     lost = [e for e in kube.events if e[1] == "NodeLost"]
     assert lost == [("Warning", "NodeLost", 'replica pod m-1 on node "h100-1" no longer serves: the node is '
                                             "NotReady: Ready=Unknown")]
+
+
+def test_a_404_about_a_gone_namespace_is_not_a_missing_kind() -> None:
+    from kubernetes.client.rest import ApiException
+
+    from controllers.kube import _not_found_kind
+
+    gone = ApiException(status=404)
+    gone.body = '{"kind":"Status","reason":"NotFound","details":{"name":"t-x","kind":"namespaces"},"code":404}'
+    assert _not_found_kind(gone) == "namespaces"
+    unserved = ApiException(status=404)
+    unserved.body = "404 page not found"
+    assert _not_found_kind(unserved) is None
