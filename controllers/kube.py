@@ -9,6 +9,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import json
 import os
 import threading
 import time
@@ -31,11 +32,11 @@ ManifestT = dict[str, Any]
 class KubeApi(Protocol):
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> ManifestT | None: ...
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[ManifestT]: ...
+             label_selector: str | None = None, field_selector: str | None = None) -> list[ManifestT]: ...
     def apply(self, manifest: ManifestT, dry_run: bool = False) -> ManifestT: ...
     def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
                      status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT: ...
-    def has_kind(self, api_version: str, kind: str) -> bool: ...
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool: ...
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None: ...
 
 
@@ -45,6 +46,15 @@ class Conflict(Exception):  # noqa: N818 - reads as what happened
 
 class NamespaceTerminating(Exception):  # noqa: N818
     """The namespace is being deleted: nothing can be created in it, and nothing needs to be."""
+
+
+class KindNotServed(Exception):  # noqa: N818
+    """The API server does not serve this kind (its CRD is not installed, or was deleted)."""
+
+    def __init__(self, api_version: str, kind: str) -> None:
+        super().__init__(f"{api_version} {kind} is not served")
+        self.api_version = api_version
+        self.kind = kind
 
 
 @dataclass
@@ -64,6 +74,16 @@ class RequestCounter:
                 self.writes += 1
             else:
                 self.reads += 1
+
+
+def _not_found_kind(error: ApiException) -> str | None:
+    """The kind a 404's Status names (``namespaces`` when the namespace is gone), if it names one."""
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (TypeError, ValueError):
+        return None
+    kind = details.get("kind") if isinstance(details, dict) else None
+    return str(kind) if kind else None
 
 
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
@@ -99,6 +119,8 @@ class Kube:
         self.dynamic = dynamic.DynamicClient(self.api_client, discoverer=ProcessDiscoverer)
         self.counter = counter or RequestCounter()
         self._kinds: dict[tuple[str, str], tuple[bool, float]] = {}
+        # Reconcile workers and watches share the discovery cache, which fills lazily and is emptied by a
+        # refresh: one at a time (concurrent use saw a half-built cache: KeyError 'resources').
         self._discovery = threading.RLock()
         # Leader fencing: returns the seconds this process may still write, or raises NotLeader.
         self.fence = fence
@@ -113,13 +135,16 @@ class Kube:
         return min(self.request_timeout, self.fence())
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        # Discovery fills its cache lazily and is not thread-safe: two threads resolving kinds at once
-        # see a half-built cache (KeyError 'resources').
-        with self._discovery:
-            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        try:
+            with self._discovery:
+                return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError as error:
+            # Discovery refreshes itself before it says no, so this is the server's current answer.
+            self._kinds[(api_version, kind)] = (False, time.monotonic())
+            raise KindNotServed(api_version, kind) from error
 
     def resource(self, api_version: str, kind: str) -> Any:
-        """The dynamic client's resource for a kind (watches use it); ResourceNotFoundError if not served."""
+        """The dynamic client's resource for a kind (watches use it); KindNotServed if not served."""
         return self._resource(api_version, kind)
 
     def invalidate_discovery(self) -> None:
@@ -137,9 +162,10 @@ class Kube:
         return result
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[ManifestT]:
+             label_selector: str | None = None, field_selector: str | None = None) -> list[ManifestT]:
         self.counter.count(write=False)
         items = self._resource(api_version, kind).get(namespace=namespace, label_selector=label_selector,
+                                                      field_selector=field_selector,
                                                       _request_timeout=self.request_timeout).items
         return [item.to_dict() for item in items]
 
@@ -160,6 +186,11 @@ class Kube:
                 raise Conflict(str(error.reason)) from error
             if error.status == 403 and "NamespaceTerminating" in str(error.body):
                 raise NamespaceTerminating(metadata.get("namespace", "")) from error
+            # Discovery is cached: a kind whose CRD was deleted since reads as a 404. Ask again at once
+            # (not for a 404 about the namespace, which is gone).
+            if error.status == 404 and _not_found_kind(error) != "namespaces" \
+                    and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True):
+                raise KindNotServed(manifest["apiVersion"], manifest["kind"]) from error
             raise
         result: ManifestT = obj.to_dict()
         return result
@@ -180,22 +211,30 @@ class Kube:
         result: ManifestT = obj.to_dict()
         return result
 
-    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 300) -> bool:
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool:
         """Whether the API serves ``kind`` (e.g. the Prometheus Operator's PodMonitor). A "no" is
-        re-checked every ``recheck_seconds``, so a CRD installed later is picked up."""
+        re-checked every ``recheck_seconds``, so a CRD installed later is picked up within it; a "yes"
+        is kept until a write of that kind fails (``fresh``: ask the server now)."""
         key = (api_version, kind)
-        known = self._kinds.get(key)
-        if known is not None and (known[0] or time.monotonic() - known[1] < recheck_seconds):
-            return known[0]
-        try:
+        asked = time.monotonic()
+        with self._discovery:
+            known = self._kinds.get(key)
             if known is not None:
-                self.invalidate_discovery()
-            self._resource(api_version, kind)
-            found = True
-        except ResourceNotFoundError:
-            found = False
-        self._kinds[key] = (found, time.monotonic())
-        return found
+                # Fresh: another worker may have asked the server while this one waited for the lock.
+                answered = known[1] >= asked if fresh else \
+                    known[0] or time.monotonic() - known[1] < recheck_seconds
+                if answered:
+                    return known[0]
+            if fresh:
+                # A cached "yes" lives in discovery too; only a refresh drops a deleted CRD's kind.
+                self.dynamic.resources.invalidate_cache()
+            try:
+                self._resource(api_version, kind)
+                found = True
+            except KindNotServed:
+                found = False
+            self._kinds[key] = (found, time.monotonic())
+            return found
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event about ``regarding``, shown by ``kubectl describe``."""

@@ -30,7 +30,7 @@ from controllers.reconcile import Reconciler
 from controllers.watches import Watch
 from controllers.workqueue import WorkQueue
 from crds.models import API_VERSION, KIND
-from inference_pods.templates import INSTANCE_LABEL, MANAGED_BY
+from inference_pods.templates import CHILD_KINDS, INSTANCE_LABEL, MANAGED_BY
 
 log = logging.getLogger("tokenworks.manager")
 
@@ -41,14 +41,6 @@ STATUS_WRITES = Counter("tokenworks_status_writes_total", "Status subresource wr
 LEADER = Gauge("tokenworks_leader", "1 while this process is the leader.")
 QUEUE_DEPTH = Gauge("tokenworks_workqueue_depth", "Keys waiting to be reconciled.")
 
-# Children whose changes trigger a reconcile of their owner: (apiVersion, kind, optional).
-WATCHED_CHILDREN = (
-    ("apps/v1", "Deployment", False),
-    ("v1", "Service", False),
-    ("v1", "ConfigMap", False),
-    ("policy/v1", "PodDisruptionBudget", False),
-    ("monitoring.coreos.com/v1", "PodMonitor", True),
-)
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 # A watch failing this long makes /healthz fail, so the kubelet restarts a process whose watches
 # are wedged; an API server outage shorter than this is ridden out.
@@ -133,7 +125,8 @@ class Operator:
                    for ns in scopes]
         watches += [Watch(self.kube, api_version, kind, ns, on_child, self.stopping,
                           label_selector=CHILD_SELECTOR, optional=optional)
-                    for api_version, kind, optional in WATCHED_CHILDREN for ns in scopes]
+                    for api_version, kind, optional in ((k.api_version, k.kind, k.optional) for k in CHILD_KINDS)
+                    for ns in scopes]
         return watches
 
     # -- work ------------------------------------------------------------------------------
@@ -165,6 +158,10 @@ class Operator:
             else:
                 RECONCILES.labels("success").inc()
                 self.queue.forget(key)
+                if result.requeue_after is not None:
+                    # What can change without a watch event (an optional API returning, a node for a
+                    # pending replica) is looked at again soon, not at the next resync.
+                    self.queue.add_after(key, result.requeue_after)
                 for applied in result.applied:
                     CHILD_WRITES.labels(applied.split("/")[0]).inc()
                 if result.status_written:

@@ -1,9 +1,11 @@
 """The ModelDeployment reconcile: level-triggered and idempotent.
 
 read the ModelDeployment -> hand the replica count over if autoscaling was just switched off -> check
-it can work (GPU nodes, memory) -> render children (pure) -> server-side apply the ones whose content
-differs -> derive status -> write status only when it changed.
-A spec that cannot work sets ``Degraded`` and leaves running children exactly as they are.
+it can work (memory, engine limits, claims) -> render children (pure) -> server-side apply the ones
+whose content differs -> derive status -> write status only when it changed.
+A spec that cannot work sets ``Degraded`` and leaves running children exactly as they are. What the
+cluster lacks (GPU nodes, free GPUs, an optional API) never blocks the apply: it is a warning condition
+(``GPUCapacity``, ``OptionalAPIs``) beside the applied children.
 
 Drift is judged by content, not by who wrote last: a child unchanged since it was last verified
 (same intent, same resourceVersion) is skipped; otherwise a server-side apply dry run of the intent is
@@ -28,20 +30,37 @@ from typing import Any
 from prometheus_client import Counter
 from pydantic import ValidationError
 
-from controllers.kube import FIELD_MANAGER, KubeApi, ManifestT
+from controllers.capacity import (
+    BOUND_PODS_FIELD_SELECTOR,
+    LostReplica,
+    Placement,
+    gpu_findings,
+    lost_replicas,
+    node_phrase,
+    pending_replicas,
+)
+from controllers.kube import FIELD_MANAGER, KindNotServed, KubeApi, ManifestT
 from crds.models import API_VERSION, KIND, ModelDeployment
 from inference_pods.performance import ReplicaModel, profiles_for, weights_fit
 from inference_pods.repository import PREPARE_REASONS, cache_key
-from inference_pods.templates import CACHE_KEY_ANNOTATION, digest, render_children, selector_labels
+from inference_pods.templates import (
+    CACHE_KEY_ANNOTATION,
+    CHILD_KINDS,
+    child_kind,
+    digest,
+    render_children,
+    selector_labels,
+)
 
 log = logging.getLogger("tokenworks.reconcile")
 DRY_RUNS = Counter("tokenworks_child_dry_runs_total",
                    "Server-side apply dry runs of children (drift checks; none at rest).", ["kind"])
 
 APPLIED_HASH_ANNOTATION = "tokenworks.dev/applied-hash"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-OWN_CONDITIONS = ("Ready", "Progressing", "Degraded", "ModelPrepared")
+DEGRADED, GPU_CAPACITY, OPTIONAL_APIS = "Degraded", "GPUCapacity", "OptionalAPIs"
+OWN_CONDITIONS = ("Ready", "Progressing", DEGRADED, "ModelPrepared", GPU_CAPACITY, OPTIONAL_APIS)
+# How soon a "no" about an optional API is asked again (KubeApi.has_kind), and so how soon its return is seen.
+OPTIONAL_API_RECHECK_SECONDS = 20
 PREPARE_CONTAINER = "prepare"
 _QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
                       "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3}
@@ -154,19 +173,31 @@ def utc_now() -> dt.datetime:
 
 @dataclass(frozen=True)
 class Problem:
+    """A ``Degraded`` problem blocks the apply: the spec cannot work here. Any other ``condition``
+    (``GPUCapacity``, ``OptionalAPIs``) is a warning reported there, beside the applied children."""
+
     reason: str
     message: str
+    condition: str = DEGRADED
+
+    @property
+    def blocking(self) -> bool:
+        return self.condition == DEGRADED
 
 
 @dataclass
 class ReconcileResult:
     applied: list[str] = field(default_factory=list)
     status_written: bool = False
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # blocking ones and warnings
     gone: bool = False
     reverted: list[str] = field(default_factory=list)  # what another writer had changed, reverted
     dry_runs: int = 0
     handed_over: int | None = None  # spec.replicas written when autoscaling was switched off
+    lost: list[LostReplica] = field(default_factory=list)  # replicas on nodes gone or not Ready
+    # When the state can change with no watch event (an optional API returning, pending pods getting a
+    # node): a caller may re-queue the key after this many seconds.
+    requeue_after: float | None = None
 
 
 def replica_owner(md: ModelDeployment) -> str:
@@ -374,27 +405,55 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
         and observed.get("observedGeneration") == (deployment.get("metadata") or {}).get("generation")
         and updated == replicas and ready == replicas and existing == replicas
     )
-    if replicas == 0:
+    blocking = [p for p in problems if p.blocking]
+    capacity = [p for p in problems if p.condition == GPU_CAPACITY]
+    missing = [p for p in problems if p.condition == OPTIONAL_APIS]
+    short = "; ".join(p.message for p in capacity)
+    if blocking and deployment is None:
+        # Nothing was ever applied: say why, not "scaled to zero".
+        ready_condition = _condition("Ready", False, blocking[0].reason,
+                                     "nothing is deployed: the spec cannot be served (see Degraded)", generation)
+    elif replicas == 0:
         ready_condition = _condition("Ready", False, "ScaledToZero", "0 replicas desired", generation)
+    elif ready >= replicas:
+        ready_condition = _condition("Ready", True, "AllReplicasReady", f"{ready}/{replicas} replicas ready",
+                                     generation)
     else:
         ready_condition = _condition(
-            "Ready", ready >= replicas, "AllReplicasReady" if ready >= replicas else "ReplicasNotReady",
-            f"{ready}/{replicas} replicas ready", generation,
-        )
-    if stuck:
+            "Ready", False, capacity[0].reason if capacity else "ReplicasNotReady",
+            f"{ready}/{replicas} replicas ready" + (f" ({GPU_CAPACITY}: {capacity[0].reason})" if capacity else ""),
+            generation)
+    if blocking:
+        progressing = _condition("Progressing", False, blocking[0].reason, (
+            f"generation {generation} is not applied (see Degraded)"
+            + ("; the running pods are left as they are" if deployment is not None else "")), generation)
+    elif stuck:
         progressing = _condition("Progressing", False, "ProgressDeadlineExceeded",
-                                 deployment_conditions["Progressing"].get("message", ""), generation)
+                                 deployment_conditions["Progressing"].get("message", "")
+                                 + (f"; {short}" if short else ""), generation)
     elif rolled_out:
         progressing = _condition("Progressing", False, "Complete",
                                  f"{replicas} replicas on the current spec", generation)
     else:
         progressing = _condition("Progressing", True, "RollingOut",
-                                 f"{updated}/{replicas} updated, {ready}/{replicas} ready", generation)
-    if problems:
-        degraded = _condition("Degraded", True, problems[0].reason,
-                              "; ".join(p.message for p in problems), generation)
+                                 f"{updated}/{replicas} updated, {ready}/{replicas} ready"
+                                 + (f"; {short}" if short else ""), generation)
+    if blocking:
+        degraded = _condition(DEGRADED, True, blocking[0].reason,
+                              "; ".join(p.message for p in blocking), generation)
     else:
-        degraded = _condition("Degraded", False, "AsExpected", "spec can be served", generation)
+        degraded = _condition(DEGRADED, False, "AsExpected", "spec can be served", generation)
+    if capacity:
+        gpu_capacity = _condition(GPU_CAPACITY, False, capacity[0].reason, short, generation)
+    else:
+        gpu_capacity = _condition(GPU_CAPACITY, True, "Sufficient", (
+            f"every replica has a node with its {md.spec.gpus_per_replica} GPUs" if replicas else "no replica desired"),
+            generation)
+    if missing:
+        optional = _condition(OPTIONAL_APIS, False, "APINotServed", "; ".join(p.message for p in missing),
+                              generation)
+    else:
+        optional = _condition(OPTIONAL_APIS, True, "AllServed", "every optional API is served", generation)
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "replicas": existing,
@@ -406,7 +465,8 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
         "selector": ",".join(f"{k}={v}" for k, v in selector_labels(md.name).items()),
         "replicaSource": {"owner": replica_owner(md), "specReplicas": md.spec.replicas},
         "conditions": [ready_condition, progressing, degraded,
-                       prepared_condition(pods or [], cache_key(md.spec, image_registry), generation)],
+                       prepared_condition(pods or [], cache_key(md.spec, image_registry), generation),
+                       gpu_capacity, optional],
     }
     return status
 
@@ -470,16 +530,52 @@ class Reconciler:
         self._verified: dict[tuple[str, str], dict[tuple[str, str, str], tuple[str, str | None]]] = {}
         self._kept_said: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
+        self._bound_pods: tuple[float, list[ManifestT]] | None = None
 
-    def nodes(self) -> list[ManifestT]:
+    def nodes(self, max_age: float | None = None) -> list[ManifestT]:
         # One node list serves every reconcile for a while: 200 deployments must not mean 200 lists.
         now = time.monotonic()
-        if self._nodes is None or now - self._nodes[0] > self.node_cache_seconds:
+        limit = self.node_cache_seconds if max_age is None else max_age
+        if self._nodes is None or now - self._nodes[0] > limit:
             self._nodes = (now, self.kube.list("v1", "Node"))
         return self._nodes[1]
 
+    def bound_pods(self) -> list[ManifestT] | None:
+        """Every pod bound to a node, cluster-wide, for the GPUs each node has left; cached like the nodes
+        and asked for only while some replica is pending, so a cluster at rest never lists them. None
+        when the list fails: the scheduler's own message then says why pods are pending."""
+        now = time.monotonic()
+        if self._bound_pods is None or now - self._bound_pods[0] > self.node_cache_seconds:
+            try:
+                self._bound_pods = (now, self.kube.list("v1", "Pod", field_selector=BOUND_PODS_FIELD_SELECTOR))
+            except Exception:  # best effort: the numbers sharpen the message, they decide nothing
+                log.warning("listing bound pods failed; GPU shortfalls are named from the scheduler only",
+                            exc_info=True)
+                return None
+        return self._bound_pods[1]
+
+    def capacity_problems(self, md: ModelDeployment, replicas: int,
+                          pods: list[ManifestT]) -> tuple[list[Problem], list[LostReplica]]:
+        """Warnings for ``GPUCapacity``: replicas lost with their nodes, pending replicas without one."""
+        nodes = self.nodes()
+        known = {n["metadata"]["name"] for n in nodes}
+        if any((p.get("spec") or {}).get("nodeName") not in known | {None, ""} for p in pods):
+            # A node newer than the cached list (a node pool just scaled up) is not a lost one.
+            nodes = self.nodes(max_age=2)
+        bound = self.bound_pods() if pending_replicas(pods, replicas) > 0 else []
+        findings = gpu_findings(Placement.of(md), replicas, pods, nodes, bound)
+        return [Problem(f.reason, f.message, GPU_CAPACITY) for f in findings], lost_replicas(pods, nodes)
+
+    def optional_problems(self, missing: list[str]) -> list[Problem]:
+        problems = []
+        for kind in CHILD_KINDS:
+            if kind.kind in missing:
+                problems.append(Problem("APINotServed", f"{kind.api_version} {kind.kind} is not served; {kind.without}",
+                                        OPTIONAL_APIS))
+        return problems
+
     def problems(self, md: ModelDeployment) -> list[Problem]:
-        """Why a schema-valid spec cannot work here; empty when it can."""
+        """Why a schema-valid spec cannot work here, whatever the nodes; empty when it can."""
         spec = md.spec
         model, gpu = profiles_for(spec.model.profile, spec.gpu.product)
         problems = []
@@ -490,20 +586,8 @@ class Reconciler:
         if not fit.fits:
             problems.append(Problem("ModelDoesNotFit", fit.message + "; raise parallelism.tensor "
                                     "or use fp8"))
-        need = spec.gpus_per_replica
-        matching = [
-            n for n in self.nodes()
-            if (n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL) in gpu.node_label_values
-            and all((n["metadata"].get("labels") or {}).get(k) == v
-                    for k, v in spec.scheduling.node_selector.items())
-            and int(((n.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE, 0)) >= need
-        ]
-        if not matching:
-            problems.append(Problem(
-                "NoMatchingGPUNodes",
-                f"no node is labelled {GPU_PRODUCT_LABEL} in {list(gpu.node_label_values)} with at "
-                f"least {need} allocatable {GPU_RESOURCE}; running pods are left untouched",
-            ))
+        # No node check here: nodes come and go (a pool scaling from zero, a device plugin restarting),
+        # and a Deployment that is never applied has no Pending pod for an autoscaler to act on.
         problems += engine_limit_problems(md)
         problems += self.claim_problems(md)
         return problems
@@ -567,11 +651,22 @@ class Reconciler:
             result.handed_over = handover
         replicas = desired_replicas(md, live)
         result.problems = self.problems(md)
+        missing = [k.kind for k in CHILD_KINDS if k.optional and not self.kube.has_kind(
+            k.api_version, k.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)]
         if not result.problems:
-            pod_monitor = self.kube.has_kind("monitoring.coreos.com/v1", "PodMonitor")
-            for child in render_children(md, replicas, pod_monitor_api=pod_monitor,
-                                         image_registry=self.image_registry):
-                applied = self._apply_if_changed(obj, child, result)
+            for child in render_children(md, replicas, image_registry=self.image_registry):
+                if child["kind"] in missing:
+                    continue
+                try:
+                    applied = self._apply_if_changed(obj, child, result)
+                except KindNotServed:
+                    if not child_kind(child["kind"]).optional:
+                        raise
+                    # Its CRD went away since discovery said yes: the required children must not wait on it.
+                    log.warning("skipped optional child kind=%s object=%s/%s reason=KindNotServed",
+                                child["kind"], namespace, name)
+                    missing.append(child["kind"])
+                    continue
                 if applied is not None:
                     result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
                     if child["kind"] == "Deployment":
@@ -585,6 +680,12 @@ class Reconciler:
                             "fields; change the ModelDeployment instead", "Warning")
         pods = self.kube.list("v1", "Pod", namespace,
                               ",".join(f"{k}={v}" for k, v in selector_labels(name).items()))
+        capacity, result.lost = self.capacity_problems(md, replicas, pods)
+        result.problems += capacity + self.optional_problems(missing)
+        if missing:
+            result.requeue_after = OPTIONAL_API_RECHECK_SECONDS
+        elif capacity:
+            result.requeue_after = self.node_cache_seconds
         status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry)
         if status_changed(status, current_status):
             merge_transition_times(status, current_status.get("conditions") or [], self.clock())
@@ -678,11 +779,28 @@ class Reconciler:
             self.kube.event(obj, "Created" if created else "Updated",
                             ("created " if created else "applied ") + ", ".join(result.applied))
         before = {c["type"]: c for c in old.get("conditions") or []}
+        # One Warning per lost node: a node the last status already named had its Event.
+        named = str(before.get(GPU_CAPACITY, {}).get("message", ""))
+        for node in sorted({r.node for r in result.lost}):
+            if node_phrase(node) not in named:
+                on = [r for r in result.lost if r.node == node]
+                pods = f"pod{'s' if len(on) > 1 else ''} {', '.join(r.pod for r in on)}"
+                self.kube.event(obj, "NodeLost", f"replica {pods} on {node_phrase(node)} no longer "
+                                f"serve{'' if len(on) > 1 else 's'}: the node is {on[0].why}", "Warning")
         for condition in new["conditions"]:
             prior = before.get(condition["type"], {})
             if prior.get("status") == condition["status"] and prior.get("reason") == condition["reason"]:
                 continue
-            if condition["type"] == "Degraded" and condition["status"] == "True":
+            if condition["type"] == GPU_CAPACITY and condition["status"] == "False":
+                if condition["reason"] != "NodeLost":  # those have their Event per node, above
+                    self.kube.event(obj, condition["reason"], condition["message"], "Warning")
+            elif condition["type"] == GPU_CAPACITY and prior.get("status") == "False":
+                self.kube.event(obj, "GPUCapacityAvailable", condition["message"])
+            elif condition["type"] == OPTIONAL_APIS and condition["status"] == "False" \
+                    and prior.get("status") == "True":
+                # Only a loss is news: a cluster that never had the API hears it from the condition.
+                self.kube.event(obj, condition["reason"], condition["message"], "Warning")
+            elif condition["type"] == "Degraded" and condition["status"] == "True":
                 self.kube.event(obj, condition["reason"], condition["message"], "Warning")
             elif condition["type"] == "Degraded" and prior.get("status") == "True":
                 self.kube.event(obj, "Recovered", "the spec can be served again")

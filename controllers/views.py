@@ -14,9 +14,7 @@ from controllers.kube import KubeApi, ManifestT
 from crds.models import ModelDeployment
 from inference_pods.performance import ReplicaModel, prepare_seconds, weights_fit
 from inference_pods.repository import CachePaths, cache_key, model_repository
-
-CHILD_KINDS = (("apps/v1", "Deployment", ""), ("v1", "Service", ""),
-               ("policy/v1", "PodDisruptionBudget", ""), ("v1", "ConfigMap", "-engine"))
+from inference_pods.templates import CHILD_KINDS
 
 
 def _condition(obj: ManifestT, type_: str) -> dict[str, Any]:
@@ -70,8 +68,15 @@ def table(items: list[ManifestT], with_namespace: bool = False) -> Table:
 def children_of(kube: KubeApi, obj: ManifestT) -> list[ManifestT]:
     namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
     found = []
-    for api_version, kind, suffix in CHILD_KINDS:
-        child = kube.get(api_version, kind, namespace, name + suffix)
+    for kind in CHILD_KINDS:
+        try:
+            if kind.optional and not kube.has_kind(kind.api_version, kind.kind):
+                continue
+            child = kube.get(kind.api_version, kind.kind, namespace, name + kind.name_suffix)
+        except Exception:
+            if not kind.optional:
+                raise
+            continue  # an optional child is best effort here: the viewer may not be allowed to read it
         if child is not None:
             found.append(child)
     return found

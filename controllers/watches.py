@@ -20,8 +20,9 @@ from typing import Any
 
 from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
-from kubernetes.dynamic.exceptions import ResourceNotFoundError
 from prometheus_client import Counter
+
+from controllers.kube import KindNotServed
 
 log = logging.getLogger("tokenworks.watches")
 
@@ -75,7 +76,7 @@ class Watch:
                 backoff = 0.5
                 self._watch(version)
                 cause = "expired"  # _watch returns only on 410 Gone
-            except ResourceNotFoundError as error:
+            except KindNotServed as error:
                 cause = "error"
                 self._failed(error, quiet=self.optional)
                 self.kube.invalidate_discovery()  # noticed when the CRD comes back

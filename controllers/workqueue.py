@@ -25,6 +25,7 @@ class WorkQueue(Generic[K]):
         self._processing: set[K] = set()
         self._dirty: set[K] = set()  # added again while being processed
         self._delayed: list[tuple[float, int, K]] = []
+        self._due: dict[K, float] = {}  # each delayed key's one current due time
         self._failures: dict[K, int] = {}
         self._seq = 0
         self._shutdown = False
@@ -42,9 +43,15 @@ class WorkQueue(Generic[K]):
                 self._cond.notify()
 
     def add_after(self, key: K, delay: float) -> None:
+        """Add ``key`` after ``delay`` seconds. A key waits at most once: the earliest time wins, so
+        a reconcile that asks to be re-queued every time cannot grow a chain per watch event."""
         with self._cond:
+            due = self.clock() + delay
+            if key in self._due and self._due[key] <= due:
+                return
+            self._due[key] = due
             self._seq += 1
-            heapq.heappush(self._delayed, (self.clock() + delay, self._seq, key))
+            heapq.heappush(self._delayed, (due, self._seq, key))
             self._cond.notify()
 
     def retry(self, key: K) -> float:
@@ -94,7 +101,10 @@ class WorkQueue(Generic[K]):
     def _promote_due(self) -> None:
         now = self.clock()
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, key = heapq.heappop(self._delayed)
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) != due:
+                continue  # superseded by an earlier time for the same key
+            del self._due[key]
             if key in self._processing:
                 self._dirty.add(key)
             elif key not in self._queued:

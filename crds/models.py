@@ -21,6 +21,20 @@ PLURAL = "modeldeployments"
 SINGULAR = "modeldeployment"
 SHORT_NAMES = ["mdep"]
 API_VERSION = f"{GROUP}/{VERSION}"
+# `kubectl get mdep`. A column holds one JSONPath value, so "ready/desired" cannot be one column: the two
+# counts sit side by side, then the Ready condition's reason (AllReplicasReady, GPUCapacityExhausted, ...).
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Desired", "type": "integer", "description": "Replicas the Deployment is set to.",
+     "jsonPath": ".status.desiredReplicas"},
+    {"name": "Ready", "type": "integer", "description": "Replicas ready to serve.",
+     "jsonPath": ".status.readyReplicas"},
+    {"name": "Status", "type": "string", "description": "Reason of the Ready condition.",
+     "jsonPath": ".status.conditions[?(@.type==\"Ready\")].reason"},
+    {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpus"},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
+    {"name": "GPU", "type": "string", "priority": 1, "jsonPath": ".spec.gpu.product"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
 
 Precision = Literal["fp8", "bf16", "fp16"]
 # The two ways NVIDIA documents to run TensorRT-LLM under Triton (docs/design/serving-path.md):
@@ -337,7 +351,8 @@ class ModelDeploymentSpec(ApiModel):
 
 
 class Condition(ApiModel):
-    type: str = Field(description="Ready, Progressing, Degraded, or an autoscaler condition.")
+    type: str = Field(description="Ready, Progressing, Degraded, ModelPrepared, GPUCapacity, OptionalAPIs, or an "
+                      "autoscaler condition.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word for machines.")
     message: str = Field("", description="What happened, for a person.")

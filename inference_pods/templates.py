@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from crds.models import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
@@ -44,6 +45,41 @@ PRESTOP_SLEEP_SECONDS = 10
 # answer at 25 ms per token takes 100 s.
 DRAIN_SECONDS = 120
 NON_ROOT_UID = 1000  # `triton-server` user of the NGC Triton images
+
+
+@dataclass(frozen=True)
+class ChildKind:
+    """One kind of child: how it is addressed, and whether the operator works without it."""
+
+    api_version: str
+    kind: str
+    plural: str
+    name_suffix: str = ""  # ModelDeployment ``m``'s child of this kind is named ``m`` + suffix
+    optional: bool = False  # skipped, with a condition, where the API server does not serve it
+    without: str = ""  # what is lost where an optional kind is not served
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+# The one table of child kinds (apply order): watches, RBAC and views follow it.
+CHILD_KINDS = (
+    ChildKind("v1", "ConfigMap", "configmaps", "-engine"),
+    ChildKind("apps/v1", "Deployment", "deployments"),
+    ChildKind("v1", "Service", "services"),
+    ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+    ChildKind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", optional=True,
+              without="metrics are not scraped by the Prometheus Operator"),
+)
+
+
+def child_kind(kind: str) -> ChildKind:
+    return next(k for k in CHILD_KINDS if k.kind == kind)
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -151,6 +187,12 @@ def _token_env(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
         return []
     key = ref.key or name
     return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}}]
+
+
+def pod_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    """The usual ``nvidia.com/gpu:NoSchedule`` taint of GPU nodes, and the spec's own."""
+    return [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            *spec.scheduling.tolerations]
 
 
 def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> dict[str, Any]:
@@ -261,10 +303,7 @@ def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> d
                 "values": list(gpu.node_label_values),
             }]}],
         }}},
-        "tolerations": [
-            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-            *spec.scheduling.tolerations,
-        ],
+        "tolerations": pod_tolerations(spec),
         "enableServiceLinks": False,
     }
     if spec.scheduling.node_selector:
@@ -354,9 +393,10 @@ def digest(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool,
+def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool = True,
                     image_registry: str = "") -> list[dict[str, Any]]:
-    """Every child of ``md`` at ``replicas``; the order is the order to apply them in."""
+    """Every child of ``md`` at ``replicas``, in ``CHILD_KINDS`` order (the order to apply them in).
+    The reconciler renders them all and skips optional kinds the API server does not serve."""
     config = config_map(md, image_registry)
     children = [
         config,

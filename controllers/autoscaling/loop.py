@@ -89,9 +89,10 @@ def decision_record(decision: Decision, now: float) -> dict[str, Any]:
 
 
 def fingerprint(decision: Decision) -> str:
-    """The parts of a decision worth a write: not the readings, which move every tick."""
+    """The parts of a decision worth a write: not the readings, which move every tick. Condition
+    messages count: they name the metric source, which a restart with other flags changes."""
     return json.dumps([decision.replicas, decision.rule, [r.replicas for r in decision.recommendations],
-                       [(c.type, c.status, c.reason) for c in decision.conditions]])
+                       [(c.type, c.status, c.reason, c.message) for c in decision.conditions]])
 
 
 class AutoscalerLoop:

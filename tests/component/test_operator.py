@@ -1,11 +1,12 @@
 """The operator against the real control plane, acting as its own ServiceAccount: children, validation,
-Degraded, edits, hand edits of children (reverted or kept), garbage collection, kubectl scale, quiet at
-rest, restarts, CLI views."""
+Degraded, GPU capacity, optional APIs, edits, hand edits of children (reverted or kept), garbage
+collection, kubectl scale, quiet at rest, restarts, CLI views."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -20,7 +21,7 @@ from kubernetes.client.rest import ApiException
 
 from crds.models import ModelDeployment
 from inference_pods import templates
-from tests.support.controlplane import REPO_ROOT, ControlPlane
+from tests.support.controlplane import REPO_ROOT, ControlPlane, GpuNodeSpec
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
 from tests.support.waiting import assert_subset, event_seen, eventually
 
@@ -60,9 +61,7 @@ class Operator:
 
 @pytest.fixture(scope="module")
 def operator(full_control_plane: ControlPlane) -> Iterator[Operator]:
-    full_control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(POD_MONITOR_CRD))
-    full_control_plane.kubectl("wait", "--for=condition=Established",
-                               "crd/podmonitors.monitoring.coreos.com", "--timeout=30s")
+    install_pod_monitor_crd(full_control_plane)
     install_api_and_rbac(full_control_plane)
     kubeconfig = service_account_kubeconfig(full_control_plane,
                                             full_control_plane.workdir / "operator.kubeconfig")
@@ -194,38 +193,149 @@ def test_invalid_resources_are_rejected_by_the_apiserver_with_clear_messages(
     assert "is invalid" in output
 
 
-def test_a_spec_that_cannot_work_is_degraded_and_running_children_are_untouched(
+def pod_list(plane: ControlPlane, namespace: str, name: str) -> list[Any]:
+    core = client.CoreV1Api(plane.api_client())
+    return list(core.list_namespaced_pod(namespace, label_selector=f"{templates.INSTANCE_LABEL}={name}").items)
+
+
+def gpu_capacity(plane: ControlPlane, namespace: str, name: str, reason: str) -> dict[str, Any] | None:
+    obj = reconciled(plane, namespace, name)
+    return obj if obj and condition(obj, "GPUCapacity").get("reason") == reason else None
+
+
+def test_a_gpu_product_without_nodes_is_applied_and_old_replicas_keep_serving(
     operator: Operator, namespace: str
 ) -> None:
     plane = operator.plane
     apply_example(plane, namespace, "llama-70b-h200-tp4.yaml")
-    eventually(lambda: reconciled(plane, namespace, "llama-70b"), timeout=60)
-    before = live_deployment(plane, namespace, "llama-70b")
+    eventually(lambda: (o := reconciled(plane, namespace, "llama-70b")) and condition(o, "Ready")["status"] == "True",
+               timeout=90)
 
     custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-70b",
                                                  {"spec": {"gpu": {"product": "A100-80GB"}}})
 
-    def degraded() -> dict[str, Any] | None:
-        obj = reconciled(plane, namespace, "llama-70b")
-        return obj if obj and condition(obj, "Degraded").get("status") == "True" else None
-
-    obj = eventually(degraded, timeout=60)
-    degraded_condition = condition(obj, "Degraded")
-    assert degraded_condition["reason"] == "NoMatchingGPUNodes"
-    assert "NVIDIA-A100-SXM4-80GB" in degraded_condition["message"]
-    # Give a wrongly eager operator the chance to touch the Deployment: two more reconciles (resyncs).
-    seen = operator.process.metric("tokenworks_reconcile_total")
-    eventually(lambda: operator.process.metric("tokenworks_reconcile_total") >= seen + 2, timeout=30)
-    after = live_deployment(plane, namespace, "llama-70b")
-    assert after["metadata"]["generation"] == before["metadata"]["generation"]
-    assert after["spec"]["template"] == before["spec"]["template"]
+    obj = eventually(lambda: gpu_capacity(plane, namespace, "llama-70b", "NoMatchingGPUNodes"), timeout=60)
+    message = condition(obj, "GPUCapacity")["message"]
+    assert message.startswith("1 of 1 replicas pending: no node labelled nvidia.com/gpu.product in "
+                              "[NVIDIA-A100-SXM4-80GB, NVIDIA-A100-80GB-PCIe] is Ready with 4 allocatable")
+    assert condition(obj, "Degraded")["status"] == "False", "missing nodes never block the apply"
+    # Applied: the new pod waits for a node; with maxUnavailable 0 the H200 replica keeps serving.
+    affinity = live_deployment(plane, namespace, "llama-70b")["spec"]["template"]["spec"]["affinity"]
+    assert "NVIDIA-A100-SXM4-80GB" in json.dumps(affinity)
+    assert condition(obj, "Ready")["status"] == "True" and obj["status"]["readyReplicas"] == 1
     event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-70b",
                lambda e: e.reason == "NoMatchingGPUNodes" and e.type == "Warning")
 
     custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-70b",
                                                  {"spec": {"gpu": {"product": "H200-SXM"}}})
     eventually(lambda: (o := reconciled(plane, namespace, "llama-70b"))
-               and condition(o, "Degraded")["status"] == "False", timeout=60)
+               and condition(o, "GPUCapacity")["status"] == "True", timeout=60)
+
+
+def test_a_node_pool_at_zero_gets_pending_pods_and_the_condition_clears_when_a_node_arrives(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    pool = {"tokenworks.dev/test-pool": namespace}  # matches no node until this test adds one
+    apply_example(plane, namespace, "fixed-replicas.yaml", scheduling={"nodeSelector": pool})
+
+    obj = eventually(lambda: gpu_capacity(plane, namespace, "llama-8b-fixed", "NoMatchingGPUNodes"), timeout=60)
+    assert condition(obj, "Degraded")["status"] == "False"
+    assert condition(obj, "GPUCapacity")["message"].startswith(
+        "2 of 2 replicas pending: no node labelled nvidia.com/gpu.product in [NVIDIA-H100-80GB-HBM3, "
+        f"NVIDIA-H100-SXM5-80GB] and tokenworks.dev/test-pool={namespace} is Ready with 1 allocatable nvidia.com/gpu")
+    assert live_deployment(plane, namespace, "llama-8b-fixed")["spec"]["replicas"] == 2
+
+    def unschedulable() -> bool:
+        pods = pod_list(plane, namespace, "llama-8b-fixed")
+        return len(pods) == 2 and all(any(c.type == "PodScheduled" and c.reason == "Unschedulable"
+                                          for c in p.status.conditions or []) for p in pods)
+
+    eventually(unschedulable, timeout=60)  # what a cluster autoscaler or Karpenter acts on
+    # The scheduler's own words reach the condition once it has judged the pods.
+    eventually(lambda: "scheduler: 0/" in condition(get_md(plane, namespace, "llama-8b-fixed"), "GPUCapacity").get(
+        "message", ""), timeout=60)
+
+    node = GpuNodeSpec(f"pool-{namespace}"[:63], labels=pool)
+    try:
+        plane.add_nodes([node])
+        eventually(lambda: (pods := pod_list(plane, namespace, "llama-8b-fixed")) and len(pods) == 2
+                   and all(p.spec.node_name == node.name for p in pods), timeout=60)
+        obj = eventually(lambda: gpu_capacity(plane, namespace, "llama-8b-fixed", "Sufficient"), timeout=60)
+        assert condition(obj, "GPUCapacity")["status"] == "True"
+        eventually(lambda: condition(get_md(plane, namespace, "llama-8b-fixed"), "Ready").get("status") == "True",
+                   timeout=60)
+        event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
+                   lambda e: e.reason == "GPUCapacityAvailable")
+    finally:
+        plane.kubectl("delete", "node", node.name, "--wait=false", check=False)
+
+
+def test_a_fixed_deployment_larger_than_the_cluster_says_the_gpus_are_exhausted(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    # 20 x TP2 = 40 H100 GPUs; the cluster has two 8-GPU H100 nodes.
+    apply_example(plane, namespace, "fixed-replicas.yaml", replicas=20, parallelism={"tensor": 2})
+    shortfall = re.compile(r"^(\d+) of 20 replicas pending: need (\d+) more nvidia.com/gpu on nodes labelled "
+                           r"nvidia.com/gpu.product in \[NVIDIA-H100-80GB-HBM3, NVIDIA-H100-SXM5-80GB\]; "
+                           r"2 matching nodes have 0 free")
+
+    def exhausted() -> tuple[dict[str, Any], re.Match[str]] | None:
+        obj = gpu_capacity(plane, namespace, "llama-8b-fixed", "GPUCapacityExhausted")
+        found = obj and shortfall.match(condition(obj, "GPUCapacity")["message"])
+        return (obj, found) if obj and found else None
+
+    obj, found = eventually(exhausted, timeout=90)
+    pending, need = int(found.group(1)), int(found.group(2))
+    assert pending >= 12 and need == 2 * pending, found.group(0)
+    assert condition(obj, "Degraded")["status"] == "False"
+    assert condition(obj, "Ready")["reason"] == "GPUCapacityExhausted"
+    assert "more nvidia.com/gpu" in condition(obj, "Progressing")["message"]
+    event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b-fixed",
+               lambda e: e.reason == "GPUCapacityExhausted" and e.type == "Warning")
+
+
+def install_pod_monitor_crd(plane: ControlPlane) -> None:
+    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(POD_MONITOR_CRD))
+    plane.kubectl("wait", "--for=condition=Established", "crd/podmonitors.monitoring.coreos.com", "--timeout=30s")
+
+
+def test_a_deleted_optional_api_skips_its_child_and_its_return_is_noticed_within_a_minute(
+    operator: Operator, namespace: str
+) -> None:
+    plane = operator.plane
+    apply_example(plane, namespace, "llama-8b-h100.yaml")
+    first = eventually(lambda: (o := reconciled(plane, namespace, "llama-8b"))
+                       and condition(o, "OptionalAPIs").get("status") == "True" and o, timeout=60)
+    assert children(plane, namespace)["PodMonitor"] == ["llama-8b"]
+    errors = operator.process.metric("tokenworks_reconcile_total", 'result="error"')
+    try:
+        plane.kubectl("delete", "crd", "podmonitors.monitoring.coreos.com")
+        custom(plane).patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "llama-8b",
+                                                     {"spec": {"engine": {"maxBatchSize": 64}}})
+
+        def reconciled_without_monitoring() -> dict[str, Any] | None:
+            obj = reconciled(plane, namespace, "llama-8b")
+            return obj if obj and obj["metadata"]["generation"] > first["metadata"]["generation"] \
+                and condition(obj, "OptionalAPIs").get("status") == "False" else None
+
+        obj = eventually(reconciled_without_monitoring, timeout=60)
+        assert condition(obj, "OptionalAPIs")["message"] == (
+            "monitoring.coreos.com/v1 PodMonitor is not served; metrics are not scraped by the Prometheus Operator")
+        # The required children still follow the spec, and no reconcile failed on the missing kind.
+        config = client.CoreV1Api(plane.api_client()).read_namespaced_config_map("llama-8b-engine", namespace)
+        assert json.loads(config.data["engine.json"])["maxBatchSize"] == 64
+        assert condition(obj, "Degraded")["status"] == "False"
+        assert operator.process.metric("tokenworks_reconcile_total", 'result="error"') == errors
+        event_seen(client.CoreV1Api(plane.api_client()), namespace, "llama-8b",
+                   lambda e: e.reason == "APINotServed" and e.type == "Warning")
+
+        install_pod_monitor_crd(plane)
+        eventually(lambda: condition(get_md(plane, namespace, "llama-8b"), "OptionalAPIs").get("status") == "True"
+                   and children(plane, namespace)["PodMonitor"] == ["llama-8b"], timeout=60)
+    finally:
+        install_pod_monitor_crd(plane)  # the other tests expect the Prometheus Operator's API
 
 
 def test_editing_the_spec_updates_children_and_observed_generation(operator: Operator, namespace: str) -> None:

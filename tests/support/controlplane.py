@@ -524,12 +524,14 @@ class ControlPlane:
             names.append(node.name)
 
         def all_ready() -> bool:
+            # All nodes, not `get nodes NAME...`: one name returns the object, not a list with items.
             out = self.kubectl(
-                "get", "nodes", *names,
-                "-o", "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}"
+                "get", "nodes",
+                "-o", "jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=='Ready')].status}"
                 " {end}",
             )
-            return out.split() == ["True"] * len(names)
+            ready = dict(pair.split("=", 1) for pair in out.split())
+            return all(ready.get(name) == "True" for name in names)
 
         kwok.wait_until(all_ready, timeout=60, what=f"ready on nodes {names}")
 

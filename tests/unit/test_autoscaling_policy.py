@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import replace
+from dataclasses import fields, replace
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from controllers.autoscaling.loop import fingerprint
 from controllers.autoscaling.policy import (
     SCALE_TO_ZERO_IDLE_SECONDS,
     Decision,
@@ -381,3 +382,21 @@ def test_the_growth_quantile_matches_its_definition(values: list[float], lead: f
             expected = g
             break
     assert growth_quantile(demand, lead, attainment, now, half_life=600.0) == pytest.approx(expected)
+
+
+def test_a_new_metric_source_is_worth_a_status_write() -> None:
+    """A restart with --prometheus-url decides the same (hold, signals missing) but the message names the
+    new source: the loop writes on a changed fingerprint, so the message must be in it."""
+    def failing(message: str) -> Observations:
+        o = obs(None, ttft=None, itl=None, queue=None, in_flight=None, wait=None)
+        return replace(o, **{f.name: Reading.error(message) for f in fields(o)
+                             if isinstance(getattr(o, f.name), Reading) and f.name != "activation"})
+
+    before = decision(failing("no metric source configured (operator started without --prometheus-url)"))
+    after = decision(failing("no series for this ModelDeployment"))
+    assert (before.replicas, before.rule) == (after.replicas, after.rule)
+    assert [(c.type, c.status, c.reason) for c in before.conditions] == \
+        [(c.type, c.status, c.reason) for c in after.conditions]
+    assert "no series" in next(c.message for c in after.conditions if c.type == "MetricsAvailable")
+    assert fingerprint(before) != fingerprint(after)
+    assert fingerprint(after) == fingerprint(decision(failing("no series for this ModelDeployment")))

@@ -77,8 +77,12 @@ def test_scale_subresource_and_printer_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     assert "status" in version["subresources"]
-    names = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert {"Ready", "Replicas", "GPUs", "Model", "Age"} <= set(names)
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    # Counts side by side (a column is one value, so "ready/desired" cannot be one), then why.
+    assert list(columns)[:3] == ["Desired", "Ready", "Status"]
+    assert columns["Desired"] == ".status.desiredReplicas" and columns["Ready"] == ".status.readyReplicas"
+    assert columns["Status"] == '.status.conditions[?(@.type=="Ready")].reason'
+    assert {"GPUs", "Model", "Age"} <= set(columns)
 
 
 def test_conditions_are_a_map_keyed_by_type() -> None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from inference_pods.templates import CHILD_KINDS
+
 OPERATOR = Path(__file__).resolve().parents[2] / "operator"
 
 
@@ -67,3 +69,11 @@ def test_a_read_only_root_comes_with_a_writable_tmp() -> None:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
         assert len(tmp) == 1 and tmp[0]["name"] in empty_dirs and not tmp[0].get("readOnly"), container["name"]
+
+
+def test_every_child_kind_may_be_read_watched_and_applied() -> None:
+    (role,) = [d for d in documents("rbac.yaml") if d["kind"] == "ClusterRole"]
+    for kind in CHILD_KINDS:
+        verbs = {verb for rule in role["rules"] if kind.group in rule["apiGroups"] and kind.plural in rule["resources"]
+                 for verb in rule["verbs"]}
+        assert {"get", "list", "watch", "create", "patch"} <= verbs, kind.kind

@@ -1,5 +1,6 @@
 """The reconcile's logic: who owns the replica count and its hand-over, status derivation and carry-forward,
-drift by content (dry run, fields taken and kept), and the requests a reconcile makes, against a fake API."""
+drift by content (dry run, fields taken and kept), what blocks an apply and what only warns, and the
+requests a reconcile makes, against a fake API."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from typing import Any
 
 import pytest
 
+from controllers.kube import KindNotServed
 from controllers.reconcile import (
+    GPU_CAPACITY,
+    OPTIONAL_APIS,
     RECONCILER_STATUS_FIELDS,
     Problem,
+    Reconciler,
     cache_bytes_needed,
     comparable,
     degraded_only_status,
@@ -28,7 +33,7 @@ from controllers.reconcile import (
     quantity_bytes,
     status_changed,
 )
-from crds.models import ModelDeployment
+from crds.models import API_VERSION, KIND, ModelDeployment
 from inference_pods.repository import cache_key
 from inference_pods.templates import CACHE_KEY_ANNOTATION
 
@@ -136,7 +141,9 @@ def test_status_of_a_rolled_out_deployment() -> None:
     assert conditions(status) == {"Ready": ("True", "AllReplicasReady"),
                                   "Progressing": ("False", "Complete"),
                                   "Degraded": ("False", "AsExpected"),
-                                  "ModelPrepared": ("Unknown", "NotPreparedYet")}
+                                  "ModelPrepared": ("Unknown", "NotPreparedYet"),
+                                  "GPUCapacity": ("True", "Sufficient"),
+                                  "OptionalAPIs": ("True", "AllServed")}
 
 
 def test_status_while_rolling_out_and_when_stuck() -> None:
@@ -147,11 +154,37 @@ def test_status_while_rolling_out_and_when_stuck() -> None:
     assert conditions(stuck)["Progressing"] == ("False", "ProgressDeadlineExceeded")
 
 
-def test_problems_make_it_degraded_and_no_deployment_is_not_ready() -> None:
-    status = derive_status(md(), None, 2, [Problem("NoMatchingGPUNodes", "none"), Problem("X", "y")])
-    assert conditions(status)["Degraded"] == ("True", "NoMatchingGPUNodes")
-    assert status["conditions"][2]["message"] == "none; y"
-    assert conditions(status)["Ready"] == ("False", "ReplicasNotReady")
+def test_blocking_problems_make_it_degraded_and_ready_and_progressing_say_why() -> None:
+    # Weights that cannot fit: nothing was applied, so not "ScaledToZero" but the problem itself.
+    status = derive_status(md(), None, 0, [Problem("ModelDoesNotFit", "too big"), Problem("X", "y")])
+    assert conditions(status)["Degraded"] == ("True", "ModelDoesNotFit")
+    assert status["conditions"][2]["message"] == "too big; y"
+    assert conditions(status)["Ready"] == ("False", "ModelDoesNotFit")
+    assert conditions(status)["Progressing"] == ("False", "ModelDoesNotFit")
+    # An edit that cannot work leaves the running pods serving: Ready says so, Progressing does not move.
+    running = derive_status(md(), deployment(2, 2, 2), 2, [Problem("ModelDoesNotFit", "too big")])
+    assert conditions(running)["Ready"] == ("True", "AllReplicasReady")
+    progressing = next(c for c in running["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "ModelDoesNotFit")
+    assert progressing["message"] == "generation 3 is not applied (see Degraded); the running pods are left as they are"
+
+
+def test_warnings_leave_degraded_alone_and_name_the_gpu_shortfall() -> None:
+    short = Problem("GPUCapacityExhausted", "12 of 20 replicas pending: need 24 more nvidia.com/gpu", GPU_CAPACITY)
+    missing = Problem("APINotServed", "monitoring.coreos.com/v1 PodMonitor is not served", OPTIONAL_APIS)
+    assert not short.blocking and not missing.blocking and Problem("X", "y").blocking
+    status = derive_status(md(replicas=20), deployment(20, 8, 8), 20, [short, missing])
+    by_type = {c["type"]: c for c in status["conditions"]}
+    assert conditions(status)["Degraded"] == ("False", "AsExpected")
+    assert conditions(status)["GPUCapacity"] == ("False", "GPUCapacityExhausted")
+    assert by_type["GPUCapacity"]["message"] == short.message
+    assert conditions(status)["OptionalAPIs"] == ("False", "APINotServed")
+    assert by_type["Ready"]["reason"] == "GPUCapacityExhausted"
+    assert by_type["Ready"]["message"] == "8/20 replicas ready (GPUCapacity: GPUCapacityExhausted)"
+    assert by_type["Progressing"]["message"] == f"8/20 updated, 8/20 ready; {short.message}"
+    stuck = derive_status(md(replicas=20), deployment(20, 8, 8, progressing_reason="ProgressDeadlineExceeded"),
+                          20, [short])
+    assert next(c for c in stuck["conditions"] if c["type"] == "Progressing")["message"] == f"m; {short.message}"
 
 
 def test_transition_times_survive_unchanged_conditions() -> None:
@@ -160,7 +193,8 @@ def test_transition_times_survive_unchanged_conditions() -> None:
     new = merge_transition_times(derive_status(md(), deployment(2, 2, 2), 2, []), old, NOW)
     stamps = {c["type"]: c["lastTransitionTime"] for c in new["conditions"]}
     assert stamps == {"Ready": "2026-01-01T00:00:00Z", "Progressing": "2026-11-28T12:00:00Z",
-                      "Degraded": "2026-11-28T12:00:00Z", "ModelPrepared": "2026-11-28T12:00:00Z"}
+                      "Degraded": "2026-11-28T12:00:00Z", "ModelPrepared": "2026-11-28T12:00:00Z",
+                      "GPUCapacity": "2026-11-28T12:00:00Z", "OptionalAPIs": "2026-11-28T12:00:00Z"}
 
 
 def test_status_changed_ignores_other_owners_conditions() -> None:
@@ -372,3 +406,110 @@ def test_engine_limits_the_gpu_or_model_cannot_hold(engine: dict[str, Any], frag
 
 def test_default_limits_fit() -> None:
     assert engine_limit_problems(md()) == []
+
+
+class FakeKube:
+    """Just enough of ``KubeApi`` for one reconcile: objects by (kind, namespace, name); Deployments get
+    no status (no controller runs). ``unserved``: kinds whose writes fail as after a CRD deletion."""
+
+    def __init__(self, nodes: list[dict[str, Any]], unserved: tuple[str, ...] = ()) -> None:
+        self.objects: dict[tuple[str, str | None, str], dict[str, Any]] = {
+            ("Node", None, n["metadata"]["name"]): n for n in nodes}
+        self.unserved = set(unserved)
+        self.events: list[tuple[str, str, str]] = []
+        self.applied: list[str] = []
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((kind, namespace, name))
+        return None if found is None else dict(found)
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:
+        return [dict(o) for (k, ns, _), o in self.objects.items() if k == kind and namespace in (None, ns)]
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        if manifest["kind"] in self.unserved:
+            raise KindNotServed(manifest["apiVersion"], manifest["kind"])
+        self.applied.append(manifest["kind"])
+        self.objects[(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])] = manifest
+        return manifest
+
+    def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any],
+                     field_manager: str = "tokenworks") -> dict[str, Any]:
+        self.objects[(kind, namespace, name)]["status"] = status
+        return self.objects[(kind, namespace, name)]
+
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool:
+        return True  # discovery's cached "yes"; the write is what fails
+
+    def event(self, regarding: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
+        self.events.append((type_, reason, message))
+
+    def add(self, obj: dict[str, Any]) -> None:
+        self.objects[(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])] = obj
+
+
+def gpu_node(name: str, product: str = "NVIDIA-H100-80GB-HBM3", ready: str = "True") -> dict[str, Any]:
+    return {"kind": "Node", "metadata": {"name": name, "labels": {"nvidia.com/gpu.product": product}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": ready}]}}
+
+
+def reconcile_md(kube: FakeKube, replicas: int = 2) -> tuple[Any, dict[str, dict[str, Any]]]:
+    if kube.get(API_VERSION, KIND, "ns", "m") is None:
+        kube.add({"apiVersion": API_VERSION, "kind": KIND, **md(replicas=replicas).model_dump(
+            by_alias=True, exclude_none=True)})
+    result = Reconciler(kube, node_cache_seconds=0).reconcile("ns", "m")
+    status = kube.get(API_VERSION, KIND, "ns", "m")["status"]  # type: ignore[index]
+    return result, {c["type"]: c for c in status["conditions"]}
+
+
+def test_no_matching_node_still_applies_the_deployment_for_an_autoscaler_to_see() -> None:
+    kube = FakeKube([gpu_node("h200", product="NVIDIA-H200")])
+    result, by_type = reconcile_md(kube)
+    assert kube.applied == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "PodMonitor"]
+    assert [p.reason for p in result.problems] == ["NoMatchingGPUNodes"] and not result.problems[0].blocking
+    assert (by_type["Degraded"]["status"], by_type["GPUCapacity"]["status"]) == ("False", "False")
+    assert by_type["GPUCapacity"]["message"].startswith("2 of 2 replicas pending: no node labelled")
+    assert ("Warning", "NoMatchingGPUNodes", by_type["GPUCapacity"]["message"]) in kube.events
+
+
+def test_an_optional_kind_that_stopped_being_served_is_skipped_and_said() -> None:
+    kube = FakeKube([gpu_node("h100")], unserved=("PodMonitor",))
+    result, by_type = reconcile_md(kube)
+    assert kube.applied == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    assert (by_type["OptionalAPIs"]["status"], by_type["OptionalAPIs"]["reason"]) == ("False", "APINotServed")
+    assert by_type["OptionalAPIs"]["message"] == ("monitoring.coreos.com/v1 PodMonitor is not served; metrics are "
+                                                  "not scraped by the Prometheus Operator")
+    assert by_type["Degraded"]["status"] == "False" and result.requeue_after == 20
+
+
+def test_a_required_kind_that_is_not_served_fails_the_reconcile() -> None:
+    with pytest.raises(KindNotServed):
+        reconcile_md(FakeKube([gpu_node("h100")], unserved=("PodDisruptionBudget",)))
+
+
+def test_a_lost_node_is_a_condition_and_one_warning_naming_it() -> None:
+    kube = FakeKube([gpu_node("h100-0"), gpu_node("h100-1", ready="Unknown")])
+    for index, on in enumerate(("h100-0", "h100-1")):
+        kube.add({"kind": "Pod", "metadata": {"name": f"m-{index}", "namespace": "ns"},
+                  "spec": {"nodeName": on}, "status": {"phase": "Running"}})
+    _, by_type = reconcile_md(kube)
+    assert (by_type["GPUCapacity"]["status"], by_type["GPUCapacity"]["reason"]) == ("False", "NodeLost")
+    assert 'pod m-1 on node "h100-1" (NotReady: Ready=Unknown)' in by_type["GPUCapacity"]["message"]
+    reconcile_md(kube)  # the next reconcile sees the same loss: no second Event
+    lost = [e for e in kube.events if e[1] == "NodeLost"]
+    assert lost == [("Warning", "NodeLost", 'replica pod m-1 on node "h100-1" no longer serves: the node is '
+                                            "NotReady: Ready=Unknown")]
+
+
+def test_a_404_about_a_gone_namespace_is_not_a_missing_kind() -> None:
+    from kubernetes.client.rest import ApiException
+
+    from controllers.kube import _not_found_kind
+
+    gone = ApiException(status=404)
+    gone.body = '{"kind":"Status","reason":"NotFound","details":{"name":"t-x","kind":"namespaces"},"code":404}'
+    assert _not_found_kind(gone) == "namespaces"
+    unserved = ApiException(status=404)
+    unserved.body = "404 page not found"
+    assert _not_found_kind(unserved) is None

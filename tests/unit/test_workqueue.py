@@ -52,3 +52,19 @@ def test_delayed_keys_appear_when_due() -> None:
     assert queue.get(timeout=0) is None
     clock.now = 10
     assert queue.get(timeout=0) == "a"
+
+
+def test_a_key_waits_once_at_its_earliest_time() -> None:
+    clock = FakeClock()
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    queue.add_after("a", 20)
+    queue.add_after("a", 5)
+    queue.add_after("a", 30)  # later than what is already scheduled: nothing new
+    clock.now = 5
+    assert queue.get(timeout=0) == "a"
+    queue.done("a")
+    clock.now = 40
+    assert queue.get(timeout=0) is None, "the superseded 20 s and 30 s entries do not fire"
+    queue.add_after("a", 1)
+    clock.now = 41
+    assert queue.get(timeout=0) == "a", "once it fired, the key may wait again"
