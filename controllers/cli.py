@@ -78,6 +78,7 @@ def explain_error(error: BaseException) -> tuple[ExitCode, str]:
     from kubernetes.dynamic.exceptions import ResourceNotFoundError
     from urllib3.exceptions import HTTPError, MaxRetryError
 
+    from controllers.kube import KindNotServed
     from controllers.listening import PortUnavailable
 
     if isinstance(error, PortUnavailable):
@@ -91,7 +92,7 @@ def explain_error(error: BaseException) -> tuple[ExitCode, str]:
     if isinstance(error, ConfigException):
         return ExitCode.UNREACHABLE, (f"no usable cluster configuration: {_one_line(error)} (pass --kubeconfig or "
                                       "set KUBECONFIG, or run in a pod)")
-    if isinstance(error, ResourceNotFoundError):
+    if isinstance(error, ResourceNotFoundError | KindNotServed):
         return ExitCode.NOT_FOUND, (f"not found: the API server serves no such kind ({_one_line(error)}); is the "
                                     "ModelDeployment CRD installed (kubectl apply -k operator/)?")
     if isinstance(error, ApiException):

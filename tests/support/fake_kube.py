@@ -14,7 +14,7 @@ from crds.models import KIND
 
 GPU_NODE = {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": "gpu-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
-            "status": {"allocatable": {"nvidia.com/gpu": "8"}}}
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]}}
 WRITES = ("apply", "dry-run", "patch_status", "event")
 
 
@@ -70,7 +70,7 @@ class FakeKube:
         return copy.deepcopy(self.objects.get((kind, namespace or "", name)))
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[ManifestT]:
+             label_selector: str | None = None, field_selector: str | None = None) -> list[ManifestT]:
         self.requests.append(("list", kind))
         return [copy.deepcopy(o) for (k, _, _), o in self.objects.items() if k == kind]
 
@@ -125,8 +125,8 @@ class FakeKube:
         self.store(obj)
         return copy.deepcopy(obj)
 
-    def has_kind(self, api_version: str, kind: str) -> bool:
-        return False
+    def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool:
+        return False  # no optional API (PodMonitor) is served
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         self.requests.append(("event", reason))

@@ -222,6 +222,7 @@ def test_a_degraded_only_status_carries_the_other_fields_forward() -> None:
     assert "autoscaler" not in status, "another manager's fields are not the reconciler's to send"
     assert conditions(status) == {"Ready": ("True", "AllReplicasReady"), "Progressing": ("False", "Complete"),
                                   "ModelPrepared": ("Unknown", "NotPreparedYet"),
+                                  "GPUCapacity": ("True", "Sufficient"), "OptionalAPIs": ("True", "AllServed"),
                                   "Degraded": ("True", "InvalidSpec")}
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["lastTransitionTime"] == "2026-11-28T12:00:00Z"
@@ -427,9 +428,11 @@ class FakeKube:
              field_selector: str | None = None) -> list[dict[str, Any]]:
         return [dict(o) for (k, ns, _), o in self.objects.items() if k == kind and namespace in (None, ns)]
 
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+    def apply(self, manifest: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
         if manifest["kind"] in self.unserved:
             raise KindNotServed(manifest["apiVersion"], manifest["kind"])
+        if dry_run:
+            return manifest
         self.applied.append(manifest["kind"])
         self.objects[(manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])] = manifest
         return manifest

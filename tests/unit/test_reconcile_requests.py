@@ -132,6 +132,6 @@ def test_a_spec_that_does_not_parse_changes_only_degraded() -> None:
         assert status[field] == before[field], field
     kinds = {c["type"]: c["reason"] for c in status["conditions"]}
     assert kinds == {"Ready": "ReplicasNotReady", "Progressing": "RollingOut", "ModelPrepared": "NotPreparedYet",
-                     "Degraded": "InvalidSpec"}
+                     "GPUCapacity": "Sufficient", "OptionalAPIs": "APINotServed", "Degraded": "InvalidSpec"}
     assert status["observedGeneration"] == 2
     assert reconcile(kube, reconciler) == Counter(), "said once"
