@@ -30,7 +30,10 @@ def test_deleted_children_are_restored_once_and_then_left_at_rest(
         chaos_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest))
         service = eventually(lambda: core.read_namespaced_service(NAME, chaos_namespace), timeout=60)
         eventually(lambda: apps.read_namespaced_deployment(NAME, chaos_namespace), timeout=60)
-        applies = process.metric("tokenworks_child_applies_total")
+        # The four children (no PodMonitor CRD here), counted once the first reconcile has returned.
+        applies = eventually(lambda: process.metric("tokenworks_child_applies_total") >= 4 and
+                             process.metric("tokenworks_child_applies_total"), timeout=30)
+        assert applies == 4
 
         chaos_plane.kubectl("-n", chaos_namespace, "delete", f"service/{NAME}", f"deployment/{NAME}")
         restored = eventually(lambda: core.read_namespaced_service(NAME, chaos_namespace), timeout=30)
