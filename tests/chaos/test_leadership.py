@@ -133,3 +133,27 @@ def test_sigterm_releases_the_lease_for_a_fast_handover(
     eventually(standby.is_leader, timeout=LEASE_SECONDS)
     took = time.monotonic() - stopped
     assert took < LEASE_SECONDS - 2, f"handover took {took:.1f}s: the lease was waited out, not released"
+
+
+def test_a_leader_whose_api_server_hangs_steps_down_and_the_standby_takes_over_after(
+    chaos_plane: ControlPlane, pair: list[OperatorProcess], chaos_namespace: str
+) -> None:
+    leader, standby = pair
+    apply_fixed(chaos_plane, chaos_namespace)
+    # SIGSTOP: connections are accepted by the kernel and never answered, like a hung load balancer.
+    chaos_plane.pause_apiserver(True)
+    hung = time.monotonic()
+    try:
+        # Every request times out inside the renew deadline, so the leader cannot block past it.
+        eventually(lambda: leader.exit_code() is not None, timeout=LEASE_SECONDS + 15)
+        stepped_down = time.monotonic() - hung
+        assert not standby.is_leader(), "nobody leads while the API server hangs"
+    finally:
+        chaos_plane.pause_apiserver(False)
+    back = dt.datetime.now(dt.UTC)
+    assert leader.exit_code() == 1
+    assert stepped_down < LEASE_SECONDS + 5, f"the leader of a hung API server acted for {stepped_down:.1f}s"
+    eventually(standby.is_leader, timeout=LEASE_SECONDS + 30)
+    chaos_plane.kubectl("-n", chaos_namespace, "scale", "mdep", "llama-8b-fixed", "--replicas=3")
+    eventually(lambda: replicas(chaos_plane, chaos_namespace) == 3, timeout=30)
+    assert writes_after(chaos_plane, leader, back) == []

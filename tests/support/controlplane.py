@@ -422,7 +422,7 @@ class ControlPlane:
                 "--authorization-mode=RBAC",
                 # As on OpenShift: setting blockOwnerDeletion needs update on the owner's finalizers.
                 "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=10.0.0.0/16",  # room for a 1,000-model bench
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
@@ -507,7 +507,7 @@ class ControlPlane:
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
                 "--manage-nodes-with-label-selector=",
-                "--cidr=10.0.0.1/24",
+                "--cidr=10.128.0.1/16",  # pod IPs for a 1,000-model bench, apart from the Service range
                 "--node-ip=10.0.0.1",
                 "--node-lease-duration-seconds=40",
                 f"--server-address=127.0.0.1:{free_port()}",
