@@ -124,7 +124,8 @@ class Operator:
         watches = [Watch(self.kube, API_VERSION, KIND, ns, on_model_deployment, self.stopping)
                    for ns in scopes]
         watches += [Watch(self.kube, api_version, kind, ns, on_child, self.stopping,
-                          label_selector=CHILD_SELECTOR, optional=optional)
+                          label_selector=CHILD_SELECTOR, optional=optional,
+                          on_served=self.requeue_all if optional else None)
                     for api_version, kind, optional in ((k.api_version, k.kind, k.optional) for k in CHILD_KINDS)
                     for ns in scopes]
         return watches
@@ -174,15 +175,18 @@ class Operator:
                 RECONCILE_SECONDS.observe(time.monotonic() - started)
                 self.queue.done(key)
 
+    def requeue_all(self) -> None:
+        scopes: list[str | None] = list(self.config.namespaces) or [None]
+        for namespace in scopes:
+            for item in self.kube.list(API_VERSION, KIND, namespace):
+                self.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+
     def resync(self) -> None:
         """Re-queue every ModelDeployment periodically: level-triggered, so drift is repaired even
         when a watch event was missed."""
         while not self.stopping.wait(self.config.resync_seconds):
-            scopes: list[str | None] = list(self.config.namespaces) or [None]
             try:
-                for namespace in scopes:
-                    for item in self.kube.list(API_VERSION, KIND, namespace):
-                        self.queue.add((item["metadata"]["namespace"], item["metadata"]["name"]))
+                self.requeue_all()
             except Exception:
                 log.exception("resync list failed")
 

@@ -61,6 +61,7 @@ DEGRADED, GPU_CAPACITY, OPTIONAL_APIS = "Degraded", "GPUCapacity", "OptionalAPIs
 OWN_CONDITIONS = ("Ready", "Progressing", DEGRADED, "ModelPrepared", GPU_CAPACITY, OPTIONAL_APIS)
 # How soon a "no" about an optional API is asked again (KubeApi.has_kind), and so how soon its return is seen.
 OPTIONAL_API_RECHECK_SECONDS = 20
+CAPACITY_RECHECK_SECONDS = 60
 PREPARE_CONTAINER = "prepare"
 _QUANTITY_SUFFIXES = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
                       "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3}
@@ -682,10 +683,11 @@ class Reconciler:
                               ",".join(f"{k}={v}" for k, v in selector_labels(name).items()))
         capacity, result.lost = self.capacity_problems(md, replicas, pods)
         result.problems += capacity + self.optional_problems(missing)
-        if missing:
-            result.requeue_after = OPTIONAL_API_RECHECK_SECONDS
-        elif capacity:
-            result.requeue_after = self.node_cache_seconds
+        # An optional API's return is seen by its watch, which re-queues every ModelDeployment: no
+        # per-object polling (1,000 models re-reconciled every 20 s was most of a fleet's load).
+        if capacity:
+            # A node joining changes no child: look again for the message, at the node cache's pace.
+            result.requeue_after = max(self.node_cache_seconds, CAPACITY_RECHECK_SECONDS)
         status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry)
         if status_changed(status, current_status):
             merge_transition_times(status, current_status.get("conditions") or [], self.clock())

@@ -43,6 +43,7 @@ class WatchState:
     failing_since: float | None = None  # monotonic; None while healthy
     last_error: str = ""
     relists: int = 0
+    missing: bool = False  # the kind was not served at the last attempt
     events: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -54,7 +55,7 @@ class Watch:
     def __init__(self, kube: Any, api_version: str, kind: str, namespace: str | None,
                  on_object: Callable[[dict[str, Any]], None], stopping: threading.Event,
                  label_selector: str | None = None, timeout_seconds: int = 60,
-                 optional: bool = False) -> None:
+                 optional: bool = False, on_served: Callable[[], None] | None = None) -> None:
         self.kube = kube  # controllers.kube.Kube: resolves kinds under its discovery lock
         self.api_version = api_version
         self.kind = kind
@@ -64,6 +65,7 @@ class Watch:
         self.label_selector = label_selector
         self.timeout_seconds = timeout_seconds
         self.optional = optional  # an API that may not be installed (PodMonitor): absent is not a failure
+        self.on_served = on_served  # called when a kind that was not served is served again
         self.state = WatchState(kind, namespace)
         self.watcher: k8s_watch.Watch | None = None
 
@@ -78,6 +80,8 @@ class Watch:
                 cause = "expired"  # _watch returns only on 410 Gone
             except KindNotServed as error:
                 cause = "error"
+                with self.state.lock:
+                    self.state.missing = True
                 self._failed(error, quiet=self.optional)
                 self.kube.invalidate_discovery()  # noticed when the CRD comes back
                 self.stopping.wait(20 if self.optional else backoff)
@@ -95,17 +99,24 @@ class Watch:
         return self.kube.resource(self.api_version, self.kind)
 
     def _list(self, cause: str) -> str:
-        listed = self._resource().get(namespace=self.namespace, label_selector=self.label_selector,
-                                      _request_timeout=(5, 60))
+        items, version = self.kube.list_with_version(self.api_version, self.kind, self.namespace,
+                                                     self.label_selector)
         RELISTS.labels(self.kind, cause).inc()
-        for item in listed.items:
-            self.on_object(item.to_dict())
+        for item in items:
+            self.on_object(item)
         with self.state.lock:
+            returned = self.state.missing
+            self.state.missing = False
             self.state.synced = True
             self.state.connected = True
             self.state.failing_since = None
             self.state.relists += 1
-        return str(listed.metadata.resourceVersion)
+        if returned and self.on_served is not None:
+            # The kind is served again (its CRD reinstalled): no object of it exists to say so, so
+            # every owner is asked to reconcile and create its child now.
+            log.info("kind served again kind=%s", self.kind)
+            self.on_served()
+        return str(version)
 
     def _watch(self, version: str) -> None:
         """Follow changes from ``version``; returns when the version expired (relist)."""

@@ -7,6 +7,7 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
+from controllers.kube import KindNotServed
 from controllers.watches import Watch
 from tests.support.waiting import eventually
 
@@ -57,11 +58,17 @@ class Server:
                                metadata=SimpleNamespace(resourceVersion=version))
 
 
-def run(server: Server, stop: threading.Event) -> tuple[Watch, list[str]]:
+def run(server: Server, stop: threading.Event, on_served: Any = None) -> tuple[Watch, list[str]]:
     seen: list[str] = []
-    kube = SimpleNamespace(resource=lambda *_: server, invalidate_discovery=lambda: None)
+    def list_with_version(api_version: str, kind: str, namespace: str | None,
+                          selector: str | None) -> tuple[list[dict[str, Any]], str]:
+        listed = server.get(namespace=namespace, label_selector=selector, _request_timeout=(5, 60))
+        return [i.to_dict() for i in listed.items], str(listed.metadata.resourceVersion)
+
+    kube = SimpleNamespace(resource=lambda *_: server, invalidate_discovery=lambda: None,
+                           list_with_version=list_with_version)
     watch = Watch(kube, "apps/v1", "Deployment", "ns", lambda o: seen.append(o["metadata"]["name"]), stop,
-                  label_selector="app.kubernetes.io/managed-by=tokenworks")
+                  label_selector="app.kubernetes.io/managed-by=tokenworks", on_served=on_served)
     thread = threading.Thread(target=watch.run, daemon=True)
     thread.start()
     eventually(lambda: not thread.is_alive(), timeout=20)
@@ -95,3 +102,13 @@ def test_an_api_server_outage_is_retried_and_reported_until_it_ends() -> None:
     assert seen == ["a"]
     assert watch.state.connected and watch.state.failing_since is None
     assert watch.state.last_error == "connection refused"
+
+
+def test_a_kind_served_again_asks_every_owner_to_reconcile() -> None:
+    stop = threading.Event()
+    served: list[bool] = []
+    server = Server(lists=[KindNotServed("monitoring.coreos.com/v1", "PodMonitor"), Server._list([], "7")],
+                    watches=[], stop=stop)
+    watch, seen = run(server, stop, on_served=lambda: served.append(True))
+    assert served == [True], "no PodMonitor exists yet to say the CRD is back: the owners are asked"
+    assert seen == [] and not watch.state.missing
