@@ -13,9 +13,11 @@ is settled, and the operator's peak memory (target below 300 MiB).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +135,7 @@ def main() -> None:
         wait(settled, "every rollout settled", timeout=1800, interval=5)
         settled_after = time.monotonic() - started
         time.sleep(10)
+        rest_started = time.time()
         writes_before = operator.metric("tokenworks_api_requests_total", 'verb="write"')
         reconciles_before = operator.metric("tokenworks_reconcile_total")
         time.sleep(args.rest_seconds)
@@ -152,6 +155,14 @@ def main() -> None:
         print(f"writes at rest:                     {writes_at_rest:.0f} in {args.rest_seconds:.0f} s "
               f"({rest_reconciles:.0f} reconciles in that window)")
         print(f"operator peak memory (VmHWM):       {rss:.0f} MiB (target < 300)")
+        rest_writes = Counter(
+            f"{e['verb']} {e['objectRef'].get('resource')}/{e['objectRef'].get('subresource') or '-'}"
+            for e in plane.audit_writes() if e.get("userAgent", "").startswith(operator.user_agent)
+            and e["objectRef"].get("resource") != "leases"
+            and dt.datetime.fromisoformat(e["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
+            > rest_started)
+        if rest_writes:
+            print(f"writes at rest, by kind:            {dict(rest_writes)}")
         operator.stop()
     finally:
         plane.stop()

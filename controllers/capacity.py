@@ -144,12 +144,17 @@ def pending_replicas(pods: list[Manifest], replicas: int) -> int:
 
 
 def scheduler_message(pods: list[Manifest]) -> str | None:
-    """What the scheduler said about an unschedulable pod (PodScheduled=False, Unschedulable)."""
+    """What the scheduler said about an unschedulable pod (PodScheduled=False, Unschedulable): its
+    first sentence, the node filters ("0/3 nodes are available: 3 Insufficient nvidia.com/gpu."). The
+    rest (claims, preemption) varies from one scheduling attempt to the next with nothing changed, and
+    would rewrite the status at rest."""
     for pod in _live(pods):
         for condition in (pod.get("status") or {}).get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("status") == "False" \
                     and condition.get("reason") == "Unschedulable":
-                return str(condition.get("message") or "Unschedulable").strip()
+                text = str(condition.get("message") or "Unschedulable").strip()
+                head, dot, _ = text.partition(". ")
+                return head + dot.strip() if dot else text
     return None
 
 

@@ -165,3 +165,12 @@ def test_findings_put_the_lost_node_first() -> None:
     assert [f.reason for f in findings] == ["NodeLost", "NoMatchingGPUNodes"]
     assert findings[0].message == ('1 replica lost with its node: pod a on node "sick" (NotReady: network down); '
                                    "the Deployment replaces it once the pod is evicted or deleted")
+
+
+def test_only_the_schedulers_node_filters_are_kept_not_what_varies_between_attempts() -> None:
+    said = ("0/3 nodes are available: 3 Insufficient nvidia.com/gpu. no new claims to deallocate, preemption: "
+            "0/3 nodes are available: 3 No preemption victims found for incoming pod.")
+    again = said.replace("No preemption victims found for incoming pod", "Preemption is not helpful for scheduling")
+    first = scheduler_message([pod("a", unschedulable=said)])
+    assert first == "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
+    assert scheduler_message([pod("a", unschedulable=again)]) == first, "no status write for the same shortfall"
