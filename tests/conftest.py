@@ -15,16 +15,19 @@ from tests.support.controlplane import ControlPlane
 @pytest.fixture(scope="session")
 def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     """etcd + kube-apiserver with RBAC, started once per session."""
-    workdir = Path(tempfile.mkdtemp(prefix="tokenworks-cp-"))
-    plane = ControlPlane(workdir).start()
+    plane = ControlPlane(Path(tempfile.mkdtemp(prefix="tokenworks-cp-"))).start()
     try:
         yield plane
     finally:
-        plane.stop()
-        failed = request.session.testsfailed > 0 or os.environ.get("TOKENWORKS_KEEP_LOGS")
-        if failed:
-            print(f"\ncontrol-plane logs kept in {plane.logs}")
-        plane.keep_or_remove(keep=bool(failed))
+        stop_keeping_logs_on_failure(plane, request)
+
+
+def stop_keeping_logs_on_failure(plane: ControlPlane, request: pytest.FixtureRequest) -> None:
+    plane.stop()
+    failed = request.session.testsfailed > 0 or os.environ.get("TOKENWORKS_KEEP_LOGS")
+    if failed:
+        print(f"\ncontrol-plane logs kept in {plane.logs}")
+    plane.keep_or_remove(keep=bool(failed))
 
 
 @pytest.fixture(scope="session")

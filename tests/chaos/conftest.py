@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import stop_keeping_logs_on_failure
 from tests.support.controlplane import ControlPlane
 from tests.support.operator import install_api_and_rbac, service_account_kubeconfig
 
@@ -23,11 +24,7 @@ def chaos_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         install_api_and_rbac(plane)
         yield plane
     finally:
-        plane.stop()
-        failed = request.session.testsfailed > 0 or os.environ.get("TOKENWORKS_KEEP_LOGS")
-        if failed:
-            print(f"\nchaos control-plane logs kept in {plane.logs}")
-        plane.keep_or_remove(keep=bool(failed))
+        stop_keeping_logs_on_failure(plane, request)
 
 
 @pytest.fixture(scope="package")
