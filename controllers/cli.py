@@ -216,7 +216,9 @@ def operator_run(
         "--namespace", "-n", help="Watch only these namespaces (repeatable); default all.")] = None,
     leader_elect: Annotated[bool, typer.Option(help="Run only while holding the Lease.")] = True,
     lease_namespace: Annotated[str, typer.Option(envvar="POD_NAMESPACE")] = "tokenworks-system",
-    lease_duration: Annotated[int, typer.Option(help="Seconds a leader's lease lasts.")] = 15,
+    lease_duration: Annotated[int, typer.Option(
+        min=4, help="Seconds a leader's lease lasts (at least 4: the renew deadline, 2/3 of it, must exceed "
+                    "the 2 s retry).")] = 15,
     identity: Annotated[str | None, typer.Option(envvar="POD_NAME")] = None,
     metrics_port: Annotated[int, typer.Option(help="Port of the Prometheus metrics; 0 disables them. A second "
                                               "copy on one machine needs another port, or 0.")] = 8080,

@@ -405,3 +405,9 @@ def test_a_second_operator_on_a_taken_port_names_the_port_and_flag(
     assert result.stderr.splitlines() == [
         f"error: cannot listen on port {port} ({flag}): Address already in use; another copy of the operator? "
         f"Pass {flag}=0 to disable it, or another port"]
+
+
+def test_a_lease_too_short_for_fencing_is_refused_before_anything_starts() -> None:
+    result = runner.invoke(app, ["operator", "run", "--lease-duration", "3"])
+    assert result.exit_code == 2
+    assert "--lease-duration" in result.output
