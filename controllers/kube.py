@@ -249,7 +249,7 @@ class Kube:
                     return known[0]
             if fresh:
                 # A cached "yes" lives in discovery too; only a refresh drops a deleted CRD's kind.
-                self.dynamic.resources.invalidate_cache()
+                self.invalidate_discovery()
             try:
                 self._resource(api_version, kind)
                 found = True

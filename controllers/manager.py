@@ -123,11 +123,10 @@ class Operator:
         scopes: list[str | None] = list(self.config.namespaces) or [None]
         watches = [Watch(self.kube, API_VERSION, KIND, ns, on_model_deployment, self.stopping)
                    for ns in scopes]
-        watches += [Watch(self.kube, api_version, kind, ns, on_child, self.stopping,
-                          label_selector=CHILD_SELECTOR, optional=optional,
-                          on_served=self.requeue_all if optional else None)
-                    for api_version, kind, optional in ((k.api_version, k.kind, k.optional) for k in CHILD_KINDS)
-                    for ns in scopes]
+        watches += [Watch(self.kube, k.api_version, k.kind, ns, on_child, self.stopping,
+                          label_selector=CHILD_SELECTOR, optional=k.optional,
+                          on_served=self.requeue_all if k.optional else None)
+                    for k in CHILD_KINDS for ns in scopes]
         return watches
 
     # -- work ------------------------------------------------------------------------------
@@ -236,9 +235,11 @@ class Operator:
         has failed for WATCH_UNHEALTHY_SECONDS. Pure over the process's own state."""
         now = time.monotonic()
         problems = [f"thread {name} exited" for name, thread in self.threads.items() if not thread.is_alive()]
-        if self.elector is not None and now - self.elector.last_attempt > 3 * self.config.retry_period + \
-                self.elector.request_timeout * 2 and self.elector.last_attempt:
-            problems.append(f"no lease attempt for {now - self.elector.last_attempt:.0f}s")
+        elector = self.elector
+        # Three retries, each of which may spend two request timeouts, without an attempt: it is stuck.
+        stuck_after = 3 * self.config.retry_period + 2 * elector.request_timeout if elector else 0.0
+        if elector is not None and elector.last_attempt and now - elector.last_attempt > stuck_after:
+            problems.append(f"no lease attempt for {now - elector.last_attempt:.0f}s")
         watches = {}
         for w in self.watches:
             with w.state.lock:

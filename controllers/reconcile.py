@@ -193,8 +193,6 @@ class ReconcileResult:
     problems: list[Problem] = field(default_factory=list)  # blocking ones and warnings
     gone: bool = False
     reverted: list[str] = field(default_factory=list)  # what another writer had changed, reverted
-    dry_runs: int = 0
-    handed_over: int | None = None  # spec.replicas written when autoscaling was switched off
     lost: list[LostReplica] = field(default_factory=list)  # replicas on nodes gone or not Ready
     # When the state can change with no watch event (an optional API returning, pending pods getting a
     # node): a caller may re-queue the key after this many seconds.
@@ -649,7 +647,6 @@ class Reconciler:
         if handover is not None:
             # Before anything is applied, even while Degraded: no reconcile may cut to a stale count.
             obj, md = self._hand_over(obj, md, handover)
-            result.handed_over = handover
         replicas = desired_replicas(md, live)
         result.problems = self.problems(md)
         missing = [k.kind for k in CHILD_KINDS if k.optional and not self.kube.has_kind(
@@ -736,7 +733,6 @@ class Reconciler:
         if known == (wanted, live["metadata"].get("resourceVersion")):
             return None  # verified before, and nobody has written it since
         dry = self.kube.apply(child, dry_run=True)
-        result.dry_runs += 1
         DRY_RUNS.labels(child["kind"]).inc()
         self._say_kept(obj, child, dry)
         if comparable(dry) == comparable(live):

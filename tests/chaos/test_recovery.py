@@ -70,7 +70,6 @@ def test_an_operator_killed_while_applying_50_deployments_converges_once_and_res
     apps = client.AppsV1Api(chaos_plane.api_client())
     eventually(lambda: len(apps.list_namespaced_deployment(chaos_namespace).items) >= 5, timeout=60, interval=0.1)
     first.kill()  # mid-way: some children exist, most do not
-    partial = len(apps.list_namespaced_deployment(chaos_namespace).items)
 
     second = OperatorProcess(chaos_plane, operator_kubeconfig, "apply-second", resync_seconds=5).start()
     try:
@@ -86,7 +85,6 @@ def test_an_operator_killed_while_applying_50_deployments_converges_once_and_res
         assert operator_writes(chaos_plane, second) == writes, "a converged operator writes nothing"
     finally:
         second.stop()
-    assert 5 <= partial < COUNT or partial == COUNT, partial
 
 
 def test_watches_resume_in_the_same_process_after_a_60_second_api_server_outage(
