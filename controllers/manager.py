@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 from controllers.kube import Conflict, Kube, NamespaceTerminating, load_config
 from controllers.leader import LeaderElector, NotLeader
 from controllers.listening import listening
 from controllers.reconcile import Reconciler
+from controllers.telemetry import FleetTelemetry
 from controllers.watches import Watch
 from controllers.workqueue import WorkQueue
 from crds.models import API_VERSION, KIND
@@ -40,6 +41,8 @@ CHILD_WRITES = Counter("tokenworks_child_applies_total", "Server-side applies of
 STATUS_WRITES = Counter("tokenworks_status_writes_total", "Status subresource writes.")
 LEADER = Gauge("tokenworks_leader", "1 while this process is the leader.")
 QUEUE_DEPTH = Gauge("tokenworks_workqueue_depth", "Keys waiting to be reconciled.")
+TELEMETRY = FleetTelemetry()
+REGISTRY.register(TELEMETRY)
 
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
 # A watch failing this long makes /healthz fail, so the kubelet restarts a process whose watches
@@ -99,7 +102,7 @@ class Operator:
                 client.CoordinationV1Api(self.api_client), config.lease_name, config.lease_namespace,
                 config.identity, config.lease_duration, config.renew_deadline, config.retry_period)
         self.kube = Kube(self.api_client, fence=self.elector.fence if self.elector else None)
-        self.reconciler = Reconciler(self.kube)
+        self.reconciler = Reconciler(self.kube, telemetry=TELEMETRY)
         self.queue: WorkQueue[Key] = WorkQueue()
         self.leading = threading.Event()
         self.stopping = threading.Event()

@@ -40,6 +40,7 @@ from controllers.capacity import (
     pending_replicas,
 )
 from controllers.kube import FIELD_MANAGER, KindNotServed, KubeApi, ManifestT
+from controllers.telemetry import FleetTelemetry
 from crds.models import API_VERSION, KIND, ModelDeployment
 from inference_pods.performance import ReplicaModel, profiles_for, weights_fit
 from inference_pods.repository import PREPARE_REASONS, cache_key
@@ -516,8 +517,10 @@ class Reconciler:
     """Reconciles one ModelDeployment per call; safe to call concurrently for different keys."""
 
     def __init__(self, kube: KubeApi, clock: Clock = utc_now, node_cache_seconds: float = 30,
-                 image_registry: str | None = None) -> None:
+                 image_registry: str | None = None, telemetry: FleetTelemetry | None = None) -> None:
         self.kube = kube
+        # The operator passes the registered one; elsewhere a private one records what would be exported.
+        self.telemetry = telemetry or FleetTelemetry()
         self.clock = clock
         # Prefixed to the pinned images, which name no registry host (docs/design/serving-path.md).
         self.image_registry = os.environ.get("TOKENWORKS_IMAGE_REGISTRY", "") if image_registry is None \
@@ -537,6 +540,7 @@ class Reconciler:
         limit = self.node_cache_seconds if max_age is None else max_age
         if self._nodes is None or now - self._nodes[0] > limit:
             self._nodes = (now, self.kube.list("v1", "Node"))
+            self.telemetry.record_nodes(self._nodes[1])
         return self._nodes[1]
 
     def bound_pods(self) -> list[ManifestT] | None:
@@ -628,6 +632,7 @@ class Reconciler:
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             result.gone = True
             self._forget(namespace, name)
+            self.telemetry.forget(namespace, name)
             return result  # owner references let the garbage collector remove the children
         current_status = obj.get("status") or {}
         try:
@@ -686,6 +691,10 @@ class Reconciler:
             # A node joining changes no child: look again for the message, at the node cache's pace.
             result.requeue_after = max(self.node_cache_seconds, CAPACITY_RECHECK_SECONDS)
         status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry)
+        # The autoscaler's conditions live beside the reconciler's (its own field manager).
+        derived = {c["type"] for c in status["conditions"]}
+        self.telemetry.record(md, {**status, "conditions": status["conditions"] + [
+            c for c in current_status.get("conditions") or [] if c.get("type") not in derived]}, pods)
         if status_changed(status, current_status):
             merge_transition_times(status, current_status.get("conditions") or [], self.clock())
             self.kube.patch_status(API_VERSION, KIND, namespace, name, status)

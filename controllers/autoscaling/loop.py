@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from controllers.autoscaling.observer import DEFAULT_SHAPE, count_pods, observe
 from controllers.autoscaling.policy import Decision, decide
@@ -44,10 +44,22 @@ RECOMMENDATION = Gauge("tokenworks_autoscaler_recommendation", "Replicas each si
                        ["namespace", "name", "signal"])
 TARGET = Gauge("tokenworks_autoscaler_target", "Per-replica target of each signal.", ["namespace", "name", "signal"])
 DESIRED = Gauge("tokenworks_autoscaler_desired_replicas", "Replicas decided.", ["namespace", "name"])
-DECISIONS = Counter("tokenworks_autoscaler_decisions_total", "Decisions by the rule that decided.",
-                    ["namespace", "name", "rule"])
+DECISIONS = Counter("tokenworks_autoscaler_decisions_total", "Decisions by the rule that decided and their "
+                    "direction (up, down, hold: against the count before the decision).",
+                    ["namespace", "name", "rule", "direction"])
 METRICS_AVAILABLE = Gauge("tokenworks_autoscaler_metrics_available", "1 when every signal was read.",
                           ["namespace", "name"])
+SIGNAL_OK = Gauge("tokenworks_autoscaler_signal_ok", "1 when the signal was read and fresh; 0 when it was empty, "
+                  "an error, NaN or stale (status.autoscaler.lastDecision says which).",
+                  ["namespace", "name", "signal"])
+INFEASIBLE = Gauge("tokenworks_autoscaler_latency_infeasible", "1 while latency is over target at any replica "
+                   "count (the SLO cannot be met by scaling; throughput decides).", ["namespace", "name"])
+TICK_SECONDS = Histogram("tokenworks_autoscaler_tick_duration_seconds", "One autoscaler tick: the metric "
+                         "queries, the lists and every decision.",
+                         buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+LAST_TICK = Gauge("tokenworks_autoscaler_last_tick_timestamp_seconds", "When the last tick ended (Unix time).")
+
+Family = Gauge | Counter
 
 
 
@@ -105,12 +117,31 @@ class AutoscalerLoop:
         # Decision state per ModelDeployment, authoritative while this process lives; status holds the
         # copy written with the last changed decision, for the next process.
         self._states: dict[tuple[str, str], PolicyState] = {}
+        # The label sets exported per ModelDeployment: one no longer autoscaled (or gone) stops being
+        # exported rather than staying frozen at its last values.
+        self._series: dict[tuple[str, str], set[tuple[Family, tuple[str, ...]]]] = {}
+
+    def _child(self, family: Family, *labels: str) -> Any:
+        self._series.setdefault((labels[0], labels[1]), set()).add((family, labels))
+        return family.labels(*labels)
+
+    def _drop_series(self, key: tuple[str, str]) -> None:
+        for family, labels in self._series.pop(key, set()):
+            family.remove(*labels)
 
     def _list(self, api_version: str, kind: str, selector: str | None = None) -> list[ManifestT]:
         scopes: list[str | None] = list(self.namespaces) or [None]
         return [item for ns in scopes for item in self.kube.list(api_version, kind, ns, selector)]
 
     def tick(self) -> dict[tuple[str, str], Decision]:
+        started = time.monotonic()
+        try:
+            return self._tick()
+        finally:
+            TICK_SECONDS.observe(time.monotonic() - started)
+            LAST_TICK.set(time.time())
+
+    def _tick(self) -> dict[tuple[str, str], Decision]:
         now = self.clock()
         models = []
         for obj in self._list(API_VERSION, KIND):
@@ -125,6 +156,8 @@ class AutoscalerLoop:
         autoscaled = {(md.namespace, md.name) for md, _ in models}
         for key in [k for k in self._states if k not in autoscaled]:
             del self._states[key]
+        for key in [k for k in self._series if k not in autoscaled]:
+            self._drop_series(key)
         if not models:
             return {}
         # Each ModelDeployment decides on its own spec.autoscaling.tickSeconds; the loop runs at the
@@ -192,23 +225,26 @@ class AutoscalerLoop:
         decision = decide(observations, spec.autoscaling, capacity, replica_model.load_seconds(), state, now,
                           prefill_tokens_per_second=replica_model.prefill_capacity())
         self._states[key] = decision.state
-        self._export(md, decision, observations)
+        self._export(md, decision, observations, current)
         if fingerprint(decision) != saved.get("fingerprint") or saved.get("desiredReplicas") != decision.replicas \
                 or not fresh:
             self._write(md, obj, decision, now, current)
         return decision
 
-    def _export(self, md: ModelDeployment, decision: Decision, observations: Observations) -> None:
+    def _export(self, md: ModelDeployment, decision: Decision, observations: Observations, current: int) -> None:
         labels = (md.namespace, md.name)
         for signal, reading in observations.metric_readings().items():
-            SIGNAL_VALUE.labels(*labels, signal).set(reading.value if reading.ok and reading.value is not None
-                                                     else math.nan)
+            self._child(SIGNAL_VALUE, *labels, signal).set(
+                reading.value if reading.ok and reading.value is not None else math.nan)
+            self._child(SIGNAL_OK, *labels, signal).set(1 if reading.ok else 0)
         for rec in decision.recommendations:
-            RECOMMENDATION.labels(*labels, rec.signal).set(math.nan if rec.replicas is None else rec.replicas)
-            TARGET.labels(*labels, rec.signal).set(math.nan if rec.target is None else rec.target)
-        DESIRED.labels(*labels).set(decision.replicas)
-        DECISIONS.labels(*labels, decision.rule).inc()
-        METRICS_AVAILABLE.labels(*labels).set(1 if decision.metrics_available else 0)
+            self._child(RECOMMENDATION, *labels, rec.signal).set(math.nan if rec.replicas is None else rec.replicas)
+            self._child(TARGET, *labels, rec.signal).set(math.nan if rec.target is None else rec.target)
+        self._child(DESIRED, *labels).set(decision.replicas)
+        direction = "up" if decision.replicas > current else "down" if decision.replicas < current else "hold"
+        self._child(DECISIONS, *labels, decision.rule, direction).inc()
+        self._child(METRICS_AVAILABLE, *labels).set(1 if decision.metrics_available else 0)
+        self._child(INFEASIBLE, *labels).set(1 if decision.infeasible else 0)
 
     def _write(self, md: ModelDeployment, obj: ManifestT, decision: Decision, now: float, current: int) -> None:
         advisory = md.spec.autoscaling.advisory
