@@ -11,7 +11,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.support import controlplane as cp
+from controllers.factory import plane as cp
 from tests.support.controlplane import ControlPlane, ControlPlaneError
 from tests.support.waiting import eventually
 
