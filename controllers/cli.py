@@ -78,11 +78,18 @@ def explain_error(error: BaseException) -> tuple[ExitCode, str]:
     from kubernetes.dynamic.exceptions import ResourceNotFoundError
     from urllib3.exceptions import HTTPError, MaxRetryError
 
+    from controllers.factory.plane import ControlPlaneError
+    from controllers.factory.run import FactoryError
     from controllers.kube import KindNotServed
     from controllers.listening import PortUnavailable
+    from controllers.simulation.trace import TraceError
 
     if isinstance(error, PortUnavailable):
         return ExitCode.PORT_UNAVAILABLE, str(error)
+    if isinstance(error, FactoryError | TraceError):
+        return ExitCode.USAGE if isinstance(error, TraceError) else ExitCode.FAILED, f"factory: {_one_line(error)}"
+    if isinstance(error, ControlPlaneError):
+        return ExitCode.FAILED, f"factory: the control plane did not start: {_one_line(error)}"
     if isinstance(error, MaxRetryError):
         pool = error.pool
         where = f" at {pool.scheme}://{pool.host}:{pool.port}" if pool is not None else ""
@@ -139,6 +146,9 @@ crds_app = typer.Typer(help="The ModelDeployment CustomResourceDefinition.", no_
 operator_app = typer.Typer(help="Run the operator.", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(operator_app, name="operator")
+factory_app = typer.Typer(help="A local AI factory: the real control plane, the operator, GPU nodes whose pods "
+                          "are emulator twins, Prometheus, and traces replayed against it.", no_args_is_help=True)
+app.add_typer(factory_app, name="factory")
 
 console = Console()
 Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path to a kubeconfig; "
@@ -509,3 +519,31 @@ def run() -> None:  # pragma: no cover - console entry point
 
 if __name__ == "__main__":
     sys.exit(app())
+
+
+@factory_app.command("up")
+def factory_up(
+    scenario: Annotated[Path, typer.Option(help="The scenario: nodes, ModelDeployments, traffic, compression.",
+                                           dir_okay=False)] = Path("examples/factory/scenario.yaml"),
+    out: Annotated[Path, typer.Option(help="Where factory.json and the panels go.")] = Path("out"),
+    keep: Annotated[bool, typer.Option("--keep", help="Stay up after the scenario, for kubectl.")] = False,
+    headless: Annotated[bool, typer.Option("--headless", help="No live view (CI).")] = False,
+    workdir: Annotated[Path | None, typer.Option(help="State, logs and pod roots (default: the cache's "
+                                                 "factory/).")] = None,
+) -> None:
+    """Start the factory and run the scenario; everything started is stopped at the end (or with --keep, at
+    Ctrl-C or `tokenworks factory down`)."""
+    from controllers.factory.run import up
+
+    up(scenario, out, keep, headless, workdir, console)
+
+
+@factory_app.command("down")
+def factory_down(
+    workdir: Annotated[Path | None, typer.Option(help="The factory's work directory.")] = None,
+) -> None:
+    """Stop a factory left running with --keep (every process it recorded)."""
+    from controllers.factory.run import default_workdir, stop_recorded
+
+    stopped = stop_recorded(workdir or default_workdir())
+    console.print(f"stopped {len(stopped)} processes" if stopped else "no factory is running")

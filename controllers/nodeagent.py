@@ -145,14 +145,14 @@ class Probe:
     successes: int = 0
 
     @classmethod
-    def of(cls, spec: Manifest | None, host: str, ports: dict[str, int]) -> Probe | None:
+    def of(cls, spec: Manifest | None, host: str, ports: dict[str, int], time_scale: float = 1.0) -> Probe | None:
         if not spec or "httpGet" not in spec:
             return None
         get = spec["httpGet"]
         port = ports[get["port"]] if isinstance(get["port"], str) else int(get["port"])
-        return cls(f"http://{host}:{port}{get.get('path', '/')}", float(spec.get("periodSeconds", 10)),
+        return cls(f"http://{host}:{port}{get.get('path', '/')}", float(spec.get("periodSeconds", 10)) / time_scale,
                    int(spec.get("failureThreshold", 3)), int(spec.get("successThreshold", 1)),
-                   time.monotonic() + float(spec.get("initialDelaySeconds", 0)))
+                   time.monotonic() + float(spec.get("initialDelaySeconds", 0)) / time_scale)
 
     def due(self, now: float) -> bool:
         return now >= self.next_at
@@ -200,7 +200,8 @@ class NodeAgent:
     def __init__(self, api_client: ApiClient, nodes: list[AgentNode], workdir: Path,
                  emulator_args: list[str] | None = None, identity: str = "tokenworks-node-agent",
                  python: str = sys.executable, on_event: Callable[[str], None] | None = None,
-                 renew_seconds: float = RENEW_SECONDS) -> None:
+                 renew_seconds: float = RENEW_SECONDS,
+                 emulator_args_for: Callable[[Manifest], list[str]] | None = None, time_scale: float = 1.0) -> None:
         self.api = api_client
         self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
@@ -210,6 +211,10 @@ class NodeAgent:
         self.identity = identity
         self.python = python
         self.renew_seconds = renew_seconds
+        # Per-pod emulator flags (the factory's compressed load time); probe periods, the preStop sleep and
+        # the grace period divided by ``time_scale`` (the factory's compressed clock; 1 is the kubelet's).
+        self.emulator_args_for = emulator_args_for or (lambda pod: [])
+        self.time_scale = time_scale
         self.on_event = on_event or (lambda message: log.info("%s", message))
         self.pods: dict[str, PodRuntime] = {}
         self.objects: dict[str, Manifest] = {}  # the newest pod object per uid, from the watches
@@ -332,7 +337,7 @@ class NodeAgent:
                 self._start(runtime, pod)
         if meta.get("deletionTimestamp") and not runtime.terminating:
             runtime.terminating = True
-            grace = int(meta.get("deletionGracePeriodSeconds") or 0)
+            grace = float(meta.get("deletionGracePeriodSeconds") or 0) / self.time_scale
             threading.Thread(target=self._terminate, args=(runtime, pod, grace), daemon=True,
                              name=f"stop-{runtime.name}").start()
             return
@@ -373,14 +378,15 @@ class NodeAgent:
         try:
             runtime.process = subprocess.Popen(
                 [self.python, "-m", "inference_pods.emulator", f"--host={runtime.ip}", *self.emulator_args,
+                 *self.emulator_args_for(pod),
                  f"--root={runtime.root}", "--", *container["command"], *container.get("args", [])],
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
         finally:
             log_file.close()
         runtime.phase = "Running"
-        runtime.startup = Probe.of(container.get("startupProbe"), runtime.ip, ports)
-        runtime.readiness = Probe.of(container.get("readinessProbe"), runtime.ip, ports)
+        runtime.startup = Probe.of(container.get("startupProbe"), runtime.ip, ports, self.time_scale)
+        runtime.readiness = Probe.of(container.get("readinessProbe"), runtime.ip, ports, self.time_scale)
         runtime.started = runtime.startup is None
         runtime.ready = runtime.readiness is None and runtime.started
         self.on_event(f"pod {runtime.namespace}/{runtime.name}: started on {runtime.node.name} at {runtime.ip} "
@@ -393,7 +399,7 @@ class NodeAgent:
         self.on_event(f"pod {runtime.namespace}/{runtime.name}: prepare failed ({code}): {message}")
         self._report(runtime, pod, init_exit=(code, message))
 
-    def _terminate(self, runtime: PodRuntime, pod: Manifest, grace: int) -> None:
+    def _terminate(self, runtime: PodRuntime, pod: Manifest, grace: float) -> None:
         """The kubelet's graceful stop: preStop, SIGTERM, SIGKILL at the end of the grace period; then the
         pod object is deleted for good."""
         deadline = time.monotonic() + grace
@@ -401,7 +407,7 @@ class NodeAgent:
         sleep = ((container.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
         process = runtime.process
         if process is not None and process.poll() is None:
-            self.stopping.wait(max(0.0, min(float(sleep), deadline - time.monotonic())))
+            self.stopping.wait(max(0.0, min(float(sleep) / self.time_scale, deadline - time.monotonic())))
             _signal(process, signal.SIGTERM)
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))

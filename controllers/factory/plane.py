@@ -448,14 +448,13 @@ class ControlPlane:
         )
         return response.status_code == 200
 
-    def start_full(self, nodes: Iterable[GpuNodeSpec] | None = None) -> None:
-        """Add the controller manager, the scheduler and KWOK; register GPU nodes."""
+    def start_full(self, nodes: Iterable[GpuNodeSpec] | None = None, kwok: bool = True) -> None:
+        """Add the controller manager, the scheduler and KWOK; register GPU nodes. Without ``kwok``
+        (the factory, whose node agent runs the nodes) neither KWOK nor its nodes."""
         if self.full:
             return
         assert self.pki is not None
-        manager_bin, scheduler_bin, kwok_bin = (
-            self.bin("kube-controller-manager"), self.bin("kube-scheduler"), self.bin("kwok"),
-        )
+        manager_bin, scheduler_bin = self.bin("kube-controller-manager"), self.bin("kube-scheduler")
         manager_port = free_port()
         # The controller manager runs as cluster admin: with per-controller service-account
         # credentials it would also need the token machinery, which tests do not exercise.
@@ -499,11 +498,14 @@ class ControlPlane:
         scheduler_healthz = f"https://127.0.0.1:{scheduler_port}/healthz"
         scheduler.wait_until(lambda: httpx.get(scheduler_healthz, verify=False, timeout=2)
                              .status_code == 200, timeout=60, what="healthy")
+        if not kwok:
+            self.full = True
+            return
 
-        kwok = self._component(
+        fake_nodes = self._component(
             "kwok",
             [
-                str(kwok_bin),
+                str(self.bin("kwok")),
                 f"--kubeconfig={self.kubeconfig}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
@@ -515,7 +517,7 @@ class ControlPlane:
             ],
         )
         self.full = True
-        self.add_nodes(nodes if nodes is not None else default_gpu_nodes(), kwok)
+        self.add_nodes(nodes if nodes is not None else default_gpu_nodes(), fake_nodes)
 
     def add_nodes(self, nodes: Iterable[GpuNodeSpec], kwok: Component | None = None) -> None:
         kwok = kwok or next(c for c in self.components if c.name == "kwok")
