@@ -118,7 +118,8 @@ class Factory:
         self.prometheus_port = 0
         self.operator_metrics_port = 0
         self.deployments: list[Deployment] = []
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # the whole factory
+        self.traffic_over = threading.Event()
         self.started_at = 0.0
         self._monitors: list[dict[str, Any]] | None = None
 
@@ -303,8 +304,10 @@ class Factory:
         self.started_at = time.monotonic()
 
         async def main() -> None:
-            await asyncio.gather(*(d.replayer.run(self.started_at, self.stopping.is_set)
-                                   for d in self.deployments if d.replayer))
+            def stop() -> bool:
+                return self.traffic_over.is_set() or self.stopping.is_set()
+
+            await asyncio.gather(*(d.replayer.run(self.started_at, stop) for d in self.deployments if d.replayer))
 
         runner = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True, name="traffic")
         runner.start()
@@ -316,6 +319,10 @@ class Factory:
                     tick(time.monotonic() - self.started_at)
         finally:
             watcher.stop()
+            self.traffic_over.set()  # the replayers stop sending; their streams end within their timeout
+            runner.join(30)
+            if not runner.is_alive():
+                loop.close()
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -421,7 +428,6 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
             console.print(f"[bold]factory[/] still running: export KUBECONFIG={factory.plane.kubeconfig}; "
                           "then `kubectl get mdep -n factory`, `tokenworks explain -n factory NAME`; "
                           "`tokenworks factory down` (or Ctrl-C here) stops it")
-            factory.stopping.clear()
             factory.stopping.wait()
         return report
     finally:
