@@ -47,10 +47,12 @@ from inference_pods.repository import PREPARE_REASONS, cache_key
 from inference_pods.templates import (
     CACHE_KEY_ANNOTATION,
     CHILD_KINDS,
+    INFERENCE_POOL,
     child_kind,
     digest,
     render_children,
     selector_labels,
+    wanted,
 )
 
 log = logging.getLogger("tokenworks.reconcile")
@@ -59,7 +61,8 @@ DRY_RUNS = Counter("tokenworks_child_dry_runs_total",
 
 APPLIED_HASH_ANNOTATION = "tokenworks.dev/applied-hash"
 DEGRADED, GPU_CAPACITY, OPTIONAL_APIS = "Degraded", "GPUCapacity", "OptionalAPIs"
-OWN_CONDITIONS = ("Ready", "Progressing", DEGRADED, "ModelPrepared", GPU_CAPACITY, OPTIONAL_APIS)
+ROUTING_READY = "RoutingReady"
+OWN_CONDITIONS = ("Ready", "Progressing", DEGRADED, "ModelPrepared", GPU_CAPACITY, OPTIONAL_APIS, ROUTING_READY)
 # How soon a "no" about an optional API is asked again (KubeApi.has_kind), and so how soon its return is seen.
 OPTIONAL_API_RECHECK_SECONDS = 20
 CAPACITY_RECHECK_SECONDS = 60
@@ -198,6 +201,7 @@ class ReconcileResult:
     # When the state can change with no watch event (an optional API returning, pending pods getting a
     # node): a caller may re-queue the key after this many seconds.
     requeue_after: float | None = None
+    seen: dict[str, ManifestT] = field(default_factory=dict)  # each child as last read or written, by kind
 
 
 def replica_owner(md: ModelDeployment) -> str:
@@ -389,10 +393,72 @@ def _condition(type_: str, ok: bool, reason: str, message: str, generation: int)
             "message": message, "observedGeneration": generation}
 
 
+def _parent_name(parent: dict[str, Any], namespace: str) -> str:
+    ref = parent.get("parentRef") or {}
+    return f"{ref.get('kind') or 'Gateway'} {ref.get('namespace') or namespace}/{ref.get('name', '?')}"
+
+
+def routing_condition(md: ModelDeployment, *, pool: ManifestT | None, api_served: bool,
+                      blocking: list[Problem], leftover: ManifestT | None = None) -> dict[str, Any] | None:
+    """``RoutingReady``, or None where routing was never asked for (no condition: a model without a
+    Gateway has nothing to say about one). Pure.
+
+    Requested: False while the InferencePool API is not served (``InferencePoolAPINotServed``, the rest
+    is applied) or the spec is Degraded; else True once the pool is applied, unless a parent Gateway
+    reports it ``Accepted`` or ``ResolvedRefs`` False (its reason and message are passed on). Not
+    requested but a pool of this model is still there (routing switched off): False
+    ``RoutingNotRequested`` saying so, since the operator deletes nothing and an HTTPRoute may still
+    use it."""
+    generation = int(md.metadata.get("generation", 0))
+    pool_name = f"InferencePool {md.namespace}/{md.name}"
+    spec = md.spec.routing.inference_pool
+    if spec is None:
+        if leftover is None:
+            return None
+        return _condition(ROUTING_READY, False, "RoutingNotRequested", (
+            f"spec.routing.inferencePool is unset; {pool_name} is left as it was and no longer updated (the "
+            "operator deletes nothing, and an HTTPRoute may still send requests to it): delete it with "
+            f"`kubectl delete inferencepool {md.name} -n {md.namespace}` once no route refers to it"), generation)
+    if not api_served:
+        return _condition(ROUTING_READY, False, "InferencePoolAPINotServed", (
+            "inference.networking.k8s.io/v1 InferencePool is not served: install the Gateway API Inference "
+            "Extension's CRDs; everything else is applied, and the pool is created once the API is there"),
+            generation)
+    if blocking:
+        return _condition(ROUTING_READY, False, blocking[0].reason,
+                          f"{pool_name} is not applied: the spec cannot be served (see Degraded)", generation)
+    if pool is None:
+        return _condition(ROUTING_READY, False, "InferencePoolNotApplied", f"{pool_name} was not applied",
+                          generation)
+    refused, accepted = [], []
+    for parent in (pool.get("status") or {}).get("parents") or []:
+        who = _parent_name(parent, md.namespace)
+        for cond in parent.get("conditions") or []:
+            if cond.get("type") in ("Accepted", "ResolvedRefs") and cond.get("status") == "False":
+                refused.append((cond["type"], f"{who} reports {cond['type']}=False ({cond.get('reason', '')}): "
+                                f"{cond.get('message', '')}".rstrip(": ")))
+            elif cond.get("type") == "Accepted" and cond.get("status") == "True":
+                accepted.append(who)
+    if refused:
+        reason = "ParentNotAccepted" if refused[0][0] == "Accepted" else "ParentRefsNotResolved"
+        return _condition(ROUTING_READY, False, reason, f"{pool_name}: " + "; ".join(m for _, m in refused),
+                          generation)
+    picker = spec.endpoint_picker
+    target = (f"pods on port {md.spec.ports.openai}, endpoint picker Service {picker.name}:{picker.port} "
+              f"({picker.failure_mode})")
+    if accepted:
+        return _condition(ROUTING_READY, True, "Accepted", f"{pool_name} ({target}) is accepted by "
+                          + ", ".join(accepted), generation)
+    return _condition(ROUTING_READY, True, "InferencePoolApplied", (
+        f"{pool_name} is applied ({target}); no Gateway has accepted it yet: an HTTPRoute must name it as "
+        "a backend"), generation)
+
+
 def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: int,
                   problems: list[Problem], pods: list[ManifestT] | None = None,
-                  image_registry: str = "") -> dict[str, Any]:
-    """Status fields the reconciler owns, from the Deployment's status. Pure."""
+                  image_registry: str = "", routing: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Status fields the reconciler owns, from the Deployment's status (``routing``: the RoutingReady
+    condition, routing_condition's). Pure."""
     generation = int(md.metadata.get("generation", 0))
     observed = (deployment or {}).get("status") or {}
     existing = int(observed.get("replicas") or 0)
@@ -454,6 +520,7 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
                               generation)
     else:
         optional = _condition(OPTIONAL_APIS, True, "AllServed", "every optional API is served", generation)
+    endpoint_port = md.spec.ports.openai if md.spec.serving.frontend == "openai" else md.spec.ports.http
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "replicas": existing,
@@ -461,12 +528,13 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
         "updatedReplicas": updated,
         "desiredReplicas": replicas,
         "gpus": existing * md.spec.gpus_per_replica,
-        "endpoint": f"http://{md.name}.{md.namespace}.svc:{md.spec.ports.http}",
+        # The OpenAI port where the pods serve it (clients' base URL is it + /v1), else KServe v2 HTTP.
+        "endpoint": f"http://{md.name}.{md.namespace}.svc:{endpoint_port}",
         "selector": ",".join(f"{k}={v}" for k, v in selector_labels(md.name).items()),
         "replicaSource": {"owner": replica_owner(md), "specReplicas": md.spec.replicas},
         "conditions": [ready_condition, progressing, degraded,
                        prepared_condition(pods or [], cache_key(md.spec, image_registry), generation),
-                       gpu_capacity, optional],
+                       gpu_capacity, optional, *([routing] if routing else [])],
     }
     return status
 
@@ -654,7 +722,8 @@ class Reconciler:
             obj, md = self._hand_over(obj, md, handover)
         replicas = desired_replicas(md, live)
         result.problems = self.problems(md)
-        missing = [k.kind for k in CHILD_KINDS if k.optional and not self.kube.has_kind(
+        # Optional kinds this model has (an opt-in one only when asked for) that the API server lacks.
+        missing = [k.kind for k in CHILD_KINDS if k.optional and wanted(k, md.spec) and not self.kube.has_kind(
             k.api_version, k.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)]
         if not result.problems:
             for child in render_children(md, replicas, image_registry=self.image_registry):
@@ -690,7 +759,10 @@ class Reconciler:
         if capacity:
             # A node joining changes no child: look again for the message, at the node cache's pace.
             result.requeue_after = max(self.node_cache_seconds, CAPACITY_RECHECK_SECONDS)
-        status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry)
+        routing = routing_condition(
+            md, pool=result.seen.get(INFERENCE_POOL), api_served=INFERENCE_POOL not in missing,
+            blocking=[p for p in result.problems if p.blocking], leftover=self.leftover_pool(md, current_status))
+        status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry, routing)
         # The autoscaler's conditions live beside the reconciler's (its own field manager).
         derived = {c["type"] for c in status["conditions"]}
         self.telemetry.record(md, {**status, "conditions": status["conditions"] + [
@@ -703,6 +775,23 @@ class Reconciler:
         elif result.applied:
             self._post_events(obj, current_status, status, result)
         return result
+
+    def leftover_pool(self, md: ModelDeployment, current_status: dict[str, Any]) -> ManifestT | None:
+        """This model's InferencePool while routing is switched off, if it is still there. Looked for only
+        where the last status had a RoutingReady condition (routing was on, or a pool was left), so a
+        model that never routed asks nothing more."""
+        if md.spec.routing.inference_pool is not None or not any(
+                c.get("type") == ROUTING_READY for c in current_status.get("conditions") or []):
+            return None
+        kind = child_kind(INFERENCE_POOL)
+        if not self.kube.has_kind(kind.api_version, kind.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS):
+            return None
+        try:
+            pool = self.kube.get(kind.api_version, kind.kind, md.namespace, md.name)
+        except KindNotServed:
+            return None
+        owners = ((pool or {}).get("metadata") or {}).get("ownerReferences") or []
+        return pool if any(o.get("uid") == md.metadata.get("uid") for o in owners) else None
 
     def _hand_over(self, obj: ManifestT, md: ModelDeployment, replicas: int) -> tuple[ManifestT, ModelDeployment]:
         """Write the live count into ``spec.replicas`` (field manager ``tokenworks``, this one field):
@@ -736,7 +825,9 @@ class Reconciler:
         if live is None:
             applied = self.kube.apply(child)
             self._verify(owner, key, wanted, applied)
+            result.seen[child["kind"]] = applied
             return applied
+        result.seen[child["kind"]] = live
         with self._lock:
             known = self._verified.get(owner, {}).get(key)
         if known == (wanted, live["metadata"].get("resourceVersion")):
@@ -751,6 +842,7 @@ class Reconciler:
         taken = fields_taken(live, dry, intent_changed)
         applied = self.kube.apply(child)
         self._verify(owner, key, wanted, applied)
+        result.seen[child["kind"]] = applied
         if taken:
             writers = "; ".join(f"{', '.join(fields)} changed by {writer}" for writer, fields in taken.items())
             log.info("reverted change by another writer kind=%s object=%s/%s fields=%s", child["kind"],
@@ -807,6 +899,10 @@ class Reconciler:
                     and prior.get("status") == "True":
                 # Only a loss is news: a cluster that never had the API hears it from the condition.
                 self.kube.event(obj, condition["reason"], condition["message"], "Warning")
+            elif condition["type"] == ROUTING_READY and condition["status"] == "False":
+                self.kube.event(obj, condition["reason"], condition["message"], "Warning")
+            elif condition["type"] == ROUTING_READY and prior.get("status") == "False":
+                self.kube.event(obj, ROUTING_READY, condition["message"])
             elif condition["type"] == "Degraded" and condition["status"] == "True":
                 self.kube.event(obj, condition["reason"], condition["message"], "Warning")
             elif condition["type"] == "Degraded" and prior.get("status") == "True":

@@ -48,6 +48,14 @@ DEFAULT_IMAGES: dict[str, str] = {
     "tensorrt-engine": "nvidia/tritonserver:25.12-trtllm-python-py3",
 }
 GpuProduct = Literal["H100-SXM", "H200-SXM", "A100-80GB", "L40S"]
+# The pod's main process (docs/design/serving-path.md, "The frontend"): `triton`, NVIDIA's launcher line
+# (`mpirun ... tritonserver`, KServe v2 only); `openai`, Triton's OpenAI-compatible frontend
+# (`openai_frontend/main.py`) with its KServe v2 frontends enabled beside it.
+Frontend = Literal["triton", "openai"]
+# Where the OpenAI frontend lies in an image that ships it: NVIDIA's vLLM images keep it there
+# (`cd /opt/tritonserver/python/openai` in server:python/openai/README.md); its TRT-LLM images do not ship
+# it, so `serving.frontend: openai` needs `engine.image` naming an image built with it.
+OPENAI_FRONTEND_DIR = "/opt/tritonserver/python/openai"
 
 # GPUs in one node of each product (the common 8-GPU HGX/DGX and PCIe servers). A replica is one
 # pod, and a pod runs on one node, so tensor x pipeline may not exceed this.
@@ -186,7 +194,9 @@ class EngineSpec(ApiModel):
         "raises the chance that two requests start in the same iteration, at that cost in TTFT.",
     )
     extra_args: list[str] = Field(default_factory=list, max_length=64,
-                                  description="Extra tritonserver command-line arguments.")
+                                  description="Extra command-line arguments of the pod's server: "
+                                  "tritonserver's (serving.frontend triton) or the OpenAI frontend's "
+                                  "main.py (serving.frontend openai, e.g. `--tool-call-parser=llama3`).")
 
 
 class ParallelismSpec(ApiModel):
@@ -297,15 +307,76 @@ class ModelCacheSpec(ApiModel):
 
 class PortsSpec(ApiModel):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
-        "self.http != self.grpc && self.http != self.metrics && self.grpc != self.metrics",
-        "ports.http, ports.grpc and ports.metrics must differ",
+        "self.http != self.grpc && self.http != self.metrics && self.grpc != self.metrics && "
+        "self.openai != self.http && self.openai != self.grpc && self.openai != self.metrics",
+        "ports.http, ports.grpc, ports.metrics and ports.openai must differ",
     )]})
 
     http: int = Field(8000, ge=1, le=65535, description="HTTP/REST port: the KServe v2 protocol with "
                       "Triton's generate and generate_stream extensions (tritonserver serves no OpenAI "
-                      "routes).")
+                      "routes; the OpenAI frontend's are on ports.openai).")
     grpc: int = Field(8001, ge=1, le=65535, description="gRPC (KServe v2) port.")
-    metrics: int = Field(8002, ge=1, le=65535, description="Prometheus metrics port.")
+    metrics: int = Field(8002, ge=1, le=65535, description="Prometheus metrics port of tritonserver "
+                         "(serving.frontend triton); the OpenAI frontend serves /metrics on ports.openai.")
+    openai: int = Field(9000, ge=1, le=65535, description="OpenAI-compatible port (/v1/completions, "
+                        "/v1/chat/completions, /v1/models, /health/ready, /metrics) when serving.frontend is "
+                        "openai; main.py's --openai-port, default 9000.")
+
+
+class ServingSpec(ApiModel):
+    """The pod's server process and the protocols it speaks."""
+
+    frontend: Frontend = Field(
+        "triton", description="`triton`: tritonserver as NVIDIA's launcher starts it, KServe v2 HTTP and "
+        "gRPC only (ports.http, ports.grpc, metrics on ports.metrics). `openai`: Triton's OpenAI-compatible "
+        "frontend (openai_frontend/main.py) on ports.openai, with the KServe v2 frontends kept on ports.http "
+        "and ports.grpc; one process, TensorRT-LLM in orchestrator mode (TRTLLM_ORCHESTRATOR=1); needs "
+        "engine.backend tensorrt-engine and an engine.image that ships the frontend at "
+        f"{OPENAI_FRONTEND_DIR}.",
+    )
+
+
+class EndpointPickerSpec(ApiModel):
+    """The Gateway API Inference Extension endpoint picker (EPP) the pool's Gateway asks which pod
+    serves a request; the user deploys it, the operator only names it."""
+
+    name: str = Field(min_length=1, max_length=253, description="Service of the endpoint picker, in "
+                      "the ModelDeployment's namespace.")
+    port: int = Field(9002, ge=1, le=65535, description="Service port of the endpoint picker's ext-proc "
+                      "gRPC server (the Inference Extension's default is 9002).")
+    failure_mode: Literal["FailOpen", "FailClose"] = Field(
+        "FailOpen", description="What the Gateway does when the endpoint picker does not answer: "
+        "`FailOpen` sends the request to a pod of the pool anyway (the model keeps serving, without "
+        "load-aware picking); `FailClose` refuses it.",
+    )
+
+
+class InferencePoolSpec(ApiModel):
+    endpoint_picker: EndpointPickerSpec = Field(description="The endpoint picker the pool refers to.")
+
+
+class RoutingSpec(ApiModel):
+    """How Gateways reach the model (opt-in)."""
+
+    inference_pool: InferencePoolSpec | None = Field(
+        None, description="Create a Gateway API InferencePool (inference.networking.k8s.io/v1) named "
+        "after the ModelDeployment, selecting its pods on ports.openai, for an HTTPRoute to send requests "
+        "to; needs serving.frontend openai. Where the API is not installed, RoutingReady says so and the "
+        "rest is applied as usual.",
+    )
+
+
+OPENAI_NEEDS_ENGINE = (
+    "serving.frontend openai needs engine.backend tensorrt-engine: the OpenAI frontend sends the "
+    "inflight-batcher request (text_input, stream, max_tokens), which the llmapi model does not take "
+    "(streaming, sampling_param_*), and Triton refuses an input a model does not declare")
+OPENAI_NEEDS_IMAGE = (
+    "serving.frontend openai needs engine.image: NVIDIA's TensorRT-LLM images do not ship the OpenAI "
+    f"frontend; name an image built from the pinned one with it at {OPENAI_FRONTEND_DIR} "
+    "(docs/design/serving-path.md)")
+POOL_NEEDS_OPENAI = (
+    "routing.inferencePool needs serving.frontend openai: the pool's endpoints are the pods' OpenAI port, "
+    "which tritonserver does not serve")
 
 
 class ModelDeploymentSpec(ApiModel):
@@ -319,6 +390,18 @@ class ModelDeploymentSpec(ApiModel):
             "parallelism.tensor x parallelism.pipeline (the GPUs of one replica) must not exceed "
             "the GPUs of one node of gpu.product (8): a replica runs in one pod on one node",
             reason="FieldValueInvalid",
+        ),
+        rule(
+            "self.serving.frontend != 'openai' || self.engine.backend == 'tensorrt-engine'",
+            OPENAI_NEEDS_ENGINE, reason="FieldValueInvalid", field_path=".serving.frontend",
+        ),
+        rule(
+            "self.serving.frontend != 'openai' || has(self.engine.image)",
+            OPENAI_NEEDS_IMAGE, reason="FieldValueRequired", field_path=".engine.image",
+        ),
+        rule(
+            "!has(self.routing) || !has(self.routing.inferencePool) || self.serving.frontend == 'openai'",
+            POOL_NEEDS_OPENAI, reason="FieldValueInvalid", field_path=".routing.inferencePool",
         ),
         rule(
             "!self.autoscaling.enabled || self.autoscaling.advisory || self.replicas == oldSelf.replicas",
@@ -344,6 +427,21 @@ class ModelDeploymentSpec(ApiModel):
                                         "weights and engines are cached.")
     ports: PortsSpec = Field(default_factory=PortsSpec, description="Container and Service "
                              "ports.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="The pod's server process and "
+                                 "protocols.")
+    routing: RoutingSpec = Field(default_factory=RoutingSpec, description="Gateway routing (opt-in).")
+
+    @model_validator(mode="after")
+    def _frontend_fits(self) -> ModelDeploymentSpec:
+        # The CRD's CEL rules, for manifests read outside the API server (plan, simulate) and objects
+        # admitted before them.
+        if self.serving.frontend == "openai" and self.engine.backend != "tensorrt-engine":
+            raise ValueError(OPENAI_NEEDS_ENGINE)
+        if self.serving.frontend == "openai" and self.engine.image is None:
+            raise ValueError(OPENAI_NEEDS_IMAGE)
+        if self.routing.inference_pool is not None and self.serving.frontend != "openai":
+            raise ValueError(POOL_NEEDS_OPENAI)
+        return self
 
     @property
     def gpus_per_replica(self) -> int:
@@ -351,8 +449,8 @@ class ModelDeploymentSpec(ApiModel):
 
 
 class Condition(ApiModel):
-    type: str = Field(description="Ready, Progressing, Degraded, ModelPrepared, GPUCapacity, OptionalAPIs, or an "
-                      "autoscaler condition.")
+    type: str = Field(description="Ready, Progressing, Degraded, ModelPrepared, GPUCapacity, OptionalAPIs, "
+                      "RoutingReady (with routing.inferencePool), or an autoscaler condition.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="One CamelCase word for machines.")
     message: str = Field("", description="What happened, for a person.")

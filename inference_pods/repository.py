@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from crds.models import DEFAULT_IMAGES, ModelDeploymentSpec
+from crds.models import DEFAULT_IMAGES, OPENAI_FRONTEND_DIR, ModelDeploymentSpec
 
 MODEL_CACHE_PATH = "/model-cache"
 CONFIG_PATH = "/etc/tokenworks"  # the ConfigMap: repository files, prepare script, engine.json
@@ -239,12 +239,46 @@ TEXT_INPUTS = (
     Tensor("top_p", "TYPE_FP32", (1,), optional=True),
 )
 TEXT_OUTPUTS = (Tensor("text_output", "TYPE_STRING", (-1,)),)
+# What the OpenAI frontend sends to a TensorRT-LLM model beyond TEXT_INPUTS, named as NVIDIA's ensemble
+# template names them (NVIDIA/TensorRT-LLM:triton_backend/all_models/inflight_batcher_llm/ensemble/
+# config.pbtxt@2a9abd95): the two `return_num_*` always, the rest when a request sets them
+# (server:python/openai/openai_frontend/engine/utils/triton.py@6297a6be, _create_trtllm_generate_request).
+# Triton refuses a request with an input its model does not declare, so the served models declare them.
+OPENAI_TEXT_INPUTS = (
+    Tensor("stop_words", "TYPE_STRING", (-1,), optional=True),
+    Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
+    Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
+    Tensor("seed", "TYPE_UINT64", (1,), optional=True),
+    Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
+    Tensor("return_num_input_tokens", "TYPE_BOOL", (1,), optional=True),
+    Tensor("return_num_output_tokens", "TYPE_BOOL", (1,), optional=True),
+)
+# The token counts the frontend turns into `usage` (_get_usage_from_response).
+USAGE_OUTPUTS = (Tensor("num_input_tokens", "TYPE_INT32", (1,)), Tensor("num_output_tokens", "TYPE_INT32", (1,)))
+# The tensorrt_llm model's names for them (same template directory, tensorrt_llm/config.pbtxt@2a9abd95).
+OPENAI_TRTLLM_INPUTS = (
+    Tensor("stop_words_list", "TYPE_INT32", (2, -1), optional=True),
+    Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
+    Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
+    Tensor("seed", "TYPE_UINT64", (1,), optional=True),
+    Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
+    Tensor("return_num_input_tokens", "TYPE_BOOL", (1,), optional=True),
+    Tensor("return_num_output_tokens", "TYPE_BOOL", (1,), optional=True),
+)
+# The C++ backend's worker binary in orchestrator mode: the fixed value of NVIDIA's template (facts 1.3).
+EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
+
+
+def openai_frontend(spec: ModelDeploymentSpec) -> bool:
+    return spec.serving.frontend == "openai"
 
 
 def engine_parameters(spec: ModelDeploymentSpec, paths: CachePaths) -> dict[str, str]:
-    """The ``tensorrt_llm`` model's parameters, named as in NVIDIA's template (docs/model_config.md)."""
+    """The ``tensorrt_llm`` model's parameters, named as in NVIDIA's template (docs/model_config.md).
+    In orchestrator mode (the OpenAI frontend) the backend spawns ``executor_worker_path`` per GPU."""
     engine = spec.engine
-    return {
+    worker = {"executor_worker_path": EXECUTOR_WORKER_PATH} if openai_frontend(spec) else {}
+    return {**worker,
         "max_beam_width": "1",
         "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
         "gpt_model_type": "inflight_fused_batching",
@@ -266,21 +300,29 @@ def _dynamic_batching(spec: ModelDeploymentSpec) -> str:
             "  default_queue_policy: { max_queue_size: 0 }\n}\n")
 
 
-def _ensemble_steps() -> str:
+def _ensemble_steps(openai: bool = False) -> str:
     def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
         maps = "".join(f"      input_map {{ key: {_quote(k)} value: {_quote(v)} }}\n" for k, v in inputs.items())
         maps += "".join(f"      output_map {{ key: {_quote(k)} value: {_quote(v)} }}\n" for k, v in outputs.items())
         return f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n{maps}    }}"
 
+    # The OpenAI frontend's extra inputs pass straight through, stop words by way of the tokenizer.
+    passed = {n: n for n in ("frequency_penalty", "presence_penalty", "seed", "exclude_input_in_output",
+                             "return_num_input_tokens", "return_num_output_tokens")} if openai else {}
     steps = [
-        step("preprocessing", {"QUERY": "text_input", "REQUEST_OUTPUT_LEN": "max_tokens"},
+        step("preprocessing", {"QUERY": "text_input", "REQUEST_OUTPUT_LEN": "max_tokens",
+                               **({"STOP_WORDS_DICT": "stop_words"} if openai else {})},
              {"REQUEST_INPUT_LEN": "_REQUEST_INPUT_LEN", "INPUT_ID": "_INPUT_ID",
-              "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN"}),
+              "REQUEST_OUTPUT_LEN": "_REQUEST_OUTPUT_LEN",
+              **({"STOP_WORDS_IDS": "_STOP_WORDS_IDS"} if openai else {})}),
         step(TRTLLM_MODEL, {"input_ids": "_INPUT_ID", "input_lengths": "_REQUEST_INPUT_LEN",
                             "request_output_len": "_REQUEST_OUTPUT_LEN", "streaming": "stream",
                             "end_id": "end_id", "pad_id": "pad_id", "temperature": "temperature",
-                            "runtime_top_k": "top_k", "runtime_top_p": "top_p"},
-             {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH"}),
+                            "runtime_top_k": "top_k", "runtime_top_p": "top_p",
+                            **({"stop_words_list": "_STOP_WORDS_IDS"} if openai else {}), **passed},
+             {"output_ids": "_TOKENS_BATCH", "sequence_length": "_SEQUENCE_LENGTH",
+              **({"num_input_tokens": "num_input_tokens", "num_output_tokens": "num_output_tokens"}
+                 if openai else {})}),
         step("postprocessing", {"TOKENS_BATCH": "_TOKENS_BATCH", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH"},
              {"OUTPUT": "text_output"}),
     ]
@@ -288,21 +330,29 @@ def _ensemble_steps() -> str:
 
 
 def engine_repository(spec: ModelDeploymentSpec, paths: CachePaths) -> dict[str, str]:
+    """With the OpenAI frontend, the served models also declare what that frontend sends and returns
+    (OPENAI_TEXT_INPUTS, USAGE_OUTPUTS); behind tritonserver the repository is as it was."""
     batch = spec.engine.max_batch_size
     buckets = _model_metrics(first_response_buckets(spec.autoscaling.slo.ttft_milliseconds))
     tokenizer = {"tokenizer_dir": paths.weights}
+    openai = openai_frontend(spec)
+    text_inputs = (*TEXT_INPUTS, *OPENAI_TEXT_INPUTS) if openai else TEXT_INPUTS
+    text_outputs = (*TEXT_OUTPUTS, *USAGE_OUTPUTS) if openai else TEXT_OUTPUTS
+    stop_in = (Tensor("STOP_WORDS_DICT", "TYPE_STRING", (-1,), optional=True),) if openai else ()
+    stop_out = (Tensor("STOP_WORDS_IDS", "TYPE_INT32", (2, -1)),) if openai else ()
     return {
         "preprocessing/config.pbtxt": (
             _header("preprocessing", "python", batch, None)
             + _tensors("input", (Tensor("QUERY", "TYPE_STRING", (1,)),
-                                 Tensor("REQUEST_OUTPUT_LEN", "TYPE_INT32", (1,))))
+                                 Tensor("REQUEST_OUTPUT_LEN", "TYPE_INT32", (1,)), *stop_in))
             + _tensors("output", (Tensor("INPUT_ID", "TYPE_INT32", (-1,)),
                                   Tensor("REQUEST_INPUT_LEN", "TYPE_INT32", (1,)),
-                                  Tensor("REQUEST_OUTPUT_LEN", "TYPE_INT32", (-1,))))
+                                  Tensor("REQUEST_OUTPUT_LEN", "TYPE_INT32", (-1,)), *stop_out))
             + _parameters({**tokenizer, "add_special_tokens": "false"}) + _instance_group()),
         TRTLLM_MODEL + "/config.pbtxt": (
             _header(TRTLLM_MODEL, "tensorrtllm", batch, True) + _dynamic_batching(spec)
-            + _tensors("input", TRTLLM_INPUTS) + _tensors("output", TRTLLM_OUTPUTS) + _instance_group()
+            + _tensors("input", (*TRTLLM_INPUTS, *(OPENAI_TRTLLM_INPUTS if openai else ())))
+            + _tensors("output", (*TRTLLM_OUTPUTS, *(USAGE_OUTPUTS if openai else ()))) + _instance_group()
             + _parameters(engine_parameters(spec, paths)) + buckets),
         "postprocessing/config.pbtxt": (
             _header("postprocessing", "python", batch, None)
@@ -312,10 +362,11 @@ def engine_repository(spec: ModelDeploymentSpec, paths: CachePaths) -> dict[str,
             + _parameters({**tokenizer, "skip_special_tokens": "true"}) + _instance_group()),
         "ensemble/config.pbtxt": (
             _header("ensemble", None, batch, None, platform="ensemble")
-            + _tensors("input", TEXT_INPUTS) + _tensors("output", TEXT_OUTPUTS) + _ensemble_steps() + buckets),
+            + _tensors("input", text_inputs) + _tensors("output", text_outputs) + _ensemble_steps(openai)
+            + buckets),
         "tensorrt_llm_bls/config.pbtxt": (
             _header("tensorrt_llm_bls", "python", batch, True)
-            + _tensors("input", TEXT_INPUTS) + _tensors("output", TEXT_OUTPUTS)
+            + _tensors("input", text_inputs) + _tensors("output", text_outputs)
             + _parameters({"tensorrt_llm_model_name": TRTLLM_MODEL, "accumulate_tokens": "false"})
             + _instance_group() + buckets),
     }
@@ -331,7 +382,7 @@ def model_repository(spec: ModelDeploymentSpec, registry: str = "") -> dict[str,
 
 
 def served_models(spec: ModelDeploymentSpec) -> list[str]:
-    """Triton model names a client may send requests to."""
+    """Triton model names a client may send requests to (the OpenAI ``model`` too)."""
     return [TRTLLM_MODEL] if spec.engine.backend == "llmapi" else ["ensemble", "tensorrt_llm_bls"]
 
 
@@ -362,13 +413,41 @@ def tritonserver_args(spec: ModelDeploymentSpec, repository: str, rank: int) -> 
     return args
 
 
+OPENAI_MAIN = f"{OPENAI_FRONTEND_DIR}/openai_frontend/main.py"
+
+
+def openai_frontend_command(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
+    """The OpenAI frontend as the container's main process: ``main.py`` starts Triton in-process on the
+    repository, the OpenAI routes on ports.openai and, with ``--enable-kserve-frontends``, KServe v2 HTTP
+    and gRPC on ports.http and ports.grpc (server:python/openai/openai_frontend/main.py@7e31829e). Chat
+    templates come from ``--tokenizer``: the downloaded weights hold the model's tokenizer files.
+
+    One process, so TensorRT-LLM runs in orchestrator mode (``TRTLLM_ORCHESTRATOR=1``, launch_env): the
+    backend spawns a worker per GPU; leader mode, one tritonserver rank per GPU, is not supported by the
+    frontend (server:python/openai/README.md, "Model Parallelism Support")."""
+    paths = CachePaths.of(spec, registry)
+    ports = spec.ports
+    return ["python3", OPENAI_MAIN, f"--model-repository={paths.repository}", f"--tokenizer={paths.weights}",
+            "--host=0.0.0.0", f"--openai-port={ports.openai}", "--enable-kserve-frontends",
+            f"--kserve-http-port={ports.http}", f"--kserve-grpc-port={ports.grpc}", *spec.engine.extra_args]
+
+
+def launch_env(spec: ModelDeploymentSpec) -> dict[str, str]:
+    """Environment the server container needs for its launch: orchestrator mode for the OpenAI frontend
+    (tensorrtllm_backend:README.md@0b9d7d5a, "Orchestrator mode"; facts 3.2, 4)."""
+    return {"TRTLLM_ORCHESTRATOR": "1"} if openai_frontend(spec) else {}
+
+
 def launch_command(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
     """The container's command: what ``launch_triton_server.py`` starts, run in the foreground (the
-    script itself returns at once after ``Popen``, so it cannot be a container's main process).
+    script itself returns at once after ``Popen``, so it cannot be a container's main process), or the
+    OpenAI frontend (``serving.frontend: openai``, openai_frontend_command).
 
     llmapi: one Triton process; the LLM API starts its own workers for TP x PP GPUs, so the world
     size is 1. tensorrt-engine: ``mpirun`` with one ``tritonserver`` rank per GPU (leader mode).
     """
+    if openai_frontend(spec):
+        return openai_frontend_command(spec, registry)
     repository = CachePaths.of(spec, registry).repository
     world = 1 if spec.engine.backend == "llmapi" else spec.gpus_per_replica
     command = ["mpirun", "--allow-run-as-root"]

@@ -2,11 +2,12 @@
 
 A ModelDeployment ``m`` owns: Deployment ``m`` (Triton + TensorRT-LLM pods), Service ``m``,
 PodDisruptionBudget ``m``, ConfigMap ``m-engine`` (engine.json, the prepare script and the model
-repository's files) and, where the Prometheus Operator is installed, PodMonitor ``m``.
+repository's files), where the Prometheus Operator is installed PodMonitor ``m`` and, with
+``spec.routing.inferencePool`` where the Gateway API Inference Extension is installed, InferencePool ``m``.
 
 A pod: init container ``prepare`` (same image) fills the model cache under a key of everything that
-changes what it holds; container ``triton`` runs ``tritonserver`` as NVIDIA's launcher does
-(``inference_pods.repository.launch_command``).
+changes what it holds; container ``triton`` runs ``tritonserver`` as NVIDIA's launcher does, or Triton's
+OpenAI frontend with ``spec.serving.frontend: openai`` (``inference_pods.repository.launch_command``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from inference_pods.repository import (
     cache_key,
     config_key,
     launch_command,
+    launch_env,
     model_repository,
+    openai_frontend,
     prepare_script,
     resolved_image,
     served_models,
@@ -57,6 +60,7 @@ class ChildKind:
     name_suffix: str = ""  # ModelDeployment ``m``'s child of this kind is named ``m`` + suffix
     optional: bool = False  # skipped, with a condition, where the API server does not serve it
     without: str = ""  # what is lost where an optional kind is not served
+    opt_in: bool = False  # rendered only for a spec that asks for it (wanted)
 
     @property
     def group(self) -> str:
@@ -75,11 +79,23 @@ CHILD_KINDS = (
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ChildKind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", optional=True,
               without="metrics are not scraped by the Prometheus Operator"),
+    ChildKind("inference.networking.k8s.io/v1", "InferencePool", "inferencepools", optional=True, opt_in=True,
+              without="no Gateway can route to the model through an InferencePool (install the Gateway API "
+              "Inference Extension's CRDs)"),
 )
+INFERENCE_POOL = "InferencePool"
 
 
 def child_kind(kind: str) -> ChildKind:
     return next(k for k in CHILD_KINDS if k.kind == kind)
+
+
+def wanted(kind: ChildKind, spec: ModelDeploymentSpec) -> bool:
+    """Whether ``spec`` has a child of this kind (served or not): every kind but an opt-in one the spec
+    does not ask for."""
+    if not kind.opt_in:
+        return True
+    return kind.kind == INFERENCE_POOL and spec.routing.inference_pool is not None
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -170,6 +186,24 @@ def config_items(md: ModelDeployment) -> list[dict[str, Any]]:
             *({"key": config_key(p), "path": f"repository/{p}"} for p in paths)]
 
 
+def metrics_port_name(spec: ModelDeploymentSpec) -> str:
+    """The port Prometheus scrapes: the OpenAI frontend starts no metrics listener and serves Triton's
+    metrics text at ``/metrics`` on its own port (main.py starts only KServeHttp and KServeGrpc;
+    observability.py returns ``server.metrics()``: facts 4)."""
+    return "openai" if openai_frontend(spec) else "metrics"
+
+
+def metrics_port(spec: ModelDeploymentSpec) -> int:
+    return spec.ports.openai if openai_frontend(spec) else spec.ports.metrics
+
+
+def container_ports(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+    ports = spec.ports
+    last = ("openai", ports.openai) if openai_frontend(spec) else ("metrics", ports.metrics)
+    return [{"name": name, "containerPort": number, "protocol": "TCP"}
+            for name, number in (("http", ports.http), ("grpc", ports.grpc), last)]
+
+
 def startup_probe_failure_threshold(spec: ModelDeploymentSpec, period_seconds: int) -> int:
     """Enough probes to cover twice the estimated engine load time, plus one minute. The download and
     the engine build happen before, in the init container, which no probe times.
@@ -257,28 +291,27 @@ def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> d
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": security,
     }
-    http = {"path": "/v2/health/ready", "port": "http"}
+    # The OpenAI frontend is ready when its in-process server is (GET /health/ready on its port, 200
+    # or 400, observability.py); liveness stays on the KServe HTTP frontend it starts beside.
+    ready = {"path": "/health/ready", "port": "openai"} if openai_frontend(spec) else \
+        {"path": "/v2/health/ready", "port": "http"}
     container = {
         "name": "triton",
         "image": image,
         "command": launch_command(spec, registry),
-        "env": env,
-        "ports": [
-            {"name": "http", "containerPort": spec.ports.http, "protocol": "TCP"},
-            {"name": "grpc", "containerPort": spec.ports.grpc, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": spec.ports.metrics, "protocol": "TCP"},
-        ],
+        "env": [*env, *({"name": k, "value": v} for k, v in launch_env(spec).items())],
+        "ports": container_ports(spec),
         "resources": {
             # Host resources scale with the GPUs: tokenisation, the HTTP front end, weight loading.
             "requests": {"cpu": str(4 * gpus), "memory": f"{32 * gpus}Gi", "nvidia.com/gpu": str(gpus)},
             "limits": {"memory": f"{48 * gpus}Gi", "nvidia.com/gpu": str(gpus)},
         },
         "startupProbe": {
-            "httpGet": http,
+            "httpGet": ready,
             "periodSeconds": startup_period,
             "failureThreshold": startup_probe_failure_threshold(spec, startup_period),
         },
-        "readinessProbe": {"httpGet": http, "periodSeconds": 5, "failureThreshold": 3},
+        "readinessProbe": {"httpGet": ready, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
                           "periodSeconds": 10, "failureThreshold": 6},
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP_SECONDS}}},
@@ -317,7 +350,7 @@ def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> d
                 CONFIG_HASH_ANNOTATION: config_hash,
                 CACHE_KEY_ANNOTATION: cache_key(spec, registry),
                 "prometheus.io/scrape": "true",
-                "prometheus.io/port": str(spec.ports.metrics),
+                "prometheus.io/port": str(metrics_port(spec)),
             },
         },
         "spec": pod_spec,
@@ -345,7 +378,7 @@ def deployment(md: ModelDeployment, replicas: int, config_hash: str, registry: s
 
 
 def service(md: ModelDeployment) -> dict[str, Any]:
-    ports = md.spec.ports
+    """Every port the pods listen on, by name: KServe HTTP and gRPC, then metrics or the OpenAI port."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -353,12 +386,8 @@ def service(md: ModelDeployment) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(md.name),
-            "ports": [
-                {"name": "http", "port": ports.http, "targetPort": "http", "protocol": "TCP"},
-                {"name": "grpc", "port": ports.grpc, "targetPort": "grpc", "protocol": "TCP"},
-                {"name": "metrics", "port": ports.metrics, "targetPort": "metrics",
-                 "protocol": "TCP"},
-            ],
+            "ports": [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"], "protocol": "TCP"}
+                      for p in container_ports(md.spec)],
         },
     }
 
@@ -384,7 +413,29 @@ def pod_monitor(md: ModelDeployment) -> dict[str, Any]:
             "selector": {"matchLabels": selector_labels(md.name)},
             # Becomes the `tokenworks_dev_model_deployment` label the autoscaler groups series by.
             "podTargetLabels": [INSTANCE_LABEL],
-            "podMetricsEndpoints": [{"port": "metrics", "interval": "15s", "path": "/metrics"}],
+            "podMetricsEndpoints": [{"port": metrics_port_name(md.spec), "interval": "15s", "path": "/metrics"}],
+        },
+    }
+
+
+def inference_pool(md: ModelDeployment) -> dict[str, Any]:
+    """The Gateway API Inference Extension's v1 InferencePool of ``md``'s pods (vendored schema:
+    tests/fixtures/crds/inference.networking.k8s.io/). Its endpoints are the pods its selector matches
+    that the endpoint picker sees as ready (their readiness is the OpenAI frontend's /health/ready),
+    on the OpenAI port; requests reach a pod through the Gateway, which asks the endpoint picker which."""
+    pool = md.spec.routing.inference_pool
+    assert pool is not None, "rendered only when spec.routing.inferencePool is set"
+    picker = pool.endpoint_picker
+    return {
+        "apiVersion": "inference.networking.k8s.io/v1",
+        "kind": INFERENCE_POOL,
+        "metadata": _metadata(md, md.name),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(md.name)},
+            "targetPorts": [{"number": md.spec.ports.openai}],
+            # group and kind spelled out (the schema's defaults), so the applied intent is what is stored.
+            "endpointPickerRef": {"group": "", "kind": "Service", "name": picker.name,
+                                  "port": {"number": picker.port}, "failureMode": picker.failure_mode},
         },
     }
 
@@ -394,9 +445,10 @@ def digest(manifest: dict[str, Any]) -> str:
 
 
 def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool = True,
-                    image_registry: str = "") -> list[dict[str, Any]]:
+                    inference_pool_api: bool = True, image_registry: str = "") -> list[dict[str, Any]]:
     """Every child of ``md`` at ``replicas``, in ``CHILD_KINDS`` order (the order to apply them in).
-    The reconciler renders them all and skips optional kinds the API server does not serve."""
+    The reconciler renders them all and skips optional kinds the API server does not serve; an opt-in
+    kind (the InferencePool) is rendered only when the spec asks for it."""
     config = config_map(md, image_registry)
     children = [
         config,
@@ -406,4 +458,6 @@ def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool
     ]
     if pod_monitor_api:
         children.append(pod_monitor(md))
+    if inference_pool_api and wanted(child_kind(INFERENCE_POOL), md.spec):
+        children.append(inference_pool(md))
     return children

@@ -3,13 +3,15 @@ repository the operator rendered.
 
 ``materialize`` lays a rendered pod's files under a local root as the pod would see them (the
 ConfigMap's items at ``/etc/tokenworks``, the prepare step's repository in the model cache), and
-``read_launch`` reads a ``mpirun ... tritonserver ...`` command line and the repository it names:
-ports, metric switches, models, their ``config.pbtxt`` (parsed with Triton's ``model_config_pb2``)
-and, for the LLM-API model, ``model.yaml``. The emulator then serves exactly those models.
+``read_launch`` reads a ``mpirun ... tritonserver ...`` command line, or the OpenAI frontend's
+``python3 .../openai_frontend/main.py ...``, and the repository it names: ports, metric switches, models,
+their ``config.pbtxt`` (parsed with Triton's ``model_config_pb2``) and, for the LLM-API model,
+``model.yaml``. The emulator then serves exactly those models.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -24,7 +26,7 @@ from tritonclient.grpc import model_config_pb2
 
 from crds.models import ModelDeployment
 from inference_pods.emulator.metrics import ExpositionConfig, ModelMetricsConfig
-from inference_pods.repository import TRTLLM_MODEL, launch_command
+from inference_pods.repository import TRTLLM_MODEL, launch_command, launch_env
 from inference_pods.templates import config_items, config_map
 
 ENGINE_CONFIG_ENV = "TOKENWORKS_ENGINE_CONFIG"
@@ -56,6 +58,7 @@ class RepositoryModel:
     parameters: dict[str, str]
     llm_args: dict[str, Any] | None  # model.yaml of an LLM-API model
     steps: tuple[str, ...] = ()  # an ensemble's composing models
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ class Launch:
     cpu_metrics: bool
     models: tuple[RepositoryModel, ...]
     engine: dict[str, Any]  # engine.json from the ConfigMap: model profile, GPU, limits
+    frontend: str = "triton"  # or "openai": Triton's OpenAI frontend (main.py) is the process
+    openai_port: int = 0
+    kserve: bool = True  # KServe v2 HTTP and gRPC served (the OpenAI frontend's --enable-kserve-frontends)
+    tokenizer: str | None = None  # main.py's --tokenizer: chat completions need one
+    default_max_tokens: int = 16  # main.py's --default-max-tokens
 
     @property
     def served(self) -> list[str]:
@@ -146,19 +154,11 @@ def read_model(directory: Path) -> RepositoryModel:
         max_batch_size=config.max_batch_size, decoupled=config.model_transaction_policy.decoupled,
         first_response_buckets=buckets, inputs=tuple(i.name for i in config.input),
         parameters={k: v.string_value for k, v in config.parameters.items()}, llm_args=llm_args,
-        steps=tuple(step.model_name for step in config.ensemble_scheduling.step))
+        steps=tuple(step.model_name for step in config.ensemble_scheduling.step),
+        outputs=tuple(o.name for o in config.output))
 
 
-def read_launch(argv: list[str], root: Path | None = None, env: dict[str, str] | None = None) -> Launch:
-    """Read a Triton container's command line; absolute paths are looked up under ``root``."""
-    ranks = _ranks(argv)
-    first = ranks[0]
-    repository = _flag(first, "--model-repository")
-    if repository is None:
-        raise LaunchError("tritonserver has no --model-repository")
-    for rank in ranks[1:]:
-        if _flag(rank, "--model-repository") != repository:
-            raise LaunchError("every rank must serve the same --model-repository")
+def _read_repository(repository: str, root: Path | None) -> tuple[Path, tuple[RepositoryModel, ...]]:
     local = _local(root, repository)
     if not local.is_dir():
         raise LaunchError(f"model repository {repository} does not exist (has the prepare step run?)")
@@ -172,10 +172,91 @@ def read_launch(argv: list[str], root: Path | None = None, env: dict[str, str] |
         missing = [s for s in model.steps if s not in {m.name for m in models}]
         if missing:
             raise LaunchError(f"ensemble {model.name} composes {missing}, which the repository lacks")
-    engine_path = (env or os.environ).get(ENGINE_CONFIG_ENV, DEFAULT_ENGINE_CONFIG)
+    return local, models
+
+
+def _read_engine(root: Path | None, env: dict[str, str]) -> dict[str, Any]:
+    engine_path = env.get(ENGINE_CONFIG_ENV, DEFAULT_ENGINE_CONFIG)
     engine_file = _local(root, engine_path)
     if not engine_file.exists():
         raise LaunchError(f"{engine_path} (engine.json of the ConfigMap) is missing")
+    engine: dict[str, Any] = json.loads(engine_file.read_text())
+    return engine
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise _ArgumentError(message)
+
+
+def _openai_parser() -> argparse.ArgumentParser:
+    """main.py's arguments (server:python/openai/openai_frontend/main.py@7e31829e, parse_args): an
+    argument it lacks makes it exit, so the twin refuses it too."""
+    parser = _Parser(prog="main.py", add_help=False)
+    parser.add_argument("--model-repository", required=True)
+    for name in ("--tokenizer", "--backend", "--lora-separator", "--tool-call-parser", "--chat-template",
+                 "--uvicorn-log-level"):
+        parser.add_argument(name, default=None)
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--tritonserver-log-verbose-level", type=int, default=0)
+    parser.add_argument("--default-max-tokens", type=int, default=16)
+    parser.add_argument("--openai-port", type=int, default=9000)
+    parser.add_argument("--openai-restricted-api", nargs=3, action="append", default=None)
+    parser.add_argument("--enable-kserve-frontends", action="store_true")
+    parser.add_argument("--kserve-http-port", type=int, default=8000)
+    parser.add_argument("--kserve-grpc-port", type=int, default=8001)
+    return parser
+
+
+def read_openai_launch(argv: list[str], root: Path | None, env: dict[str, str]) -> Launch:
+    """The OpenAI frontend's command line. Its in-process server is ``tritonserver.Server(model_repository,
+    log_*)`` with every other option at the Python API's default (main.py@7e31829e; core
+    python/tritonserver/_api/_server.py@ab8e8374): metrics, GPU and CPU metrics on, no metrics
+    configuration, so no latency histograms (core: latency_histograms_enabled_ false unless
+    histogram_latencies=true), and no metrics listener: /metrics is on the OpenAI port."""
+    script = next(i for i, a in enumerate(argv) if _is_openai_main(a))
+    try:
+        args = _openai_parser().parse_args(argv[script + 1:])
+    except _ArgumentError as error:
+        raise LaunchError(f"main.py: {error}") from error
+    local, models = _read_repository(args.model_repository, root)
+    engine = _read_engine(root, env)
+    gpus = int(engine["tensorParallelSize"]) * int(engine["pipelineParallelSize"])
+    if gpus > 1 and any(m.backend == "tensorrtllm" for m in models) and env.get("TRTLLM_ORCHESTRATOR") != "1":
+        # One process cannot be the tp x pp ranks of leader mode [inference from the backend's README].
+        raise LaunchError(f"the tensorrtllm backend in one process needs TRTLLM_ORCHESTRATOR=1 (orchestrator "
+                          f"mode) for an engine of {gpus} GPUs; leader mode wants one tritonserver rank per GPU")
+    return Launch(
+        repository=local, http_port=args.kserve_http_port if args.enable_kserve_frontends else 0,
+        grpc_port=args.kserve_grpc_port if args.enable_kserve_frontends else 0, metrics_port=0,
+        world_size=1, allow_metrics=True, histograms=False, gpu_metrics=True, cpu_metrics=True,
+        models=models, engine=engine, frontend="openai", openai_port=args.openai_port,
+        kserve=args.enable_kserve_frontends, tokenizer=args.tokenizer, default_max_tokens=args.default_max_tokens)
+
+
+def _is_openai_main(arg: str) -> bool:
+    return arg.endswith("openai_frontend/main.py")
+
+
+def read_launch(argv: list[str], root: Path | None = None, env: dict[str, str] | None = None) -> Launch:
+    """Read a Triton container's command line; absolute paths are looked up under ``root``."""
+    environment = dict(os.environ if env is None else env)
+    if any(_is_openai_main(a) for a in argv):
+        return read_openai_launch(argv, root, environment)
+    ranks = _ranks(argv)
+    first = ranks[0]
+    repository = _flag(first, "--model-repository")
+    if repository is None:
+        raise LaunchError("tritonserver has no --model-repository")
+    for rank in ranks[1:]:
+        if _flag(rank, "--model-repository") != repository:
+            raise LaunchError("every rank must serve the same --model-repository")
+    local, models = _read_repository(repository, root)
+    engine = _read_engine(root, environment)
     metrics_config = [a.split("=", 1)[1] for a in first if a.startswith("--metrics-config=")]
     return Launch(
         repository=local,
@@ -187,7 +268,7 @@ def read_launch(argv: list[str], root: Path | None = None, env: dict[str, str] |
         histograms="histogram_latencies=true" in metrics_config,
         gpu_metrics=(_flag(first, "--allow-gpu-metrics") or "true") == "true",
         cpu_metrics=(_flag(first, "--allow-cpu-metrics") or "true") == "true",
-        models=models, engine=json.loads(engine_file.read_text()),
+        models=models, engine=engine,
     )
 
 
@@ -281,3 +362,9 @@ def materialize(md: ModelDeployment, root: Path, registry: str = "", env: dict[s
     source = md.spec.model.pvc.path if md.spec.model.pvc else None
     prepared = lay_out(root, config_map(md, registry)["data"], config_items(md), source, env)
     return launch_command(md.spec, registry), prepared
+
+
+def server_env(md: ModelDeployment) -> dict[str, str]:
+    """The environment the server container gets from its launch (TRTLLM_ORCHESTRATOR with the OpenAI
+    frontend), for a twin started from ``materialize``."""
+    return launch_env(md.spec)

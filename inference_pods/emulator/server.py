@@ -1,5 +1,7 @@
 """HTTP faces of the emulator: what ``tritonserver`` serves for the pod's model repository, Triton's
-KServe v2 protocol with the generate extensions, and Prometheus metrics on their own port.
+KServe v2 protocol with the generate extensions, and Prometheus metrics on their own port; or, when the
+pod runs Triton's OpenAI frontend, its routes on the OpenAI port (``/v1/models``, ``/v1/completions``,
+``/v1/chat/completions``, ``/health/ready``, ``/metrics``) with the KServe frontends beside them.
 
 Decoupled models (every streaming LLM model) answer as Triton does: HTTP ``infer`` and gRPC
 ``ModelInfer`` refuse them, ``generate_stream`` and gRPC ``ModelStreamInfer`` stream. The request
@@ -18,6 +20,7 @@ import logging
 import signal
 import struct
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +91,7 @@ class Emulator:
         self.max_input_length = int(launch.engine["maxInputLength"])
         self.max_output_length = int(launch.engine["maxOutputLength"])
         self.started = time.monotonic()
+        self.created = time.time()  # the OpenAI models' `created`
         self.ready_after = load / config.time_scale
         self.runners: list[web.AppRunner] = []
         self.grpc_server: Any = None
@@ -286,6 +290,191 @@ class Emulator:
     async def scrape(self, _: web.Request) -> web.Response:
         return web.Response(body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    # -- the OpenAI frontend (server:python/openai/openai_frontend@6297a6be) ----------------------------
+    # Errors are FastAPI's HTTPException bodies, {"detail": ...}: the engine's ClientError is 400, anything
+    # from Triton itself (a refused input, an engine error) 500 (routers/completions.py, chat.py).
+    def openai_errors(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def wrapped(http: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(http)
+            except ApiError as error:
+                return web.json_response({"detail": error.message}, status=error.status)
+        return wrapped
+
+    def openai_model(self, name: Any) -> str:
+        """The Triton model a request names, checked as TritonLLMEngine._validate_*_request does."""
+        if not isinstance(name, str) or self.launch.model(name) is None:
+            raise ApiError(400, f"Unknown model: {name}")
+        return name
+
+    def triton_inputs(self, name: str, body: dict[str, Any]) -> None:
+        """The inputs _create_trtllm_generate_request sends (engine/utils/triton.py@6297a6be): Triton
+        refuses a request naming an input its model does not declare (core src/model.cc, GetInput), and the
+        frontend answers that with 500."""
+        sent = ["text_input", "stream", "max_tokens", "return_num_input_tokens", "return_num_output_tokens"]
+        sent += [tensor for key, tensor in (("stop", "stop_words"), ("top_p", "top_p"),
+                                            ("frequency_penalty", "frequency_penalty"),
+                                            ("presence_penalty", "presence_penalty"), ("seed", "seed"),
+                                            ("temperature", "temperature")) if body.get(key) is not None]
+        model = self.launch.model(name)
+        assert model is not None
+        for tensor in sent:
+            if tensor not in model.inputs:
+                raise ApiError(500, f"unexpected inference input '{tensor}' for model '{name}'")
+
+    def openai_submit(self, name: str, text: str, body: dict[str, Any], max_tokens: Any) -> Request:
+        stream = bool(body.get("stream"))
+        if body.get("stream_options") and not stream:
+            raise ApiError(400, "`stream_options` can only be used when `stream` is True")
+        if (body.get("n") or 1) > 1:
+            raise ApiError(400, f"Received n={body['n']}, but only single choice (n=1) is currently supported")
+        self.triton_inputs(name, body)
+        if stream and not self.decoupled(name):
+            raise ApiError(500, "Streaming is only supported in decoupled mode.")
+        try:
+            return self.submit(name, text, max_tokens, stream)
+        except ApiError as error:
+            raise ApiError(500, error.message) from error  # Triton's errors reach the client as 500
+
+    def usage(self, name: str, request: Request) -> dict[str, int] | None:
+        """``usage`` exists when the model returns num_input_tokens and num_output_tokens
+        (_get_usage_from_response); else it is null, as NVIDIA's README shows for older repositories."""
+        model = self.launch.model(name)
+        if model is None or not {"num_input_tokens", "num_output_tokens"} <= set(model.outputs):
+            return None
+        return {"prompt_tokens": request.prompt_tokens, "completion_tokens": request.generated,
+                "total_tokens": request.prompt_tokens + request.generated}
+
+    async def openai_models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [self.openai_model_object(m.name)
+                                                             for m in self.launch.models]})
+
+    def openai_model_object(self, name: str) -> dict[str, Any]:
+        return {"id": name, "created": int(self.created), "object": "model", "owned_by": "Triton Inference Server"}
+
+    async def openai_model_one(self, http: web.Request) -> web.Response:
+        name = http.match_info["model"]
+        if self.launch.model(name) is None:
+            raise ApiError(404, f"Unknown model: {name}")
+        return web.json_response(self.openai_model_object(name))
+
+    async def openai_ready(self, _: web.Request) -> web.Response:
+        if not self.ready:
+            raise ApiError(400, "Attached inference engine is not ready for inference requests.")
+        return web.Response(status=200)
+
+    async def openai_metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    @staticmethod
+    def max_tokens_of(body: dict[str, Any], default: int, chat: bool) -> Any:
+        if chat and body.get("max_completion_tokens") is not None:
+            return body["max_completion_tokens"]
+        return body["max_tokens"] if body.get("max_tokens") is not None else default
+
+    async def completions(self, http: web.Request) -> web.StreamResponse:
+        body = await self.json_body(http)
+        name = self.openai_model(body.get("model"))
+        prompt = body.get("prompt")
+        if not prompt:
+            raise ApiError(400, "prompt must be non-empty")
+        if not isinstance(prompt, str):
+            raise ApiError(400, "only single string input is supported")
+        request = self.openai_submit(name, prompt, body, self.max_tokens_of(body, self.launch.default_max_tokens,
+                                                                            chat=False))
+        ident, created = f"cmpl-{uuid.uuid1()}", int(time.time())
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+            out: dict[str, Any] = {"id": ident, "choices": choices, "created": created, "model": name,
+                                   "system_fingerprint": None, "object": "text_completion"}
+            if usage is not None:
+                out["usage"] = usage
+            return out
+
+        if not body.get("stream"):
+            text = await self.collect(request)
+            return web.json_response({**chunk([{"finish_reason": "stop", "index": 0, "logprobs": None,
+                                                "text": text}]), "usage": self.usage(name, request)})
+        response = await self.sse(http)
+        async for token in self.engine.stream(request):
+            await self.event(response, chunk([{"finish_reason": "stop" if last(request) else None, "index": 0,
+                                               "logprobs": None, "text": token}]))
+        await self.end_stream(response, body, lambda usage: chunk([], usage), self.usage(name, request))
+        return response
+
+    async def chat_completions(self, http: web.Request) -> web.StreamResponse:
+        body = await self.json_body(http)
+        name = self.openai_model(body.get("model"))
+        if self.launch.tokenizer is None:
+            raise ApiError(500, "Unknown tokenizer")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ApiError(422, "messages: Field required")
+        # The real frontend renders the tokenizer's chat template; the twin counts the messages' words
+        # (the template's own tokens are not modelled).
+        text = " ".join(str(m.get("content") or "") for m in messages if isinstance(m, dict))
+        request = self.openai_submit(name, text, body, self.max_tokens_of(
+            body, self.launch.default_max_tokens, chat=True))
+        ident, created = f"cmpl-{uuid.uuid1()}", int(time.time())
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None,
+                  kind: str = "chat.completion.chunk") -> dict[str, Any]:
+            out: dict[str, Any] = {"id": ident, "choices": choices, "created": created, "model": name,
+                                   "system_fingerprint": None, "object": kind}
+            if usage is not None:
+                out["usage"] = usage
+            return out
+
+        if not body.get("stream"):
+            text = await self.collect(request)
+            message = {"content": text, "tool_calls": None, "role": "assistant", "function_call": None}
+            return web.json_response({**chunk([{"finish_reason": "stop", "index": 0, "message": message,
+                                                "logprobs": None}], kind="chat.completion"),
+                                      "usage": self.usage(name, request)})
+        response = await self.sse(http)
+        # The first chunk sets the role and carries no content (_get_first_streaming_chat_response).
+        await self.event(response, chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}]))
+        async for token in self.engine.stream(request):
+            await self.event(response, chunk([{"index": 0, "delta": {"content": token}, "logprobs": None,
+                                               "finish_reason": "stop" if last(request) else None}]))
+        await self.end_stream(response, body, lambda usage: chunk([], usage), self.usage(name, request))
+        return response
+
+    @staticmethod
+    async def sse(http: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await response.prepare(http)
+        return response
+
+    @staticmethod
+    async def event(response: web.StreamResponse, data: dict[str, Any]) -> None:
+        await response.write(f"data: {json.dumps(data)}\n\n".encode())
+
+    async def end_stream(self, response: web.StreamResponse, body: dict[str, Any],
+                         usage_chunk: Callable[[dict[str, int]], dict[str, Any]], usage: dict[str, int] | None
+                         ) -> None:
+        """The usage chunk (no choices) when stream_options.include_usage asks for it and the model returns
+        token counts, then ``[DONE]``."""
+        if (body.get("stream_options") or {}).get("include_usage") and usage is not None:
+            await self.event(response, usage_chunk(usage))
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+
+    def openai_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # main.py's --http-max-input-size default
+        o = self.openai_errors
+        app.add_routes([
+            web.get("/metrics", self.openai_metrics),
+            web.get("/health/ready", o(self.openai_ready)),
+            web.get("/v1/models", o(self.openai_models)),
+            web.get("/v1/models/{model}", o(self.openai_model_one)),
+            web.post("/v1/completions", o(self.completions)),
+            web.post("/v1/chat/completions", o(self.chat_completions)),
+        ])
+        return app
+
     def http_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         k = self.kserve_errors
@@ -311,8 +500,10 @@ class Emulator:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         self.engine.start()
-        apps = [(self.http_app(), self.launch.http_port)]
-        if self.launch.allow_metrics:
+        apps = [(self.http_app(), self.launch.http_port)] if self.launch.http_port else []
+        if self.launch.frontend == "openai":
+            apps.append((self.openai_app(), self.launch.openai_port))  # metrics are served there
+        elif self.launch.allow_metrics:
             apps.append((self.metrics_app(), self.launch.metrics_port))
         for app, port in apps:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -336,6 +527,12 @@ class Emulator:
         log.info("stopped")
 
 
+def last(request: Request) -> bool:
+    """Whether the token just taken from ``request``'s stream was its last (the final response): the engine
+    queues the end marker right after it."""
+    return request.finished_at is not None and request.tokens.qsize() == 1
+
+
 async def _once(text: Awaitable[str]) -> AsyncIterator[str]:
     yield await text
 
@@ -349,8 +546,9 @@ def _first(values: Any) -> Any:
 async def serve(launch: Launch, config: EmulatorConfig) -> None:
     emulator = Emulator(launch, config)
     await emulator.start()
-    log.info("serving models=%s http=%s:%d metrics=%d grpc=%d ready_in=%.1fs", ",".join(launch.served),
-             config.host, launch.http_port, launch.metrics_port, launch.grpc_port, emulator.ready_after)
+    log.info("serving models=%s frontend=%s http=%s:%d metrics=%d grpc=%d openai=%d ready_in=%.1fs",
+             ",".join(launch.served), launch.frontend, config.host, launch.http_port, launch.metrics_port,
+             launch.grpc_port, launch.openai_port, emulator.ready_after)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

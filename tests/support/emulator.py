@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from crds.models import ModelDeployment
-from inference_pods.emulator.pod import lay_out, materialize
+from inference_pods.emulator.pod import lay_out, materialize, server_env
 from tests.support.controlplane import REPO_ROOT, free_port
 
 
@@ -26,7 +26,7 @@ def pod_deployment(backend: str = "llmapi", **spec: Any) -> ModelDeployment:
         "model": {"name": "llama-3-1-8b", "profile": "Llama-3.1-8B", "huggingFace": "meta-llama/Llama-3.1-8B"},
         "engine": {"backend": backend},
         "gpu": {"product": "H100-SXM"},
-        "ports": {"http": free_port(), "grpc": free_port(), "metrics": free_port()},
+        "ports": {"http": free_port(), "grpc": free_port(), "metrics": free_port(), "openai": free_port()},
         **spec,
     }
     return ModelDeployment.model_validate({"metadata": {"name": "twin", "namespace": "test", "uid": "u"},
@@ -44,6 +44,8 @@ class EmulatorProcess:
     root: Path | None = None
     host: str = "127.0.0.1"  # a pod's own loopback address, as a node agent would give it
     process: subprocess.Popen[bytes] | None = None
+    openai_port: int = 0  # the OpenAI frontend's port, where the pod runs it (metrics are served there)
+    env: dict[str, str] = field(default_factory=dict)  # the server container's own environment
 
     @classmethod
     def twin(cls, md: ModelDeployment, args: list[str] | None = None, log_path: Path | None = None
@@ -55,7 +57,9 @@ class EmulatorProcess:
         if prepared.returncode:
             raise RuntimeError(f"prepare failed: {prepared.termination_message or prepared.output}")
         ports = md.spec.ports
-        return cls(list(args or []), log_path, ports.http, ports.grpc, ports.metrics, command, root)
+        openai = ports.openai if md.spec.serving.frontend == "openai" else 0
+        return cls(list(args or []), log_path, ports.http, ports.grpc, 0 if openai else ports.metrics, command, root,
+                   openai_port=openai, env=server_env(md))
 
     @classmethod
     def from_pod(cls, pod_template: dict[str, Any], config_data: dict[str, str], host: str,
@@ -71,16 +75,21 @@ class EmulatorProcess:
         if prepared.returncode:
             raise RuntimeError(f"prepare failed: {prepared.termination_message or prepared.output}")
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        return cls(list(args or []), log_path, ports["http"], ports["grpc"], ports["metrics"],
-                   list(container["command"]), root, host)
+        env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+        return cls(list(args or []), log_path, ports["http"], ports["grpc"], ports.get("metrics", 0),
+                   list(container["command"]), root, host, openai_port=ports.get("openai", 0), env=env)
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
 
     @property
+    def openai_url(self) -> str:
+        return f"http://{self.host}:{self.openai_port}"
+
+    @property
     def metrics_target(self) -> str:
-        return f"{self.host}:{self.metrics_port}"
+        return f"{self.host}:{self.openai_port or self.metrics_port}"
 
     @property
     def metrics_url(self) -> str:
@@ -97,7 +106,7 @@ class EmulatorProcess:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         try:
             self.process = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                            env={**os.environ, **self.env, "PYTHONUNBUFFERED": "1"})
         finally:
             if self.log_path and not isinstance(out, int):
                 out.close()

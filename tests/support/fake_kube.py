@@ -42,7 +42,8 @@ class FakeKube:
     """Objects by (kind, namespace, name); server-side apply with force for one manager, the
     operator's; every request recorded as (verb, kind)."""
 
-    def __init__(self, *objects: ManifestT) -> None:
+    def __init__(self, *objects: ManifestT, served: tuple[str, ...] = ()) -> None:
+        self.served = set(served)  # optional kinds the API serves (none unless named)
         self.objects: dict[tuple[str, str, str], ManifestT] = {}
         self.requests: list[tuple[str, str]] = []
         self.events: list[tuple[str, str, str]] = []
@@ -126,7 +127,7 @@ class FakeKube:
         return copy.deepcopy(obj)
 
     def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool:
-        return False  # no optional API (PodMonitor) is served
+        return kind in self.served
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         self.requests.append(("event", reason))
