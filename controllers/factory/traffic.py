@@ -33,7 +33,8 @@ WORD_TOKENS = 1  # the emulator counts one token per word (inference_pods/emulat
 @dataclass(frozen=True)
 class Endpoint:
     pod: str
-    url: str  # http://<pod IP>:<http port>
+    url: str  # http://<pod IP>:<port>
+    protocol: str = "triton"  # "openai" where the pod runs Triton's OpenAI frontend (its `openai` port)
 
 
 def ready_endpoints(pods: list[dict[str, Any]]) -> list[Endpoint]:
@@ -47,7 +48,10 @@ def ready_endpoints(pods: list[dict[str, Any]]) -> list[Endpoint]:
             continue
         ports = {p.get("name"): p.get("containerPort") for c in (pod.get("spec") or {}).get("containers") or []
                  for p in c.get("ports") or []}
-        if ports.get("http"):
+        # A pod with the OpenAI frontend is asked as its users ask it, on the OpenAI port.
+        if ports.get("openai"):
+            found.append(Endpoint(meta["name"], f"http://{status['podIP']}:{ports['openai']}", "openai"))
+        elif ports.get("http"):
             found.append(Endpoint(meta["name"], f"http://{status['podIP']}:{ports['http']}"))
     return sorted(found, key=lambda e: e.pod)
 
@@ -125,19 +129,24 @@ async def stream_one(client: httpx.AsyncClient, endpoint: Endpoint, backend: str
                      result: Result, timeout: float) -> None:
     """One streamed request; TTFT and ITL as the client sees them (the network included)."""
     model, limit, stream = REQUEST_SHAPE[backend]
-    body = {"text_input": "w " * max(1, request.input_tokens // WORD_TOKENS), limit: request.output_tokens,
-            stream: True}
+    prompt = "w " * max(1, request.input_tokens // WORD_TOKENS)
+    if endpoint.protocol == "openai":
+        # The engine path's client-facing model, as the OpenAI frontend serves it.
+        path, body = "/v1/completions", {"model": model, "prompt": prompt, "max_tokens": request.output_tokens,
+                                         "stream": True}
+    else:
+        path, body = f"/v2/models/{model}/generate_stream", {"text_input": prompt, limit: request.output_tokens,
+                                                             stream: True}
     started = time.monotonic()
     last = started
     gaps: list[float] = []
     try:
-        async with client.stream("POST", f"{endpoint.url}/v2/models/{model}/generate_stream", json=body,
-                                 timeout=timeout) as response:
+        async with client.stream("POST", f"{endpoint.url}{path}", json=body, timeout=timeout) as response:
             if response.status_code != 200:
                 result.error = f"HTTP {response.status_code}"
                 return
             async for line in response.aiter_lines():
-                if not line.startswith("data: "):
+                if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 now = time.monotonic()
                 if result.ttft is None:

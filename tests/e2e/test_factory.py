@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import tritonclient.http as triton_http
 import yaml
 from kubernetes import client
@@ -32,6 +33,10 @@ def test_a_short_scenario_serves_scales_and_leaves_nothing(tmp_path: Path) -> No
     synthetic_trace(tmp_path / "trace.csv", seconds=900, rate=5)
     manifest = yaml.safe_load((REPO_ROOT / "examples" / "factory" / "llama-8b-chat.yaml").read_text())
     manifest["spec"]["autoscaling"]["maxReplicas"] = 3
+    # Triton's OpenAI frontend (engine path) with the KServe frontends beside it: both protocols answer.
+    manifest["spec"]["engine"] = {"backend": "tensorrt-engine",
+                                  "image": "registry.example/platform/tritonserver-openai:25.12-trtllm-python-py3"}
+    manifest["spec"]["serving"] = {"frontend": "openai"}
     (tmp_path / "model.yaml").write_text(yaml.safe_dump(manifest))
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(yaml.safe_dump({
@@ -54,8 +59,16 @@ def test_a_short_scenario_serves_scales_and_leaves_nothing(tmp_path: Path) -> No
         if not endpoints:
             return
         assert all(p["spec"]["nodeName"] in factory.agent.nodes for p in pods)
-        triton = triton_http.InferenceServerClient(endpoints[0].url.removeprefix("http://"))
-        seen["served"] = triton.is_server_ready() and triton.is_model_ready("tensorrt_llm")
+        assert endpoints[0].protocol == "openai"
+        pod = next(p for p in pods if p["metadata"]["name"] == endpoints[0].pod)
+        ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        triton = triton_http.InferenceServerClient(f"{pod['status']['podIP']}:{ports['http']}")
+        with httpx.stream("POST", f"{endpoints[0].url}/v1/chat/completions", timeout=30, json={
+                "model": "ensemble", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+                "stream": True}) as response:
+            chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+        content = [c["choices"][0]["delta"].get("content") for c in chunks if c.get("choices")]
+        seen["served"] = (triton.is_server_ready(), triton.is_model_ready("ensemble"), len([c for c in content if c]))
         up_series = factory.query("up == 1")
         seen["jobs"] = {s["metric"]["job"] for s in up_series}
         seen["pod_series"] = factory.query(
@@ -63,7 +76,7 @@ def test_a_short_scenario_serves_scales_and_leaves_nothing(tmp_path: Path) -> No
 
     report = up(scenario, tmp_path / "out", keep=False, headless=True, workdir=tmp_path / "work", watch=watch)
 
-    assert seen.get("served") is True
+    assert seen.get("served") == (True, True, 3)
     assert {"tokenworks-operator", f"{DEMO_NAMESPACE}/llama-8b-chat"} <= seen["jobs"]
     assert [s["metric"] for s in seen["pod_series"]] == [
         {"namespace": DEMO_NAMESPACE, "tokenworks_dev_model_deployment": "llama-8b-chat"}]
