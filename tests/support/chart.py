@@ -3,8 +3,10 @@ rendering, and the vendored prometheus-operator CRDs."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -27,7 +29,9 @@ Manifest = dict[str, Any]
 @functools.cache
 def _helm_home() -> Path:
     """Helm's cache, config and data in a directory of their own: a test never reads or writes the user's."""
-    return Path(tempfile.mkdtemp(prefix="tokenworks-helm-"))
+    home = Path(tempfile.mkdtemp(prefix="tokenworks-helm-"))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
 
 
 def helm(*args: str, check: bool = True, kubeconfig: Path | None = None,
