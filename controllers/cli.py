@@ -44,6 +44,15 @@ EXIT_CODES_HELP = (
 DEBUG_ENV = "TOKENWORKS_DEBUG"
 
 
+class LogLevel(enum.StrEnum):
+    """`operator run --log-level`: Python's level names, lower case as the Helm chart's values spell them."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -203,20 +212,25 @@ def version() -> None:
 @crds_app.command("generate")
 def crds_generate(
     check: Annotated[bool, typer.Option(help="Fail if the checked-in YAML is out of date.")] = False,
-    output: Annotated[Path | None, typer.Option(help="Write here instead of crds/.")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the CRD here instead of crds/ (and not the chart's "
+                                                "copy).")] = None,
 ) -> None:
-    """Generate crds/modeldeployment.yaml from the pydantic models."""
+    """Generate crds/modeldeployment.yaml from the pydantic models, and the Helm chart's copy of it."""
     from crds import generate
 
-    target = output or generate.CRD_PATH
+    if output is not None:
+        stale = [] if output.exists() and output.read_text() == generate.render() else [output]
+    else:
+        stale = generate.stale()
     if check:
-        if not target.exists() or target.read_text() != generate.render():
+        for target in stale:
             console.print(f"[red]{target} is out of date[/]: run `tokenworks crds generate`")
+        if stale:
             raise typer.Exit(ExitCode.FAILED)
-        console.print(f"{target} is up to date")
+        console.print("up to date")
         return
-    generate.write(target)
-    console.print(f"wrote {target}")
+    for target in [generate.write(output)] if output is not None else generate.write_all():
+        console.print(f"wrote {target}")
 
 
 @operator_app.command("run")
@@ -226,6 +240,8 @@ def operator_run(
         "--namespace", "-n", help="Watch only these namespaces (repeatable); default all.")] = None,
     leader_elect: Annotated[bool, typer.Option(help="Run only while holding the Lease.")] = True,
     lease_namespace: Annotated[str, typer.Option(envvar="POD_NAMESPACE")] = "tokenworks-system",
+    lease_name: Annotated[str, typer.Option(help="The Lease the replicas elect a leader with; two installations "
+                                            "in one namespace need two names.")] = "tokenworks-operator",
     lease_duration: Annotated[int, typer.Option(
         min=4, help="Seconds a leader's lease lasts (at least 4: the renew deadline, 2/3 of it, must exceed "
                     "the 2 s retry).")] = 15,
@@ -244,18 +260,20 @@ def operator_run(
                                                    "decides when its own autoscaling.tickSeconds has passed.")] = 5,
     prometheus_window: Annotated[str, typer.Option(help="rate() window of the stable signals.")] = "2m",
     prometheus_short_window: Annotated[str, typer.Option(help="rate() window of the panic signal.")] = "30s",
+    log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="Least severe log lines written.")]
+    = LogLevel.INFO,
 ) -> None:
     """Run the operator (leader-elected) against the cluster."""
     from controllers.manager import ManagerConfig, main
 
     config = ManagerConfig(
         kubeconfig=kubeconfig, namespaces=list(namespace or []), leader_elect=leader_elect,
-        lease_namespace=lease_namespace, lease_duration=lease_duration,
+        lease_name=lease_name, lease_namespace=lease_namespace, lease_duration=lease_duration,
         renew_deadline=max(2, lease_duration * 2 // 3), metrics_port=metrics_port,
         health_port=health_port, resync_seconds=resync_seconds, prometheus_url=prometheus_url,
         prometheus_token=prometheus_token, prometheus_ca_file=prometheus_ca_file,
         autoscaler_tick_seconds=autoscaler_tick, prometheus_window=prometheus_window,
-        prometheus_short_window=prometheus_short_window,
+        prometheus_short_window=prometheus_short_window, log_level=log_level.value,
     )
     if identity:
         config.identity = identity

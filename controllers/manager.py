@@ -73,6 +73,7 @@ class ManagerConfig:
     autoscaler_tick_seconds: float = 5.0  # a pass; each ModelDeployment decides on its own tickSeconds
     prometheus_window: str = "2m"
     prometheus_short_window: str = "30s"
+    log_level: str = "info"  # a logging level name, any case
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -338,5 +339,5 @@ class Operator:
 def main(config: ManagerConfig) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler], force=True)
     Operator(config).run()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the test control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
 # kubectl, etcd, kwok, helm) and Prometheus with promtool from Go modules through the configured Go module proxy, into a
-# cache outside the repository. Idempotent: a binary already present is not rebuilt.
+# cache outside the repository. Idempotent: a binary already present is not rebuilt (helm: unless it reports another
+# version than HELM_VERSION, so changing the pin rebuilds it).
 #
 # k8s.io/kubernetes and etcd's server module cannot be `go install`ed directly: their go.mod
 # replaces sibling modules with local paths (./staging/..., ../api). The remedy is a small
@@ -12,7 +13,7 @@ set -euo pipefail
 KUBE_VERSION="${TOKENWORKS_KUBE_VERSION:-v1.36.3}"
 ETCD_VERSION="${TOKENWORKS_ETCD_VERSION:-v3.6.8}"      # the etcd that k8s 1.36 itself pins
 KWOK_VERSION="${TOKENWORKS_KWOK_VERSION:-v0.7.0}"
-HELM_VERSION="${TOKENWORKS_HELM_VERSION:-v3.19.0}"
+HELM_VERSION="${TOKENWORKS_HELM_VERSION:-v4.3.1}"  # Helm 4: server-side apply by default (docs/install.md)
 PROMETHEUS_VERSION="${TOKENWORKS_PROMETHEUS_VERSION:-v0.316.0}"  # the Go module version of Prometheus 3.16
 
 CACHE="${TOKENWORKS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenworks}"
@@ -90,9 +91,23 @@ build_plain() {  # binary, package@version: modules whose go.mod has no local re
   GOBIN="$BIN" go install -ldflags "-s -w" "$2"
 }
 
+build_helm() {
+  # `go install` leaves Helm's version at its source default ("v4.3" for every v4.3.x), so the release is stamped as
+  # Helm's Makefile does (-X .../internal/version.version), and a cached helm reporting another version is rebuilt.
+  local major="${HELM_VERSION#v}"; major="${major%%.*}"
+  local module="helm.sh/helm/v$major"
+  if have helm && [ "$("$BIN/helm" version --template '{{.Version}}' 2>/dev/null)" = "$HELM_VERSION" ]; then
+    return
+  fi
+  log "building helm ($module/cmd/helm@$HELM_VERSION)"
+  rm -f "$BIN/helm"
+  GOBIN="$BIN" go install -ldflags "-s -w -X $module/internal/version.version=$HELM_VERSION" \
+    "$module/cmd/helm@$HELM_VERSION"
+}
+
 build_etcd
 build_plain kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
-build_plain helm "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+build_helm
 build_kubernetes
 # No web UI assets (the `builtinassets` tag): tests use the HTTP API only.
 build_plain prometheus "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION"

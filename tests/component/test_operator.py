@@ -21,26 +21,13 @@ from kubernetes.client.rest import ApiException
 
 from crds.models import ModelDeployment
 from inference_pods import templates
+from tests.support.chart import install_monitoring_crds
 from tests.support.controlplane import REPO_ROOT, ControlPlane, GpuNodeSpec
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
 from tests.support.waiting import assert_subset, event_seen, eventually
 
 EXAMPLES = REPO_ROOT / "examples"
 GROUP, VERSION, PLURAL = "tokenworks.dev", "v1alpha1", "modeldeployments"
-POD_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "names": {"kind": "PodMonitor", "plural": "podmonitors", "singular": "podmonitor"},
-        "scope": "Namespaced",
-        "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
-            "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}
-
-
 RESYNC_SECONDS = 5
 
 
@@ -297,8 +284,8 @@ def test_a_fixed_deployment_larger_than_the_cluster_says_the_gpus_are_exhausted(
 
 
 def install_pod_monitor_crd(plane: ControlPlane) -> None:
-    plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(POD_MONITOR_CRD))
-    plane.kubectl("wait", "--for=condition=Established", "crd/podmonitors.monitoring.coreos.com", "--timeout=30s")
+    """The Prometheus Operator's own PodMonitor CRD (vendored): the operator's PodMonitors meet its schema."""
+    install_monitoring_crds(plane, ["podmonitors"])
 
 
 def test_a_deleted_optional_api_skips_its_child_and_its_return_is_noticed_within_a_minute(

@@ -1,4 +1,4 @@
-"""Run the real operator as a subprocess, as its own ServiceAccount from operator/rbac.yaml."""
+"""Run the real operator as a subprocess, as its own ServiceAccount with the Helm chart's RBAC."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 from kubernetes import client
 
+from tests.support.chart import operator_rbac_and_crd
 from tests.support.controlplane import REPO_ROOT, ControlPlane, free_port
 
 OPERATOR_NAMESPACE = "tokenworks-system"
@@ -21,12 +22,14 @@ OPERATOR_ACCOUNT = "tokenworks-operator"
 
 
 def install_api_and_rbac(plane: ControlPlane) -> None:
-    """CRD, namespace and RBAC exactly as shipped (idempotent)."""
-    plane.kubectl("apply", "-f", str(REPO_ROOT / "crds" / "modeldeployment.yaml"))
+    """The namespace, and the CRD, ServiceAccount and RBAC as the Helm chart renders them by default
+    (cluster-wide, release `tokenworks` in tokenworks-system; idempotent): every suite that runs the
+    operator as its ServiceAccount exercises the chart's RBAC, which tests/unit/test_chart.py holds equal
+    to operator/rbac.yaml."""
+    plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "namespace.yaml"))
+    plane.kubectl("apply", "-f", "-", input=operator_rbac_and_crd())
     plane.kubectl("wait", "--for=condition=Established",
                   "crd/modeldeployments.tokenworks.dev", "--timeout=30s")
-    plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "namespace.yaml"))
-    plane.kubectl("apply", "-f", str(REPO_ROOT / "operator" / "rbac.yaml"))
 
 
 def service_account_token(plane: ControlPlane, account: str = OPERATOR_ACCOUNT,

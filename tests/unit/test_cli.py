@@ -411,3 +411,13 @@ def test_a_lease_too_short_for_fencing_is_refused_before_anything_starts() -> No
     result = runner.invoke(app, ["operator", "run", "--lease-duration", "3"])
     assert result.exit_code == 2
     assert "--lease-duration" in result.output
+
+
+def test_operator_run_takes_the_lease_name_and_log_level_the_chart_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    monkeypatch.setattr("controllers.manager.main", seen.append)
+    result = runner.invoke(app, ["operator", "run", "--lease-name=team-a-operator", "--log-level=DEBUG"])
+    assert result.exit_code == 0, result.output
+    (config,) = seen
+    assert config.lease_name == "team-a-operator" and config.log_level == "debug"
+    assert runner.invoke(app, ["operator", "run", "--log-level=loud"]).exit_code == ExitCode.USAGE

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from crds import generate
@@ -28,6 +30,29 @@ def test_checked_in_crd_matches_the_models() -> None:
     assert generate.CRD_PATH.read_text() == generate.render(), (
         "crds/modeldeployment.yaml is stale: run `tokenworks crds generate`"
     )
+
+
+def test_the_charts_copy_is_current_and_is_the_same_crd() -> None:
+    assert generate.CHART_CRD_PATH.read_text() == generate.render_chart(), (
+        "charts/tokenworks/templates/crd-modeldeployments.yaml is stale: run `tokenworks crds generate`")
+    assert generate.stale() == []
+    lines = generate.render_chart().splitlines()
+    # Behind the chart's switch; without its two template lines, the CRD itself.
+    assert lines[0] == "{{- if .Values.crds.install }}" and lines[-1] == "{{- end }}"
+    plain = yaml.safe_load("\n".join(line for line in lines[1:-1] if "{{" not in line))
+    assert plain["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert plain["spec"] == generate.crd()["spec"] and plain["metadata"]["name"] == generate.crd()["metadata"]["name"]
+
+
+def test_a_stale_chart_copy_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "templates" / "crd-modeldeployments.yaml"
+    copy.parent.mkdir()
+    copy.write_text(generate.render_chart().replace("maxBatchSize", "maxBatchSise"))
+    monkeypatch.setattr(generate, "CHART_CRD_PATH", copy)
+    monkeypatch.setattr(generate, "CRD_PATH", tmp_path / "modeldeployment.yaml")
+    assert generate.stale() == [tmp_path / "modeldeployment.yaml", copy]
+    generate.write_all()
+    assert generate.stale() == [] and copy.read_text() == generate.render_chart()
 
 
 def test_schema_is_structural() -> None:
