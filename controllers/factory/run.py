@@ -243,8 +243,10 @@ class Factory:
             self._token(OPERATOR_ACCOUNT), self.workdir / "operator.kubeconfig",
             user=f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}")
         health = free_port()
-        window = f"{max(4, round(self.scenario.seconds(120)))}s"
-        short = f"{max(3, round(self.scenario.seconds(30)))}s"
+        # A rate needs two samples in its window: at least three scrape intervals, whatever the compression.
+        scrape = max(1, round(self.scenario.seconds(15)))
+        window = f"{max(4 * scrape, round(self.scenario.seconds(120)))}s"
+        short = f"{max(3 * scrape, round(self.scenario.seconds(30)))}s"
         log_path = self.workdir / "operator.log"
         with log_path.open("ab") as log_file:
             self.operator = subprocess.Popen(
