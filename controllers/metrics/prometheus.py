@@ -166,6 +166,9 @@ class PrometheusSource:
         self._reported: frozenset[str] | None = None
         self.read_raw: dict[str, str] = {}  # the last tick's signals read from the raw expression, and why
 
+    def close(self) -> None:
+        self.client.close()
+
     def queries_for(self, percentile: float) -> dict[str, str]:
         """The raw PromQL per pod signal (the autoscaler's reading without recording rules)."""
         return {k: q.raw for k, q in pod_queries(self.config, percentile).items()}
