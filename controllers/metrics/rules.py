@@ -132,7 +132,10 @@ def groups(config: PrometheusConfig | None = None) -> dict[str, Any]:
         {"name": SIGNALS_GROUP, "interval": SIGNALS_INTERVAL, "rules": signal_rules(config)},
         {"name": "tokenworks-model-deployments", "interval": "30s", "rules": deployment_rules()},
         {"name": "tokenworks-slo", "interval": "30s", "rules": slo_rules(config)},
-        {"name": "tokenworks-slo-slow", "interval": "5m", "rules": slow_slo_rules()},
+        # Under Prometheus' 5-minute lookback: a group evaluated every 5 minutes leaves its output exactly 5
+        # minutes old (outside the left-open lookback) just before each evaluation, and an alert reading it
+        # would lose it and restart its `for`.
+        {"name": "tokenworks-slo-slow", "interval": "2m", "rules": slow_slo_rules()},
     ]}
 
 
