@@ -153,11 +153,13 @@ app = typer.Typer(
 )
 crds_app = typer.Typer(help="The ModelDeployment CustomResourceDefinition.", no_args_is_help=True)
 operator_app = typer.Typer(help="Run the operator.", no_args_is_help=True)
+rules_app = typer.Typer(help="The Prometheus recording rules of the autoscaler's signals.", no_args_is_help=True)
 app.add_typer(crds_app, name="crds")
 app.add_typer(operator_app, name="operator")
 factory_app = typer.Typer(help="A local AI factory: the real control plane, the operator, GPU nodes whose pods "
                           "are emulator twins, Prometheus, and traces replayed against it.", no_args_is_help=True)
 app.add_typer(factory_app, name="factory")
+app.add_typer(rules_app, name="rules")
 
 console = Console()
 Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path to a kubeconfig; "
@@ -233,6 +235,32 @@ def crds_generate(
         console.print(f"wrote {target}")
 
 
+@rules_app.command("generate")
+def rules_generate(
+    check: Annotated[bool, typer.Option(help="Fail if the checked-in file is out of date.")] = False,
+    output: Annotated[Path | None, typer.Option(help="Write here instead of dashboards/rules/recording.yaml.")]
+    = None,
+    window: Annotated[str, typer.Option(help="The stable window the rules record (the operator's "
+                                        "--prometheus-window).")] = "2m",
+    short_window: Annotated[str, typer.Option(help="The panic window (--prometheus-short-window).")] = "30s",
+) -> None:
+    """Generate the recording rules from the autoscaler's own queries, for the given windows."""
+    from controllers.metrics import rules
+    from controllers.metrics.prometheus import PrometheusConfig
+
+    target = output or rules.RECORDING_PATH
+    text = rules.render(PrometheusConfig(url="", window=window, short_window=short_window))
+    if check:
+        if not target.exists() or target.read_text() != text:
+            console.print(f"[red]{target} is out of date[/]: run `tokenworks rules generate`")
+            raise typer.Exit(ExitCode.FAILED)
+        console.print(f"{target} is up to date")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    console.print(f"wrote {target}")
+
+
 @operator_app.command("run")
 def operator_run(
     kubeconfig: Kubeconfig = None,
@@ -262,6 +290,9 @@ def operator_run(
     prometheus_short_window: Annotated[str, typer.Option(help="rate() window of the panic signal.")] = "30s",
     log_level: Annotated[LogLevel, typer.Option(case_sensitive=False, help="Least severe log lines written.")]
     = LogLevel.INFO,
+    prometheus_recording_rules: Annotated[bool, typer.Option(
+        help="Read the recorded series of dashboards/rules/recording.yaml where Prometheus has those rules "
+             "loaded with this operator's windows and expressions; any other signal is read raw.")] = False,
 ) -> None:
     """Run the operator (leader-elected) against the cluster."""
     from controllers.manager import ManagerConfig, main
@@ -274,6 +305,7 @@ def operator_run(
         prometheus_token=prometheus_token, prometheus_ca_file=prometheus_ca_file,
         autoscaler_tick_seconds=autoscaler_tick, prometheus_window=prometheus_window,
         prometheus_short_window=prometheus_short_window, log_level=log_level.value,
+        prometheus_recording_rules=prometheus_recording_rules,
     )
     if identity:
         config.identity = identity

@@ -74,6 +74,7 @@ class ManagerConfig:
     prometheus_window: str = "2m"
     prometheus_short_window: str = "30s"
     log_level: str = "info"  # a logging level name, any case
+    prometheus_recording_rules: bool = False
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -204,7 +205,8 @@ class Operator:
             source = PrometheusSource(PrometheusConfig(
                 url=self.config.prometheus_url, bearer_token=self.config.prometheus_token,
                 ca_file=self.config.prometheus_ca_file, window=self.config.prometheus_window,
-                short_window=self.config.prometheus_short_window))
+                short_window=self.config.prometheus_short_window,
+                recording_rules=self.config.prometheus_recording_rules))
         loop = AutoscalerLoop(self.kube, source, namespaces=self.config.namespaces)
         while not self.stopping.wait(self.config.autoscaler_tick_seconds):
             try:

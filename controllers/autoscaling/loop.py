@@ -83,6 +83,20 @@ def capacity_for(md: ModelDeployment, observations: Observations | None = None) 
     return replica.capacity_at_slo(scaling.slo.inter_token_latency_milliseconds / 1e3, isl, osl)
 
 
+def inference_pool_of(md: ModelDeployment) -> str | None:
+    """The InferencePool whose endpoint picker fronts ``md``'s pods, or None. Its TTFT, ITL and queue are
+    then read and preferred to the pods' (docs/monitoring.md, "The endpoint picker's signals"). The
+    operator names the pool after the ModelDeployment (inference_pods/templates.py)."""
+    return md.name if md.spec.routing.inference_pool is not None else None
+
+
+def target_for(md: ModelDeployment) -> Target:
+    """What the metric source is asked about one autoscaled ModelDeployment."""
+    scaling = md.spec.autoscaling
+    return Target(md.namespace, md.name, scaling.slo.percentile,
+                  scaling.activation.query if scaling.activation else None, inference_pool_of(md))
+
+
 def decision_record(decision: Decision, now: float) -> dict[str, Any]:
     """What `tokenworks explain` shows: every signal, its target and recommendation, the rule."""
     return {
@@ -171,10 +185,7 @@ class AutoscalerLoop:
         models = due
         if not models:
             return {}
-        targets = {(md.namespace, md.name): Target(md.namespace, md.name, md.spec.autoscaling.slo.percentile,
-                                                   md.spec.autoscaling.activation.query
-                                                   if md.spec.autoscaling.activation else None)
-                   for md, _ in models}
+        targets = {(md.namespace, md.name): target_for(md) for md, _ in models}
         try:
             readings = self.source.observe(list(targets.values()), now)
         except Exception as error:  # the source is broken: every signal is an error, never a zero

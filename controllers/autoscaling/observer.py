@@ -18,6 +18,11 @@ Where each observation comes from (docs/autoscaling.md has the worked numbers):
   (``late_requests``).
 - **TTFT** on both: the percentile of ``nv_inference_first_response_histogram_ms``, interpolated within
   the buckets the repository sets around the target.
+- **Behind an InferencePool** whose endpoint picker exports them (``controllers.metrics.epp``): TTFT and ITL
+  are the picker's percentiles of what it measured per request (ITL per request, which no pod family
+  gives), preferred to the pods'; the requests its flow control holds are added to the queue (they wait
+  at the gateway, where no pod counts them) and, without an ``activation.query``, are what activates a
+  deployment at zero. A picker's family that is absent, NaN or unreadable falls back to the pods'.
 """
 
 from __future__ import annotations
@@ -135,14 +140,48 @@ def mean_wait(readings: SignalReadings) -> Reading:
     return _derived(value, (awaiting, requests), "mean time to the first token (short window)")
 
 
+def prefer_gateway(pods: Reading, gateway: Reading, what: str) -> Reading:
+    """The endpoint picker's reading where it has one (it times every request it routes), else the pods'."""
+    if gateway.ok:
+        return Reading(gateway.value, Quality.OK, f"{what} measured by the endpoint picker")
+    return pods
+
+
+def gateway_queue(readings: SignalReadings, late: Reading, ready: int) -> Reading:
+    """Requests held at the endpoint picker plus those late in the pods: two disjoint sets, a request the
+    picker holds has reached no pod. 6 held and 4 late: 10. Held requests alone only with no ready pod (the
+    pods' share is then none); otherwise an unreadable pods' share stays unreadable, never a zero."""
+    held = readings.get("eppQueue")
+    if not held.ok or held.value is None:
+        return late
+    if late.ok and late.value is not None:
+        return Reading(held.value + late.value, Quality.OK, f"{held.value:.0f} held at the endpoint picker, "
+                       f"{late.value:.1f} late in the pods")
+    if ready == 0:
+        return Reading(held.value, Quality.OK, "held at the endpoint picker (no ready pod)")
+    return late
+
+
+def activation_signal(readings: SignalReadings) -> Reading:
+    """The spec's activation query when it has one (its threshold is in its units); otherwise the requests
+    the endpoint picker holds for want of a pod."""
+    configured = readings.readings.get("activation")
+    if configured is not None:
+        return configured
+    held = readings.get("eppQueue")
+    if held.ok:
+        return Reading(held.value, Quality.OK, "requests held at the endpoint picker")
+    return Reading(None, Quality.EMPTY, "no activation signal configured")
+
+
 def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods: PodCounts,
             ttft_target_seconds: float) -> Observations:
     """The policy's observations for one ModelDeployment."""
-    ttft = readings.get("ttftSeconds")
+    ttft = prefer_gateway(readings.get("ttftSeconds"), readings.get("eppTtftSeconds"), "TTFT")
     _, in_flight, _ = _decoding(readings, short=False)
     # Both backends: the executor and the LLM API take every request at once, so a backlog shows as
     # time to the first token (the engine's own `waiting` gauge counts admitted, unscheduled requests only).
-    queue = late_requests(readings, ttft_target_seconds)
+    queue = gateway_queue(readings, late_requests(readings, ttft_target_seconds), pods.ready)
     active = _derived(_ok(in_flight), (in_flight,), "requests in flight (window mean)")
     if backend == "tensorrt-engine":
         output, output_short = readings.get("outputTokensPerSecond"), readings.get("outputTokensPerSecondShort")
@@ -154,12 +193,13 @@ def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods:
         output_short, _ = llmapi_tokens(readings, replica, pods.ready, short=True)
         unexported = "not exported on the llmapi backend (Triton core families only)"
         inputs = inputs_short = kv = Reading(None, Quality.EMPTY, unexported)
+    itl = prefer_gateway(itl, readings.get("eppItlSeconds"), "ITL")
     return Observations(
         output_tokens_per_second=output, output_tokens_per_second_short=output_short,
         input_tokens_per_second=inputs, input_tokens_per_second_short=inputs_short,
         ttft_seconds=ttft, itl_seconds=itl, queue=queue, in_flight=active, kv_utilization=kv,
         current_replicas=pods.current, ready_replicas=pods.ready, pending_replicas=pods.pending,
-        unschedulable=pods.unschedulable, activation=readings.get("activation"), wait_short=mean_wait(readings),
+        unschedulable=pods.unschedulable, activation=activation_signal(readings), wait_short=mean_wait(readings),
         requests_per_second=readings.get("requestsPerSecond"), ttft_median_seconds=readings.get("ttftMedianSeconds"),
         requests_per_second_short=readings.get("requestsPerSecondShort"),
     )

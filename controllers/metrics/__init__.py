@@ -16,6 +16,9 @@ class Target:
     name: str
     percentile: float = 0.95
     activation_query: str | None = None  # spec.autoscaling.activation.query, read as "activation"
+    # The InferencePool whose endpoint picker fronts the pods: its TTFT, ITL and queue are read too, and
+    # the observer prefers them (docs/monitoring.md, "The endpoint picker's signals").
+    inference_pool: str | None = None
 
 
 @dataclass
@@ -44,7 +47,13 @@ ENGINE_SIGNALS = (
     "inputTokensPerSecond", "inputTokensPerSecondShort",  # nv_llm_input_token_len_sum
     "kvCacheUtilization",  # nv_trt_llm_kv_cache_block_metrics
 )
-SIGNALS = CORE_SIGNALS + ENGINE_SIGNALS
+# Read only for targets with an InferencePool, from its endpoint picker (controllers.metrics.epp).
+EPP_SIGNALS = (
+    "eppTtftSeconds",  # inference_objective_request_ttft_seconds at the spec's percentile
+    "eppItlSeconds",  # inference_objective_request_tpot_seconds (per-request mean ITL) at the percentile
+    "eppQueue",  # inference_extension_flow_control_queue_size: requests held at the gateway
+)
+SIGNALS = CORE_SIGNALS + ENGINE_SIGNALS + EPP_SIGNALS
 
 
 class MetricSource(Protocol):

@@ -1,4 +1,5 @@
-"""A real Prometheus server for tests, scraping targets listed in a file_sd JSON file."""
+"""A real Prometheus server for tests, scraping targets listed in a file_sd JSON file, optionally evaluating
+rule files."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -15,7 +17,8 @@ from tests.support.controlplane import Component, binary, free_port
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, scrape_interval: str = "1s") -> None:
+    def __init__(self, workdir: Path, scrape_interval: str = "1s", rule_files: list[Path] | None = None,
+                 rule_query_offset: str | None = None) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.targets_file = workdir / "targets.json"
@@ -24,8 +27,14 @@ class PrometheusServer:
         self.component: Component | None = None
         workdir.mkdir(parents=True, exist_ok=True)
         self.set_targets([])
+        settings: dict[str, str] = {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval}
+        if rule_query_offset:
+            # Rules evaluate this far in the past, so a scrape still being written when a rule runs is
+            # in its input (Prometheus' global rule_query_offset).
+            settings["rule_query_offset"] = rule_query_offset
         self.config_file.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "global": settings,
+            "rule_files": [str(path.resolve()) for path in rule_files or []],
             "scrape_configs": [{
                 "job_name": "emulators",
                 "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
@@ -58,10 +67,16 @@ class PrometheusServer:
         if self.component:
             self.component.stop()
 
-    def query(self, promql: str) -> list[dict[str, object]]:
-        body = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5).json()
-        result: list[dict[str, object]] = body["data"]["result"]
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+        body = httpx.get(f"{self.url}/api/v1/query", params=params, timeout=5).json()
+        result: list[dict[str, Any]] = body["data"]["result"]
         return result
+
+    def rules(self) -> list[dict[str, Any]]:
+        """The rule groups Prometheus has loaded, as its rules API reports them."""
+        groups: list[dict[str, Any]] = httpx.get(f"{self.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+        return groups
 
     def kill(self) -> None:
         if self.component and self.component.process:

@@ -45,6 +45,22 @@ def test_crds_generate_check_fails_on_a_stale_file(tmp_path: Path) -> None:
     assert "out of date" in result.output
 
 
+def test_rules_generate_check_passes_on_the_checked_in_file() -> None:
+    result = runner.invoke(app, ["rules", "generate", "--check"])
+    assert result.exit_code == 0, result.output
+
+
+def test_rules_generate_writes_other_windows_and_check_sees_the_difference(tmp_path: Path) -> None:
+    out = tmp_path / "recording.yaml"
+    written = runner.invoke(app, ["rules", "generate", "--output", str(out), "--window", "10s",
+                                  "--short-window", "5s"])
+    assert written.exit_code == 0, written.output
+    assert "nv_inference_request_success:rate10s" in out.read_text()
+    assert "[5s]" in out.read_text() and "[2m]" not in out.read_text()
+    stale = runner.invoke(app, ["rules", "generate", "--check", "--output", str(out)], env={"COLUMNS": "300"})
+    assert stale.exit_code == 1 and "out of date" in stale.output
+
+
 def test_plan_summarises_children_and_capacity() -> None:
     result = runner.invoke(app, ["plan", str(EXAMPLES / "llama-70b-h200-tp4.yaml")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -421,3 +437,13 @@ def test_operator_run_takes_the_lease_name_and_log_level_the_chart_passes(monkey
     (config,) = seen
     assert config.lease_name == "team-a-operator" and config.log_level == "debug"
     assert runner.invoke(app, ["operator", "run", "--log-level=loud"]).exit_code == ExitCode.USAGE
+
+
+def test_operator_run_passes_the_recording_rules_option_to_the_manager(monkeypatch: pytest.MonkeyPatch) -> None:
+    from controllers import manager
+
+    seen: list[manager.ManagerConfig] = []
+    monkeypatch.setattr(manager, "main", seen.append)
+    assert runner.invoke(app, ["operator", "run", "--prometheus-url", "http://127.0.0.1:9090"]).exit_code == 0
+    assert runner.invoke(app, ["operator", "run", "--prometheus-recording-rules"]).exit_code == 0
+    assert [c.prometheus_recording_rules for c in seen] == [False, True]

@@ -112,3 +112,44 @@ def test_series_read_as_prometheus_would() -> None:
         is Quality.EMPTY
     assert series.readings(10, 60, 30, 0.95, True).get("requestsPerSecond").quality is Quality.EMPTY
     assert series.readings(at, 60, 30, 0.95, True, any_pod=False).get("requestsPerSecond").quality is Quality.EMPTY
+
+
+POD_SIGNALS = {"requestsPerSecond": 10, "requestSeconds": 25, "firstResponseSeconds": 21, "ttftSeconds": 0.4,
+               "outputTokensPerSecond": 1000}  # 1 request late at a 2 s target; 4 decoding over 990 tokens/s
+
+
+def test_the_endpoint_pickers_ttft_itl_and_held_requests_are_preferred() -> None:
+    r = readings(**POD_SIGNALS, eppTtftSeconds=1.75, eppItlSeconds=0.039, eppQueue=10)
+    obs = observe(r, "tensorrt-engine", REPLICA, PodCounts(current=2, ready=2), TTFT_TARGET)
+    assert obs.ttft_seconds.value == 1.75 and "endpoint picker" in obs.ttft_seconds.detail
+    assert obs.itl_seconds.value == 0.039
+    assert obs.queue.value == 11, "10 held at the gateway and 1 late in the pods: disjoint, so added"
+    # On llmapi the picker's ITL replaces the modelled one.
+    llmapi = observe(r, "llmapi", REPLICA, PodCounts(current=2, ready=2), TTFT_TARGET)
+    assert llmapi.itl_seconds.value == 0.039
+
+
+@pytest.mark.parametrize("missing", [None, math.nan])
+def test_a_picker_family_absent_or_nan_falls_back_to_the_pods(missing: float | None) -> None:
+    r = readings(**POD_SIGNALS, eppTtftSeconds=missing, eppItlSeconds=missing, eppQueue=missing)
+    obs = observe(r, "tensorrt-engine", REPLICA, PodCounts(current=2, ready=2), TTFT_TARGET)
+    assert obs.ttft_seconds.value == 0.4
+    assert obs.itl_seconds.value == pytest.approx(4 / 990)
+    assert obs.queue.value == 1
+
+
+def test_held_requests_alone_only_where_no_pod_is_ready() -> None:
+    at_zero = observe(readings(eppQueue=3), "llmapi", REPLICA, PodCounts(current=0), TTFT_TARGET)
+    assert at_zero.queue.value == 3 and at_zero.activation.value == 3, "the demand waiting for a first pod"
+    # Pods ready whose share cannot be read: unknown stays unknown, never the gateway's share alone.
+    blind = SignalReadings({"eppQueue": Reading.of(3), "firstResponseSeconds": Reading.error("timeout"),
+                            "requestsPerSecond": Reading.error("timeout")})
+    obs = observe(blind, "llmapi", REPLICA, PodCounts(current=2, ready=2), TTFT_TARGET)
+    assert obs.queue.quality is Quality.ERROR
+
+
+def test_a_configured_activation_query_wins_over_the_pickers_queue() -> None:
+    r = SignalReadings({"eppQueue": Reading.of(5), "activation": Reading.of(0.0)})
+    assert observe(r, "llmapi", REPLICA, PodCounts(current=0), TTFT_TARGET).activation.value == 0.0
+    none = observe(readings(), "llmapi", REPLICA, PodCounts(current=0), TTFT_TARGET).activation
+    assert none.quality is Quality.EMPTY and "no activation signal" in none.detail

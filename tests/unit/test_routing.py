@@ -179,3 +179,10 @@ def test_routing_switched_off_leaves_the_pool_and_says_so_until_it_is_deleted() 
     del kube.objects[("InferencePool", "ns", "m")]  # a person deletes it (or its owner goes)
     reconciler.reconcile("ns", "m")
     assert ROUTING_READY not in conditions(kube)
+
+
+def test_the_autoscaler_asks_for_the_pools_picker_signals_only_with_a_pool() -> None:
+    from controllers.autoscaling.loop import target_for
+
+    assert target_for(md()).inference_pool == md().name  # the pool is named after the ModelDeployment
+    assert target_for(md(routing=None)).inference_pool is None
