@@ -85,7 +85,10 @@ def by_md(expr: str) -> str:
 def within_ttft(scope: Scope, window: str = "$__rate_interval", fn: str = "rate") -> str:
     """Share of first responses within the TTFT target, per (namespace, name): the bucket the operator names
     in ``tokenworks_modeldeployment_ttft_slo_bucket_info`` over the count (docs/monitoring.md)."""
+    # Prometheus 3 stores a classic histogram's le as a float ("2000.0"), not as exposed ("2000", which the
+    # operator's info series keeps): strip the ".0" so that the join holds on 2.x and 3.x alike.
     buckets = by_md(rate("nv_inference_first_response_histogram_ms_bucket", scope.pods, window=window, fn=fn))
+    buckets = f'label_replace({buckets}, "le", "$1", "le", "(.+)\\\\.0")'
     counts = by_md(rate("nv_inference_first_response_histogram_ms_count", scope.pods, window=window, fn=fn))
     target = sel("tokenworks_modeldeployment_ttft_slo_bucket_info", scope.md)
     return (f"sum by (namespace, name) ({buckets} * on (namespace, name, le) group_left () {target})"
@@ -105,6 +108,18 @@ def output_tokens_by_md(scope: Scope) -> str:
     reading = sel("tokenworks_autoscaler_signal", scope.md, eq("signal", "outputTokensPerSecond"))
     modelled = f"sum by (namespace, name) ({reading}) >= 0"
     return f"{measured} or on (namespace, name) ({modelled})"
+
+
+def decisions(matchers: str, by: str, *extra: str) -> str:
+    """Decisions per $__rate_interval by ``by``. The autoscaler creates a (rule, direction) series at its first
+    decision, already at 1, and increase() cannot see an increment before a series' first sample: so a series
+    that is new in the window counts too (``x unless x offset w``), or a rule's first use, and most scale
+    events, would show nothing. The new-series test groups away the operator pod, so a new leader's series
+    are not new."""
+    series = sel("tokenworks_autoscaler_decisions_total", matchers, *extra)
+    keys = "namespace, name, rule, direction"
+    return (f"sum by ({by}) (increase({series}[$__rate_interval]) > 0 or on ({keys}) (sum by ({keys}) ({series}) "
+            f"unless sum by ({keys}) ({series} offset $__rate_interval)))")
 
 
 def gpus(scope: Scope, state: str = "requested", by: str = "") -> str:
@@ -458,8 +473,7 @@ def deployment() -> tuple[gd.Dashboard, list[Row]]:
                   "decision")]),
         timeline("Decision rule over time", "Which rule of the autoscaler's policy decided, per "
                  "$__rate_interval (decisions in the window; docs/autoscaling.md explains each rule).", "short",
-                 [query(f"sum by (rule) ({rate('tokenworks_autoscaler_decisions_total', o.md, fn='increase')}) > 0",
-                        "{{rule}}")]),
+                 [query(decisions(o.md, "rule"), "{{rule}}")]),
         timeline("Latency infeasible", "1 while the autoscaler finds the latency SLO unreachable at any replica "
                  "count (tokenworks_autoscaler_latency_infeasible).", "none",
                  [query(f"max({sel('tokenworks_autoscaler_latency_infeasible', o.md)})", "infeasible")],
@@ -552,14 +566,13 @@ def operator() -> tuple[gd.Dashboard, list[Row]]:
 
 
 def scale_events() -> dict[str, Any]:
-    """Scale events as an annotation: each increase of the up/down decision counters. The SDK's annotation
+    """Scale events as an annotation: each up or down decision (``decisions``). The SDK's annotation
     model has no ``step``/``titleFormat``/``tagKeys``, which Grafana's Prometheus annotations use, so this one
     is written as JSON."""
-    decisions = sel("tokenworks_autoscaler_decisions_total", ONE.md, 'direction!="hold"')
     return {
         "name": "Scale events", "datasource": {"type": "prometheus", "uid": "${DS_PROMETHEUS}"},
         "enable": True, "iconColor": "orange",
-        "expr": f"sum by (direction, rule) (increase({decisions}[$__rate_interval])) > 0",
+        "expr": decisions(ONE.md, "direction, rule", 'direction!="hold"'),
         "step": "30s", "titleFormat": "Scaled {{direction}}", "textFormat": "rule {{rule}}",
         "tagKeys": "direction,rule", "useValueForTime": False,
     }

@@ -2,10 +2,16 @@
 (by tests, or by a process that draws them) exactly as Grafana would run them.
 
 - ``$__rate_interval`` = max(``$__interval`` + scrape interval, 4 x scrape interval), ``$__interval`` being the
-  query step (https://grafana.com/blog/2020/09/28/new-in-grafana-7.2-__rate_interval-for-prometheus-rate-queries-that-just-work/,
-  grafana/grafana#77234), printed as Go prints a duration (``1m0s``);
+  query step, printed as Go prints a duration (``1m15s``); ``$__interval`` itself in its largest whole unit
+  (``1m``);
 - ``$__range`` = the dashboard range in whole seconds with an ``s`` (``3600s``), ``$__range_s`` without it,
-  ``$__range_ms`` in milliseconds (grafana/grafana ``pkg/promlib/models/query.go``, ``interpolateVariables``);
+  ``$__range_ms`` in milliseconds.
+
+Sources: grafana/grafana:pkg/promlib/models/query.go@00aaabde125fbad1f9fc6028549f2aa3559751fe
+(``calculateRateInterval``, ``interpolateVariables``) and
+https://grafana.com/blog/2020/09/28/new-in-grafana-7.2-__rate_interval-for-prometheus-rate-queries-that-just-work/
+
+And what the data source does with the dashboard's own variables:
 - a template variable is replaced by its value; several values, or "All" without an ``allValue``, become a
   regex alternation of the escaped values; names that are no variable (``$1`` in ``label_replace``) stay.
 """
@@ -36,6 +42,15 @@ def go_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+def format_interval(seconds: float) -> str:
+    """A duration in its largest whole unit, as Grafana's ``gtime.FormatInterval`` prints ``$__interval``."""
+    ms = round(seconds * 1000)
+    for unit, size in (("y", 365 * 86_400_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size:
+            return f"{ms // size}{unit}"
+    return f"{max(ms, 1)}ms"
+
+
 def rate_interval(step_seconds: float, scrape_interval_seconds: float) -> float:
     return max(step_seconds + scrape_interval_seconds, 4 * scrape_interval_seconds)
 
@@ -53,7 +68,7 @@ def builtins(range_seconds: float, step_seconds: float, scrape_interval_seconds:
     whole = round(range_seconds)
     return {
         "__rate_interval": go_duration(rate_interval(step_seconds, scrape_interval_seconds)),
-        "__interval": go_duration(step_seconds),
+        "__interval": format_interval(step_seconds),
         "__interval_ms": str(round(step_seconds * 1000)),
         "__range": f"{whole}s",
         "__range_s": str(whole),

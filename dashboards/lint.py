@@ -23,7 +23,8 @@ what stands here for each:
 - target-promql-rule: every query parses once the variables are expanded (as the linter expands them).
 - target-rate-interval-rule: every rate/irate window is ``$__rate_interval``; increase may also span ``$__range``.
 - target-counter-agg-rule: counters, which here include Triton's counters without ``_total`` and every
-  histogram ``_sum``/``_count``/``_bucket``, are only read through rate/irate/increase: no lifetime averages.
+  histogram ``_sum``/``_count``/``_bucket``, are only read through rate/irate/increase (or tested for being
+  new with ``unless``): no lifetime averages.
 - target-histogram-rule: ``_bucket`` series only under histogram_quantile, or joined on ``le`` (the share
   within the TTFT target reads one bucket, docs/monitoring.md).
 - uneditable-dashboard-rule: ``editable`` false (provisioned from ConfigMaps, edits could not be saved).
@@ -168,16 +169,20 @@ class Query:
     where: str  # "panel title / refId" or "annotation name"
     expr: str
     legend: str
-    panel: Raw | None
+    panel: Raw | None  # None for an annotation
+    instant: bool = False  # Grafana runs it as an instant query
+    step: str | None = None  # an annotation's own step
 
 
 def queries(raw: Raw) -> list[Query]:
-    out = [Query(f"{p.get('title')} / {t.get('refId')}", t.get("expr", ""), t.get("legendFormat", ""), p)
+    out = [Query(f"{p.get('title')} / {t.get('refId')}", t.get("expr", ""), t.get("legendFormat", ""), p,
+                 bool(t.get("instant")) and not t.get("range"))
            for p in panels(raw) for t in p.get("targets", [])]
     for annotation in raw.get("annotations", {}).get("list", []):
         if annotation.get("expr") is not None:
             out.append(Query(f"annotation {annotation.get('name')}", annotation["expr"],
-                             annotation.get("titleFormat", "") + annotation.get("textFormat", ""), None))
+                             annotation.get("titleFormat", "") + annotation.get("textFormat", ""), None,
+                             step=annotation.get("step")))
     return out
 
 
@@ -457,6 +462,8 @@ def target_counter_agg(raw: Raw, known: dict[str, str] | None = None) -> Problem
                 continue
             ok = (len(parents) >= 2 and isinstance(parents[-1], pp.MatrixSelector)
                   and _call_name(parents[-2]) in ("rate", "irate", "increase"))
+            # ``x unless x offset w``: which series are new in the window, their values not read as rates.
+            ok |= any(isinstance(p, pp.BinaryExpr) and str(p.op) == "unless" for p in parents)
             if not ok:
                 problems.append(f"{q.where}: counter {metric} read without rate/irate/increase")
     return problems

@@ -229,3 +229,12 @@ def test_lint_command_reports_and_fails(capsys: pytest.CaptureFixture[str], monk
 def test_json_round_trips() -> None:
     for name in NAMES:
         assert json.loads(build.render(name)) == lint.load_raw(name)
+
+
+def test_a_counter_may_be_tested_for_being_new() -> None:
+    """``x unless x offset w`` reads which series appeared in the window (a rule's first decision), not a
+    lifetime total, so the counter rule lets it through; the same counter read bare does not pass."""
+    series = 'tokenworks_autoscaler_decisions_total{namespace=~"$namespace"}'
+    new = f"sum by (rule) ({series} unless {series} offset $__rate_interval)"
+    assert lint.target_counter_agg(dashboard(new)) == []
+    assert lint.target_counter_agg(dashboard(f"sum by (rule) ({series})"))
