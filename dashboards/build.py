@@ -21,6 +21,7 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.builders import prometheus, stat, statetimeline, table, timeseries
 from grafana_foundation_sdk.builders.common import (
+    GraphThresholdsStyleConfig,
     ReduceDataOptions,
     StackingConfig,
     TableSortByFieldState,
@@ -188,10 +189,14 @@ TARGET_LINE = [gm.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "
 
 def ts(title: str, description: str, unit: str, targets: Sequence[prometheus.Dataquery], *, width: int = 12,
        height: int = 8, target_refs: Sequence[str] = (), minimum: float | None = 0, maximum: float | None = None,
-       stacked: bool = False) -> timeseries.Panel:
+       stacked: bool = False, steps: gd.ThresholdsConfig | None = None) -> timeseries.Panel:
+    """A time series panel; ``steps`` draws thresholds as dashed lines, ``target_refs`` names the queries drawn
+    as dashed red targets."""
     panel = (timeseries.Panel().title(title).description(description).unit(unit).datasource(DS)
-             .span(width).height(height).thresholds(NEUTRAL).fill_opacity(10).line_width(1)
+             .span(width).height(height).thresholds(steps or NEUTRAL).fill_opacity(10).line_width(1)
              .legend(common_legend()).tooltip(common_tooltip()))
+    if steps is not None:
+        panel = panel.thresholds_style(GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED))
     if minimum is not None:
         panel = panel.min(minimum)
     if maximum is not None:
@@ -463,7 +468,8 @@ def deployment() -> tuple[gd.Dashboard, list[Row]]:
            f"(nv_trt_llm_kv_cache_block_metrics). {ENGINE_ONLY} Orange from 90 %: preemption near.",
            "percentunit",
            [query(f"sum({kv('used')}) / sum({kv('max')})", "deployment", "deployment"),
-            query(f"max by (pod) ({kv('fraction')})", "{{pod}}", "pod")], maximum=1),
+            query(f"max by (pod) ({kv('fraction')})", "{{pod}}", "pod")], maximum=1,
+           steps=thresholds((None, "green"), (0.9, "orange"))),
     ]
     scaling = [
         ts("Replicas: desired, ready, loading, pending", "The operator's replica counts by state and the "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -238,3 +239,17 @@ def test_a_counter_may_be_tested_for_being_new() -> None:
     new = f"sum by (rule) ({series} unless {series} offset $__rate_interval)"
     assert lint.target_counter_agg(dashboard(new)) == []
     assert lint.target_counter_agg(dashboard(f"sum by (rule) ({series})"))
+
+
+def test_thresholds_are_where_the_descriptions_say(raw: Raw) -> None:
+    """"Orange from 90 %", "red from 120 s": a threshold step of that colour at that value."""
+    said = 0
+    for panel in lint.panels(raw):
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]["steps"]
+        for colour, number, unit in re.findall(r"(orange|red) from (\d+(?:\.\d+)?) ?(%|s\b)",
+                                               panel["description"], re.IGNORECASE):
+            value = float(number) / 100 if unit == "%" else float(number)
+            said += 1
+            assert any(s["color"] == colour.lower() and s["value"] == pytest.approx(value) for s in steps), (
+                panel["title"], colour, value, steps)
+    assert said  # every dashboard promises at least one
