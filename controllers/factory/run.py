@@ -121,6 +121,7 @@ class Factory:
         self.stopping = threading.Event()  # the whole factory
         self.traffic_over = threading.Event()
         self.started_at = 0.0
+        self.started_wall = 0.0
         self._monitors: list[dict[str, Any]] | None = None
 
     # -- start -------------------------------------------------------------------------------
@@ -190,7 +191,7 @@ class Factory:
                 return [f"--load-seconds={self.scenario.seconds(seconds):.2f}"]
         return []
 
-    def _interval(self) -> str:
+    def interval(self) -> str:
         return f"{max(1, round(self.scenario.seconds(15)))}s"
 
     def _start_prometheus(self) -> None:
@@ -215,7 +216,7 @@ class Factory:
 
     def _write_prometheus_config(self, monitors: list[dict[str, Any]]) -> None:
         assert self.plane is not None
-        config = prometheus_config(monitors, self.plane.kubeconfig, self._interval(),
+        config = prometheus_config(monitors, self.plane.kubeconfig, self.interval(),
                                    [f"127.0.0.1:{self.operator_metrics_port}"])
         path = self.workdir / "prometheus" / "prometheus.yml"
         tmp = path.with_suffix(".tmp")
@@ -289,13 +290,8 @@ class Factory:
         """Replay each deployment's traffic for the scenario's duration; ``tick`` is called about once a
         second with the wall seconds since the start (the live view)."""
         assert self.plane is not None
-        core = client.CoreV1Api(self.plane.api_client())
-        api = self.plane.api_client()
-
         def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-            items: list[dict[str, Any]] = api.sanitize_for_serialization(
-                core.list_namespaced_pod(namespace, label_selector=selector))["items"]
-            return items
+            return self.pods(namespace, selector)
 
         routers = {(d.namespace, d.name): d.router for d in self.deployments}
         watcher = EndpointWatcher(list_pods, routers).start()
@@ -304,6 +300,7 @@ class Factory:
                                                                      self.scenario.duration), d.router, d.stats)
         loop = asyncio.new_event_loop()
         self.started_at = time.monotonic()
+        self.started_wall = time.time()
 
         async def main() -> None:
             def stop() -> bool:
@@ -351,6 +348,14 @@ class Factory:
             API_VERSION.split("/")[0], API_VERSION.split("/")[1], DEMO_NAMESPACE, KIND.lower() + "s")
         return list(listed["items"])
 
+    def pods(self, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+        """Raw JSON: the client's typed models cost a core's worth of CPU at the view's once a second."""
+        assert self.plane is not None
+        response = client.CoreV1Api(self.plane.api_client()).list_namespaced_pod(
+            namespace, label_selector=selector, _preload_content=False)
+        items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return items
+
     def query(self, promql: str) -> list[dict[str, Any]]:
         body = httpx.get(f"{self.prometheus_url}/api/v1/query", params={"query": promql}, timeout=5).json()
         result: list[dict[str, Any]] = body["data"]["result"] if body.get("status") == "success" else []
@@ -387,14 +392,12 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
     try:
         factory.start()
         assert factory.plane is not None
-        core = client.CoreV1Api(factory.plane.api_client())
-        api = factory.plane.api_client()
         total_gpus = sum(n.gpus for n in scenario.nodes)
         live = None if headless else Live(console=console, refresh_per_second=1)
 
         def tick(elapsed: float) -> None:
             models = {m["metadata"]["name"]: m for m in factory.model_deployments()}
-            pods = api.sanitize_for_serialization(core.list_namespaced_pod(DEMO_NAMESPACE))["items"]
+            pods = factory.pods(DEMO_NAMESPACE)
             rows = []
             for d in factory.deployments:
                 md = models.get(d.name, {})
@@ -421,8 +424,17 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
                 for d in factory.deployments]
         console.print(summary_table(rows))
         out.mkdir(parents=True, exist_ok=True)
+        from controllers.factory.panels import render
+
+        dashboards = render(factory.prometheus_url, DEMO_NAMESPACE, [d.name for d in factory.deployments],
+                            factory.started_wall, time.time(), float(factory.interval().rstrip("s")), out)
+        empty = [f"{board}: {p['title']}" for board, drawn in dashboards.items() for p in drawn["panels"]
+                 if not p["series"]]
+        console.print("[bold]factory[/] dashboards drawn from the live Prometheus: "
+                      + ", ".join(d["png"] for d in dashboards.values())
+                      + (f" ({len(empty)} panels without data: {'; '.join(empty)})" if empty else ""))
         report = {"scenario": str(scenario_path), "compression": scenario.compression,
-                  "duration_seconds": scenario.duration, "deployments": rows,
+                  "duration_seconds": scenario.duration, "deployments": rows, "dashboards": dashboards,
                   "timeline": {name: [vars(s) for s in samples] for name, samples in timeline.samples.items()}}
         (out / "factory.json").write_text(json.dumps(report, indent=1))
         console.print(f"[bold]factory[/] wrote {out / 'factory.json'}")

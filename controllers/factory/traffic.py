@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from controllers.simulation.trace import TraceRequest
 from inference_pods.templates import INSTANCE_LABEL
@@ -125,9 +125,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-async def stream_one(client: httpx.AsyncClient, endpoint: Endpoint, backend: str, request: TraceRequest,
+async def stream_one(session: aiohttp.ClientSession, endpoint: Endpoint, backend: str, request: TraceRequest,
                      result: Result, timeout: float) -> None:
-    """One streamed request; TTFT and ITL as the client sees them (the network included)."""
+    """One streamed request; TTFT and ITL as the client sees them (the network included). aiohttp, not
+    httpx: on the 2-core machine the client must stay far from the pods' pace (it streams every token)."""
     model, limit, stream = REQUEST_SHAPE[backend]
     prompt = "w " * max(1, request.input_tokens // WORD_TOKENS)
     if endpoint.protocol == "openai":
@@ -141,12 +142,13 @@ async def stream_one(client: httpx.AsyncClient, endpoint: Endpoint, backend: str
     last = started
     gaps: list[float] = []
     try:
-        async with client.stream("POST", f"{endpoint.url}{path}", json=body, timeout=timeout) as response:
-            if response.status_code != 200:
-                result.error = f"HTTP {response.status_code}"
+        async with session.post(f"{endpoint.url}{path}", json=body,
+                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            if response.status != 200:
+                result.error = f"HTTP {response.status}"
                 return
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
+            async for line in response.content:
+                if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                     continue
                 now = time.monotonic()
                 if result.ttft is None:
@@ -155,7 +157,7 @@ async def stream_one(client: httpx.AsyncClient, endpoint: Endpoint, backend: str
                     gaps.append(now - last)
                 last = now
                 result.received += 1
-    except httpx.HTTPError as error:
+    except (aiohttp.ClientError, TimeoutError) as error:
         result.error = f"{type(error).__name__}: {error}"
     finally:
         result.itl = sum(gaps) / len(gaps) if gaps else None
@@ -172,8 +174,7 @@ class Replayer:
         self.unrouted = 0
 
     async def run(self, started: float, stop: Callable[[], bool]) -> None:
-        limits = httpx.Limits(max_connections=2048, max_keepalive_connections=256)
-        async with httpx.AsyncClient(limits=limits) as client:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
             tasks: set[asyncio.Task[None]] = set()
             for request in self.requests:
                 delay = started + request.arrival - time.monotonic()
@@ -198,7 +199,7 @@ class Replayer:
             if tasks:
                 await asyncio.wait(tasks, timeout=self.timeout)
 
-    async def _send(self, client: httpx.AsyncClient, endpoint: Endpoint, request: TraceRequest, result: Result,
+    async def _send(self, client: aiohttp.ClientSession, endpoint: Endpoint, request: TraceRequest, result: Result,
                     work: float) -> None:
         try:
             await stream_one(client, endpoint, self.backend, request, result, self.timeout)
