@@ -282,7 +282,7 @@ class NodeAgent:
                     for pod in listed["items"]:
                         self.objects[pod["metadata"]["uid"]] = pod
                         seen.add(pod["metadata"]["uid"])
-                    for uid, runtime in self.pods.items():
+                    for uid, runtime in list(self.pods.items()):
                         if runtime.node is node and uid not in seen:
                             self.objects.pop(uid, None)  # deleted while no watch ran
                 stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces, field_selector=selector,
@@ -498,18 +498,20 @@ class NodeAgent:
     def stop(self, delete_nodes: bool = True) -> None:
         """Every process it started ends (SIGKILL after 5 s); the Nodes go too unless asked to stay."""
         self.stopping.set()
-        for runtime in list(self.pods.values()):
+        # The sync thread first: a pod it is starting now must be in the list below, not left running.
+        for thread in self.threads:
+            thread.join(30 if thread.name == "sync" else 2)
+        runtimes = list(self.pods.values())
+        for runtime in runtimes:
             if runtime.process is not None and runtime.process.poll() is None:
                 _signal(runtime.process, signal.SIGTERM)
-        for runtime in list(self.pods.values()):
+        for runtime in runtimes:
             if runtime.process is not None:
                 try:
                     runtime.process.wait(5)
                 except subprocess.TimeoutExpired:
                     _signal(runtime.process, signal.SIGKILL)
                     runtime.process.wait()
-        for thread in self.threads:
-            thread.join(2)
         self.http.close()
         if delete_nodes:
             for name in self.nodes:
@@ -518,7 +520,9 @@ class NodeAgent:
 
     def processes(self) -> list[int]:
         """Process ids of the emulators still running."""
-        return [r.process.pid for r in self.pods.values() if r.process is not None and r.process.poll() is None]
+        # Copied in one step: the sync thread adds pods while other threads ask.
+        runtimes = list(self.pods.values())
+        return [r.process.pid for r in runtimes if r.process is not None and r.process.poll() is None]
 
 
 def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
