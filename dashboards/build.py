@@ -38,6 +38,8 @@ from controllers.metrics.prometheus import DEFAULT_DEPLOYMENT_LABEL
 from inference_pods.repository import TRTLLM_MODEL
 
 JSON_DIR = Path(__file__).parent / "json"
+RULES_DIR = Path(__file__).parent / "rules"
+CHART_FILES = Path(__file__).resolve().parents[1] / "charts" / "tokenworks" / "files"
 DS = gm.DataSourceRef(type_val="prometheus", uid="${DS_PROMETHEUS}")
 POD_LABEL = DEFAULT_DEPLOYMENT_LABEL
 TAGS = ["tokenworks"]
@@ -612,18 +614,28 @@ def render(name: str) -> str:
     return json.dumps(build(name), indent=2, ensure_ascii=False) + "\n"
 
 
+def chart_files() -> dict[Path, str]:
+    """What the Helm chart ships (``charts/tokenworks/files/``): each dashboard's JSON for a ConfigMap, and
+    each rule file for a PrometheusRule. Helm reads files only inside the chart, so these are copies of
+    ``dashboards/json`` and ``dashboards/rules``; ``--check`` keeps them equal."""
+    files = {CHART_FILES / "dashboards" / f"{name}.json": render(name) for name in DASHBOARDS}
+    files |= {CHART_FILES / "rules" / path.name: path.read_text() for path in sorted(RULES_DIR.glob("*.yaml"))}
+    return files
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dashboards.build", description=__doc__.split("\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON is not current")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON (or the chart's "
+                        "copies of the dashboards and rules) is not current")
     args = parser.parse_args(argv)
     stale = []
-    for name in DASHBOARDS:
-        path, text = JSON_DIR / f"{name}.json", render(name)
+    wanted = {JSON_DIR / f"{name}.json": render(name) for name in DASHBOARDS} | chart_files()
+    for path, text in wanted.items():
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
         else:
-            JSON_DIR.mkdir(exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
         print("stale (run python -m dashboards.build): " + ", ".join(stale), file=sys.stderr)

@@ -109,7 +109,8 @@ def test_install_upgrade_to_a_changed_crd_and_values_and_uninstall_keep_the_api_
         assert 'unknown field "spec.scheduling.priorityClassName"' in refused, refused
 
         upgraded = values_file({"logLevel": "debug", "replicaCount": 3, "metrics": {
-            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}}}, tmp_path)
+            "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}}},
+            "prometheusRules": {"enabled": True}, "dashboards": {"enabled": True}}, tmp_path)
         run_helm(plane, "upgrade", release, str(CHART), f"--namespace={namespace}", f"--values={upgraded}")
         assert NEW_FIELD[1] in crd_fields(plane)
         # The API server serves the new schema once it has rebuilt its validators: moments, not a restart.
@@ -129,6 +130,12 @@ def test_install_upgrade_to_a_changed_crd_and_values_and_uninstall_keep_the_api_
                                            "-o", "json"))
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
         assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
+        # The shipped rules pass the PrometheusRule schema; the dashboards are ConfigMaps for the sidecar.
+        rules = json.loads(plane.kubectl("get", "prometheusrules", "-n", namespace, "-o", "json"))["items"]
+        assert sorted(r["metadata"]["name"] for r in rules) == ["tokenworks-alerts", "tokenworks-recording"]
+        maps = json.loads(plane.kubectl("get", "configmaps", "-n", namespace, "-l", "grafana_dashboard=1",
+                                        "-o", "json"))["items"]
+        assert len(maps) == 3
         history = json.loads(run_helm(plane, "history", release, f"--namespace={namespace}", "--output=json"))
         assert [h["chart"] for h in history] == ["tokenworks-0.0.9", "tokenworks-0.1.0"]
 

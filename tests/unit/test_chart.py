@@ -480,3 +480,22 @@ def test_the_readme_check_fails_on_a_stale_table_or_an_undocumented_value(chart_
     missing = subprocess.run([sys.executable, str(README_SCRIPT), "--check", f"--chart={chart_copy}"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "in values.yaml, not in the schema: ['undocumented']" in missing.stderr
+
+
+def test_the_chart_ships_the_dashboards_and_rules_it_is_built_with() -> None:
+    """charts/tokenworks/files/ holds copies of dashboards/json and dashboards/rules (Helm reads files only
+    inside the chart): they are current, and each becomes its object."""
+    from dashboards import NAMES, build
+
+    for path, text in build.chart_files().items():
+        assert path.read_text() == text, f"{path} is stale: run python -m dashboards.build"
+    objects = render({"dashboards": {"enabled": True}, "prometheusRules": {"enabled": True}})
+    maps = by_kind(objects, "ConfigMap")
+    assert sorted(next(iter(m["data"])) for m in maps) == sorted(f"{n}.json" for n in NAMES)
+    assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in maps)
+    assert {json.loads(next(iter(m["data"].values())))["uid"] for m in maps} == {f"tokenworks-{n}" for n in NAMES}
+    rules = by_kind(objects, "PrometheusRule")
+    files = sorted((REPO_ROOT / "dashboards" / "rules").glob("*.yaml"))
+    assert len(rules) == len(files) == 2
+    for rule, path in zip(sorted(rules, key=lambda r: r["metadata"]["name"]), files, strict=True):
+        assert rule["spec"]["groups"] == yaml.safe_load(path.read_text())["groups"]
