@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import yaml
 from kubernetes import client
+from pydantic import ValidationError
 
 from controllers.factory.monitoring import prometheus_config
 from controllers.factory.plane import REPO_ROOT, ControlPlane, binary, free_port
@@ -118,6 +119,10 @@ class Factory:
         self.prometheus_port = 0
         self.operator_metrics_port = 0
         self.deployments: list[Deployment] = []
+        # Every deployment's requests, read before anything starts: a trace that does not parse stops the
+        # run before a process exists.
+        self.requests = [shaped_requests(plan.traffic, scenario.compression, scenario.duration)
+                         for plan in scenario.deployments]
         self.stopping = threading.Event()  # the whole factory
         self.traffic_over = threading.Event()
         self.started_at = 0.0
@@ -295,9 +300,8 @@ class Factory:
 
         routers = {(d.namespace, d.name): d.router for d in self.deployments}
         watcher = EndpointWatcher(list_pods, routers).start()
-        for d, plan in zip(self.deployments, self.scenario.deployments, strict=True):
-            d.replayer = Replayer(d.name, d.backend, shaped_requests(plan.traffic, self.scenario.compression,
-                                                                     self.scenario.duration), d.router, d.stats)
+        for d, requests in zip(self.deployments, self.requests, strict=True):
+            d.replayer = Replayer(d.name, d.backend, requests, d.router, d.stats)
         loop = asyncio.new_event_loop()
         self.started_at = time.monotonic()
         self.started_wall = time.time()
@@ -380,6 +384,15 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
     for plan in scenario.deployments:
         if not plan.traffic.trace.exists():
             raise FactoryError(f"{plan.traffic.trace}: no such trace (scenario {scenario_path})")
+    for plan in scenario.deployments:
+        try:
+            ModelDeployment.model_validate({**yaml.safe_load(plan.manifest.read_text()),
+                                            "metadata": {"name": "check", "namespace": DEMO_NAMESPACE}})
+        except ValidationError as error:
+            reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
+            raise FactoryError(f"{plan.manifest}: not a ModelDeployment: {reasons}") from error
+        except (OSError, ValueError, TypeError) as error:
+            raise FactoryError(f"{plan.manifest}: not a ModelDeployment: {' '.join(str(error).split())}") from error
     factory = Factory(scenario, workdir or default_workdir(), out, lambda m: console.print(f"[bold]factory[/] {m}"))
     timeline = Timeline()
     terminated = threading.Event()
