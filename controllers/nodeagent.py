@@ -384,7 +384,7 @@ class NodeAgent:
                  *self.emulator_args_for(pod),
                  f"--root={runtime.root}", "--", *container["command"], *container.get("args", [])],
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                env={**os.environ, **container_env(container), "PYTHONUNBUFFERED": "1"})
         finally:
             log_file.close()
         runtime.phase = "Running"
@@ -523,6 +523,12 @@ class NodeAgent:
         # Copied in one step: the sync thread adds pods while other threads ask.
         runtimes = list(self.pods.values())
         return [r.process.pid for r in runtimes if r.process is not None and r.process.poll() is None]
+
+
+def container_env(container: Manifest) -> dict[str, str]:
+    """The container's literal environment (``value``), as the kubelet sets it; references to Secrets and
+    ConfigMaps are left out (the agent reads no Secret, and the emulator needs none)."""
+    return {e["name"]: str(e["value"]) for e in container.get("env") or [] if "value" in e}
 
 
 def _signal(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
