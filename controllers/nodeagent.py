@@ -190,7 +190,11 @@ class PodRuntime:
     phase: str = "Pending"
     terminating: bool = False
     finished: bool = False
+    exit_code: int | None = None  # the main container's, once it ended
+    init_exit: tuple[int, str] | None = None  # the prepare container's failure
+    start_pending: bool = True  # not started yet (a failed start is tried again)
     reported: tuple[Any, ...] = ()
+    transitions: dict[str, tuple[str, str]] = field(default_factory=dict)  # condition -> (status, since)
 
 
 class NodeAgent:
@@ -229,20 +233,22 @@ class NodeAgent:
     # -- nodes -----------------------------------------------------------------------------------
     def register(self) -> None:
         for node in self.nodes.values():
-            manifest = node.manifest(self.identity)
-            try:
-                self.core.create_node(manifest)
-            except ApiException as error:
-                if error.status != 409:
-                    raise
-                self.core.patch_node(node.name, {"metadata": manifest["metadata"]})
-            self.core.patch_node_status(node.name, {"status": node.status(_now())})
-            self._renew(node)
+            self.register_node(node)
+
+    def register_node(self, node: AgentNode) -> None:
+        manifest = node.manifest(self.identity)
+        try:
+            self.core.create_node(manifest)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            self.core.patch_node(node.name, {"metadata": manifest["metadata"]})
+        self.core.patch_node_status(node.name, {"status": node.status(_now())})
+        self._renew(node)
 
     def _renew(self, node: AgentNode) -> None:
         now = dt.datetime.now(dt.UTC)
         try:
-            uid = self.core.read_node(node.name).metadata.uid
             lease = self.coordination.read_namespaced_lease(node.name, LEASE_NAMESPACE)
             lease.spec.renew_time = now
             lease.spec.holder_identity = node.name
@@ -250,6 +256,14 @@ class NodeAgent:
         except ApiException as error:
             if error.status != 404:
                 raise
+            try:
+                uid = self.core.read_node(node.name).metadata.uid
+            except ApiException as missing:
+                if missing.status != 404:
+                    raise
+                # The Node was deleted under a running agent: register it again, as a kubelet does.
+                self.register_node(node)
+                return
             # Owned by its Node, as the kubelet's is: deleting the Node removes the Lease.
             self.coordination.create_namespaced_lease(LEASE_NAMESPACE, {
                 "metadata": {"name": node.name, "ownerReferences": [
@@ -327,6 +341,8 @@ class NodeAgent:
                     log.exception("pod sync failed pod=%s/%s", pod["metadata"]["namespace"], pod["metadata"]["name"])
 
     def _sync_pod(self, uid: str, pod: Manifest) -> None:
+        """Level-triggered: every pass brings the pod to what its object asks and reports what is true now,
+        so a status write that failed is written again on the next pass."""
         runtime = self.pods.get(uid)
         meta = pod["metadata"]
         if runtime is None:
@@ -336,32 +352,43 @@ class NodeAgent:
             runtime = PodRuntime(uid, meta["namespace"], meta["name"], node, self._allocate_ip(node),
                                  Path(tempfile.mkdtemp(prefix=f"{meta['name']}-", dir=self.workdir)))
             self.pods[uid] = runtime
-            if not meta.get("deletionTimestamp"):
+        if meta.get("deletionTimestamp"):
+            if not runtime.terminating:
+                runtime.terminating = True
+                grace = float(meta.get("deletionGracePeriodSeconds") or 0) / self.time_scale
+                threading.Thread(target=self._terminate, args=(runtime, pod, grace), daemon=True,
+                                 name=f"stop-{runtime.name}").start()
+            return
+        if runtime.start_pending:
+            try:
                 self._start(runtime, pod)
-        if meta.get("deletionTimestamp") and not runtime.terminating:
-            runtime.terminating = True
-            grace = float(meta.get("deletionGracePeriodSeconds") or 0) / self.time_scale
-            threading.Thread(target=self._terminate, args=(runtime, pod, grace), daemon=True,
-                             name=f"stop-{runtime.name}").start()
-            return
-        if runtime.terminating or runtime.finished:
-            return
+            except Exception:
+                # The ConfigMap not readable yet, a process that would not start: the next pass tries again.
+                log.warning("pod start failed pod=%s/%s; retrying", runtime.namespace, runtime.name, exc_info=True)
+                return
+            runtime.start_pending = False
         process = runtime.process
-        if process is not None and process.poll() is not None:
+        if not runtime.finished and process is not None and process.poll() is not None:
             runtime.finished, runtime.phase, runtime.ready = True, "Failed", False
+            runtime.exit_code = process.returncode
             self.on_event(f"pod {runtime.namespace}/{runtime.name}: its process exited with {process.returncode}; "
                           "the pod is Failed")
-            self._report(runtime, pod, exit_code=process.returncode)
-            return
-        now = time.monotonic()
-        if not runtime.started and runtime.startup is not None and runtime.startup.due(now):
-            if runtime.startup.run(now, self.http):
-                runtime.started = True
-        elif runtime.started and runtime.readiness is not None and runtime.readiness.due(now):
-            verdict = runtime.readiness.run(now, self.http)
-            if verdict is not None:
-                runtime.ready = verdict
-        self._report(runtime, pod)
+        if not runtime.finished:
+            now = time.monotonic()
+            if not runtime.started and runtime.startup is not None and runtime.startup.due(now):
+                verdict = runtime.startup.run(now, self.http)
+                if verdict:
+                    runtime.started = True
+                    runtime.ready = runtime.readiness is None  # no readiness probe: ready once started
+                elif verdict is False and process is not None:
+                    # The kubelet kills a container whose startup probe fails; it has no restart here.
+                    self.on_event(f"pod {runtime.namespace}/{runtime.name}: its startup probe failed; stopping it")
+                    _signal(process, signal.SIGKILL)
+            elif runtime.started and runtime.readiness is not None and runtime.readiness.due(now):
+                verdict = runtime.readiness.run(now, self.http)
+                if verdict is not None:
+                    runtime.ready = verdict
+        self._report(runtime, pod, exit_code=runtime.exit_code, init_exit=runtime.init_exit)
 
     def _start(self, runtime: PodRuntime, pod: Manifest) -> None:
         spec = pod["spec"]
@@ -399,8 +426,8 @@ class NodeAgent:
         """The prepare container failed: the pod stays Pending with its termination message, which the
         operator turns into ModelPrepared=False (a kubelet would retry it in a crash loop)."""
         runtime.finished = True
+        runtime.init_exit = (code, message)
         self.on_event(f"pod {runtime.namespace}/{runtime.name}: prepare failed ({code}): {message}")
-        self._report(runtime, pod, init_exit=(code, message))
 
     def _terminate(self, runtime: PodRuntime, pod: Manifest, grace: float) -> None:
         """The kubelet's graceful stop: preStop, SIGTERM, SIGKILL at the end of the grace period; then the
@@ -467,7 +494,11 @@ class NodeAgent:
         ready = "True" if runtime.ready and exit_code is None else "False"
 
         def condition(type_: str, status: str) -> Manifest:
-            return {"type": type_, "status": status, "lastTransitionTime": stamp}
+            # A transition time moves only when the status does, as the kubelet's.
+            before = runtime.transitions.get(type_)
+            since = before[1] if before is not None and before[0] == status else stamp
+            runtime.transitions[type_] = (status, since)
+            return {"type": type_, "status": status, "lastTransitionTime": since}
 
         status: Manifest = {
             "phase": runtime.phase, "hostIP": runtime.node.address, "hostIPs": [{"ip": runtime.node.address}],

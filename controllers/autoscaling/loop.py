@@ -57,7 +57,8 @@ INFEASIBLE = Gauge("tokenworks_autoscaler_latency_infeasible", "1 while latency 
 TICK_SECONDS = Histogram("tokenworks_autoscaler_tick_duration_seconds", "One autoscaler tick: the metric "
                          "queries, the lists and every decision.",
                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
-LAST_TICK = Gauge("tokenworks_autoscaler_last_tick_timestamp_seconds", "When the last tick ended (Unix time).")
+LAST_TICK = Gauge("tokenworks_autoscaler_last_tick_timestamp_seconds", "When the last tick that did not fail "
+                  "ended (Unix time).")
 
 Family = Gauge | Counter
 
@@ -150,10 +151,12 @@ class AutoscalerLoop:
     def tick(self) -> dict[tuple[str, str], Decision]:
         started = time.monotonic()
         try:
-            return self._tick()
+            decisions = self._tick()
         finally:
             TICK_SECONDS.observe(time.monotonic() - started)
-            LAST_TICK.set(time.time())
+        # Only a tick that ran through: one failing every time must look stalled to the alert.
+        LAST_TICK.set(time.time())
+        return decisions
 
     def _tick(self) -> dict[tuple[str, str], Decision]:
         now = self.clock()

@@ -58,30 +58,13 @@ def default_workdir() -> Path:
     return Path(cache) / "factory"
 
 
-def stop_recorded(workdir: Path) -> list[int]:
-    """Stop what a factory recorded in ``factory.json`` (its own process last); the ids it signalled."""
-    state = workdir / "factory.json"
-    if not state.exists():
-        return []
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (``/proc/<pid>/stat`` field 22): with the pid it
+    names one process, so a pid reused after a crash or a reboot is not taken for the factory's."""
     try:
-        recorded = json.loads(state.read_text())
-    except json.JSONDecodeError:
-        return []
-    signalled = []
-    for pid in [*recorded.get("children", []), recorded.get("pid")]:
-        if not isinstance(pid, int) or pid == os.getpid():
-            continue
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
-            signalled.append(pid)
-    deadline = time.monotonic() + 20
-    for pid in signalled:
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-    return signalled
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -91,8 +74,43 @@ def _alive(pid: int) -> bool:
         return False
     with contextlib.suppress(FileNotFoundError, IndexError):
         # A zombie is gone for every purpose here.
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     return True
+
+
+def _stop(pids: list[int], timeout: float) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def stop_recorded(workdir: Path) -> list[int]:
+    """Stop what a factory recorded in ``factory.json``: the factory first (it stops its own children in
+    order), then whatever of them is left; only processes whose start time matches the record. The ids
+    it signalled."""
+    state = workdir / "factory.json"
+    try:
+        recorded = json.loads(state.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    started = recorded.get("started") or {}
+
+    def ours(pid: Any) -> bool:
+        return isinstance(pid, int) and pid != os.getpid() and _alive(pid) \
+            and _started(pid) is not None and _started(pid) == started.get(str(pid))
+
+    factory = [p for p in [recorded.get("pid")] if ours(p)]
+    _stop(factory, 60)
+    children = [p for p in recorded.get("children", []) if ours(p)]
+    _stop(children, 20)
+    return factory + children
 
 
 @dataclass
@@ -171,11 +189,12 @@ class Factory:
             manifest = yaml.safe_load(plan.manifest.read_text())
             manifest.setdefault("metadata", {})["namespace"] = DEMO_NAMESPACE
             manifest = compressed_manifest(manifest, self.scenario)
+            md = ModelDeployment.model_validate(manifest)
+            # Known before its first pod can be bound: the agent asks for its compressed load time.
+            self.deployments.append(Deployment(DEMO_NAMESPACE, md.name, md.spec.engine.backend, manifest))
             result = plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(manifest), check=False)
             if "created" not in result and "configured" not in result and "unchanged" not in result:
                 raise FactoryError(f"{plan.manifest}: the API server rejected it: {result.strip()}")
-            md = ModelDeployment.model_validate(manifest)
-            self.deployments.append(Deployment(DEMO_NAMESPACE, md.name, md.spec.engine.backend, manifest))
         self.say(f"up in {time.monotonic() - started:.0f} s: {len(self.deployments)} ModelDeployments applied "
                  f"(KUBECONFIG={plane.kubeconfig})")
 
@@ -232,16 +251,19 @@ class Factory:
         """The Prometheus Operator's job, for the factory: PodMonitors in, scrape configs out, reload."""
         assert self.plane is not None
         api = client.CustomObjectsApi(self.plane.api_client())
+        said: set[str] = set()
         while not self.stopping.wait(1):
             try:
                 listed = api.list_cluster_custom_object("monitoring.coreos.com", "v1", "podmonitors")
-            except Exception:
-                continue
-            monitors = [{"metadata": m["metadata"], "spec": m.get("spec") or {}} for m in listed["items"]]
-            if monitors != self._monitors and self.prometheus is not None:
-                self._write_prometheus_config(monitors)
-                self.prometheus.send_signal(signal.SIGHUP)
-                self._monitors = monitors
+                monitors = [{"metadata": m["metadata"], "spec": m.get("spec") or {}} for m in listed["items"]]
+                if monitors != self._monitors and self.prometheus is not None:
+                    self._write_prometheus_config(monitors)
+                    self.prometheus.send_signal(signal.SIGHUP)
+                    self._monitors = monitors
+            except Exception as error:  # the API server restarting; each distinct failure said once
+                if (text := f"{type(error).__name__}: {error}") not in said:
+                    said.add(text)
+                    log.warning("following the PodMonitors failed: %s", text)
 
     def _start_operator(self) -> None:
         assert self.plane is not None
@@ -285,10 +307,15 @@ class Factory:
         children = [c.process.pid for c in (self.plane.components if self.plane else []) if c.process]
         children += [p.pid for p in (self.operator, self.prometheus) if p is not None]
         children += self.agent.processes() if self.agent else []
+        pids = [os.getpid(), *children]
         state = {"pid": os.getpid(), "children": children,
+                 "started": {str(p): t for p in pids if (t := _started(p)) is not None},
                  "kubeconfig": str(self.plane.kubeconfig) if self.plane else None,
                  "prometheus": self.prometheus_url if self.prometheus_port else None}
-        (self.workdir / "factory.json").write_text(json.dumps(state, indent=1))
+        # Whole or not at all: `factory down` may read it at any moment.
+        tmp = self.workdir / "factory.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.workdir / "factory.json")
 
     # -- traffic -----------------------------------------------------------------------------
     def run_traffic(self, tick: Callable[[float], None] | None = None) -> None:
@@ -432,6 +459,8 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
         finally:
             if live is not None:
                 live.stop()
+        if terminated.is_set():
+            return {}  # stopped from outside (`factory down`): no summary against a plane going away
         models = {m["metadata"]["name"]: m for m in factory.model_deployments()}
         rows = [summary(d.name, models.get(d.name, {}), d.stats.all(), timeline, scenario.compression)
                 for d in factory.deployments]

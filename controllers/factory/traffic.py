@@ -9,6 +9,7 @@ matches that are Ready and have a pod IP, read from the API server (here every s
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,7 @@ REQUEST_SHAPE = {
     "llmapi": ("tensorrt_llm", "sampling_param_max_tokens", "streaming"),
     "tensorrt-engine": ("ensemble", "max_tokens", "stream"),
 }
+log = logging.getLogger("tokenworks.factory")
 WORD_TOKENS = 1  # the emulator counts one token per word (inference_pods/emulator/server.py:count_tokens)
 
 
@@ -197,7 +199,10 @@ class Replayer:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
-                await asyncio.wait(tasks, timeout=self.timeout)
+                _, pending = await asyncio.wait(tasks, timeout=self.timeout)
+                for task in pending:  # past their timeout: ended here, not left to a closing session
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _send(self, client: aiohttp.ClientSession, endpoint: Endpoint, request: TraceRequest, result: Result,
                     work: float) -> None:
@@ -222,11 +227,14 @@ class EndpointWatcher:
             router.set_endpoints(ready_endpoints(self.list_pods(namespace, f"{INSTANCE_LABEL}={name}")))
 
     def _run(self) -> None:
+        said: set[str] = set()
         while not self.stopping.wait(self.period):
             try:
                 self.refresh()
-            except Exception:  # the API server restarting: keep the last endpoints
-                continue
+            except Exception as error:  # the API server restarting: keep the last endpoints, say why once
+                if (text := f"{type(error).__name__}: {error}") not in said:
+                    said.add(text)
+                    log.warning("listing endpoints failed: %s", text)
 
     def start(self) -> EndpointWatcher:
         self.refresh()

@@ -95,7 +95,7 @@ class FakeKube:
                 resourceVersion=(live or {}).get("metadata", {}).get("resourceVersion", ""),
                 managedFields=[{"manager": FIELD_MANAGER, "operation": "Apply", "fieldsV1": mine},
                                *(e for e in others if e["fieldsV1"])])
-            if live is None or result["spec"] != live["spec"]:
+            if live is None or result.get("spec") != live.get("spec"):
                 result["metadata"]["generation"] += 1
             result["status"] = copy.deepcopy((live or {}).get("status", {}))
         if not dry_run and (live is None or comparable(result) != comparable(live)

@@ -54,6 +54,16 @@ def test_a_reconcile_exports_replicas_gpus_conditions_and_the_slo() -> None:
     assert value(found, "tokenworks_modeldeployment_replicas", state="desired") == 3
     assert value(found, "tokenworks_modeldeployment_replicas", state="ready") == 0
     assert value(found, "tokenworks_modeldeployment_gpus", gpu_product="H100-SXM", state="requested") == 0
+
+    # The Deployment reports 3 pods, 2 ready: TP2 holds 6 GPUs, 4 of them in ready pods.
+    deployment = kube.objects[("Deployment", "ns", "m")]
+    deployment["status"] = {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 3}
+    kube.store(deployment)
+    Reconciler(kube, image_registry="", telemetry=telemetry).reconcile("ns", "m")
+    found = samples(telemetry)
+    assert value(found, "tokenworks_modeldeployment_gpus", gpu_product="H100-SXM", state="requested") == 6
+    assert value(found, "tokenworks_modeldeployment_gpus", gpu_product="H100-SXM", state="ready") == 4
+    assert value(found, "tokenworks_modeldeployment_replicas", state="ready") == 2
     assert value(found, "tokenworks_modeldeployment_condition", type="Ready", status="False",
                  reason="ReplicasNotReady") == 1
     assert value(found, "tokenworks_modeldeployment_slo_target_seconds", objective="ttft", percentile="0.9") == 1.5
