@@ -413,8 +413,9 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
             raise FactoryError(f"{plan.traffic.trace}: no such trace (scenario {scenario_path})")
     for plan in scenario.deployments:
         try:
-            ModelDeployment.model_validate({**yaml.safe_load(plan.manifest.read_text()),
-                                            "metadata": {"name": "check", "namespace": DEMO_NAMESPACE}})
+            manifest = yaml.safe_load(plan.manifest.read_text())
+            ModelDeployment.model_validate({**manifest, "metadata": {
+                **(manifest.get("metadata") or {}), "namespace": DEMO_NAMESPACE}})
         except ValidationError as error:
             reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
             raise FactoryError(f"{plan.manifest}: not a ModelDeployment: {reasons}") from error

@@ -11,8 +11,8 @@ import yaml
 
 from controllers.factory.run import FactoryError, up
 from controllers.simulation.trace import TraceError
-from tests.e2e.test_factory import synthetic_trace
 from tests.support.controlplane import REPO_ROOT
+from tests.support.traces import synthetic_trace
 
 
 def scenario(tmp_path: Path, manifest: dict[str, Any], trace: Path) -> Path:
@@ -66,10 +66,20 @@ def test_a_spec_that_is_not_a_model_deployment_is_named_and_nothing_starts(tmp_p
 
 def test_a_model_deployment_the_api_rejects_stops_everything_started(tmp_path: Path) -> None:
     rejected = model()
-    rejected["metadata"]["name"] = "Llama_8B"  # not a DNS name: the API server refuses it
+    # A ModelDeployment the API model accepts (it checks no labels) and the API server refuses.
+    rejected["metadata"]["labels"] = {"not a label!": "x"}
     trace = synthetic_trace(tmp_path / "trace.csv", seconds=60, rate=1)
-    with pytest.raises(FactoryError, match=r"model\.yaml: the API server rejected it: .*Llama_8B"):
+    with pytest.raises(FactoryError, match=r"model\.yaml: the API server rejected it: .*not a label!"):
         up(scenario(tmp_path, rejected, trace), tmp_path / "out", keep=False, headless=True,
            workdir=tmp_path / "work")
     assert processes_under(tmp_path / "work") == []
     assert not (tmp_path / "work" / "factory.json").exists()
+
+
+def test_a_name_kubernetes_refuses_is_named_before_anything_starts(tmp_path: Path) -> None:
+    bad = model()
+    bad["metadata"]["name"] = "Llama_8B"
+    trace = synthetic_trace(tmp_path / "trace.csv", seconds=60, rate=1)
+    with pytest.raises(FactoryError, match=r"model\.yaml: not a ModelDeployment: metadata: the name must be a DNS"):
+        up(scenario(tmp_path, bad, trace), tmp_path / "out", keep=False, headless=True, workdir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()

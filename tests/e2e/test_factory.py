@@ -3,7 +3,6 @@ scraping them and the operator, the autoscaler scaling up under the trace, the s
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,7 @@ import yaml
 from controllers.factory.run import DEMO_NAMESPACE, Factory, up
 from controllers.factory.traffic import ready_endpoints
 from tests.support.controlplane import REPO_ROOT
-
-
-def synthetic_trace(path: Path, seconds: float, rate: float) -> Path:
-    """An Azure-format trace (TIMESTAMP, ContextTokens, GeneratedTokens) at a steady ``rate``."""
-    start = dt.datetime(2023, 11, 16, 18, 0, 0)
-    lines = ["TIMESTAMP,ContextTokens,GeneratedTokens"]
-    for i in range(int(seconds * rate)):
-        at = start + dt.timedelta(seconds=i / rate)
-        lines.append(f"{at:%Y-%m-%d %H:%M:%S.%f}0,{600 + (i * 37) % 800},{120 + (i * 53) % 160}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.support.traces import synthetic_trace
 
 
 def test_a_short_scenario_serves_scales_draws_its_dashboards_and_leaves_nothing(tmp_path: Path) -> None:
