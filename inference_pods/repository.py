@@ -26,6 +26,12 @@ from crds.models import DEFAULT_IMAGES, OPENAI_FRONTEND_DIR, ModelDeploymentSpec
 MODEL_CACHE_PATH = "/model-cache"
 CONFIG_PATH = "/etc/tokenworks"  # the ConfigMap: repository files, prepare script, engine.json
 TRTLLM_MODEL = "tensorrt_llm"  # the model whose series the autoscaler reads, on both backends
+# What a client sends each backend's served model: (model, the output-length input, the streaming input).
+# The LLM-API model takes sampling parameters; the engine path's ensemble takes the template's inputs.
+REQUEST_SHAPE: dict[str, tuple[str, str, str]] = {
+    "llmapi": (TRTLLM_MODEL, "sampling_param_max_tokens", "streaming"),
+    "tensorrt-engine": ("ensemble", "max_tokens", "stream"),
+}
 # Triton's defaults for nv_inference_first_response_histogram_ms (core metric_model_reporter.h).
 TRITON_DEFAULT_FIRST_RESPONSE_BUCKETS_MS = (100.0, 500.0, 2000.0, 5000.0)
 # Where the NGC Triton TRT-LLM images keep the backend's model templates and tools; the prepare step
@@ -244,8 +250,7 @@ TEXT_OUTPUTS = (Tensor("text_output", "TYPE_STRING", (-1,)),)
 # config.pbtxt@2a9abd95): the two `return_num_*` always, the rest when a request sets them
 # (server:python/openai/openai_frontend/engine/utils/triton.py@6297a6be, _create_trtllm_generate_request).
 # Triton refuses a request with an input its model does not declare, so the served models declare them.
-OPENAI_TEXT_INPUTS = (
-    Tensor("stop_words", "TYPE_STRING", (-1,), optional=True),
+_OPENAI_SHARED_INPUTS = (  # named alike on the text-facing models and on tensorrt_llm
     Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
     Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
     Tensor("seed", "TYPE_UINT64", (1,), optional=True),
@@ -253,18 +258,11 @@ OPENAI_TEXT_INPUTS = (
     Tensor("return_num_input_tokens", "TYPE_BOOL", (1,), optional=True),
     Tensor("return_num_output_tokens", "TYPE_BOOL", (1,), optional=True),
 )
+OPENAI_TEXT_INPUTS = (Tensor("stop_words", "TYPE_STRING", (-1,), optional=True), *_OPENAI_SHARED_INPUTS)
 # The token counts the frontend turns into `usage` (_get_usage_from_response).
 USAGE_OUTPUTS = (Tensor("num_input_tokens", "TYPE_INT32", (1,)), Tensor("num_output_tokens", "TYPE_INT32", (1,)))
 # The tensorrt_llm model's names for them (same template directory, tensorrt_llm/config.pbtxt@2a9abd95).
-OPENAI_TRTLLM_INPUTS = (
-    Tensor("stop_words_list", "TYPE_INT32", (2, -1), optional=True),
-    Tensor("frequency_penalty", "TYPE_FP32", (1,), optional=True),
-    Tensor("presence_penalty", "TYPE_FP32", (1,), optional=True),
-    Tensor("seed", "TYPE_UINT64", (1,), optional=True),
-    Tensor("exclude_input_in_output", "TYPE_BOOL", (1,), optional=True),
-    Tensor("return_num_input_tokens", "TYPE_BOOL", (1,), optional=True),
-    Tensor("return_num_output_tokens", "TYPE_BOOL", (1,), optional=True),
-)
+OPENAI_TRTLLM_INPUTS = (Tensor("stop_words_list", "TYPE_INT32", (2, -1), optional=True), *_OPENAI_SHARED_INPUTS)
 # The C++ backend's worker binary in orchestrator mode: the fixed value of NVIDIA's template (facts 1.3).
 EXECUTOR_WORKER_PATH = "/opt/tritonserver/backends/tensorrtllm/trtllmExecutorWorker"
 

@@ -20,14 +20,9 @@ from typing import Any
 import aiohttp
 
 from controllers.simulation.trace import TraceRequest
+from inference_pods.repository import REQUEST_SHAPE
 from inference_pods.templates import INSTANCE_LABEL
 
-# What each backend's served model takes (docs/design/serving-path.md): the LLM-API model's sampling
-# parameters, or the engine path's ensemble inputs.
-REQUEST_SHAPE = {
-    "llmapi": ("tensorrt_llm", "sampling_param_max_tokens", "streaming"),
-    "tensorrt-engine": ("ensemble", "max_tokens", "stream"),
-}
 log = logging.getLogger("tokenworks.factory")
 WORD_TOKENS = 1  # the emulator counts one token per word (inference_pods/emulator/server.py:count_tokens)
 

@@ -62,6 +62,11 @@ def deployment(namespace: str, mark: str, grace: int = 4) -> tuple[dict[str, Any
     return deploy, config
 
 
+def apply(plane: ControlPlane, *objects: dict[str, Any]) -> None:
+    for obj in objects[::-1]:  # the ConfigMap before the Deployment whose pods mount it
+        plane.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
 def pods(plane: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     api = plane.api_client()
     listed = client.CoreV1Api(api).list_namespaced_pod(namespace)
@@ -87,9 +92,7 @@ def test_a_bound_pod_serves_and_reports_ready_then_stops_within_its_grace(
         full_control_plane: ControlPlane, agent: tuple[NodeAgent, str], namespace: str) -> None:
     plane = full_control_plane
     running, mark = agent
-    deploy, config = deployment(namespace, mark)
-    plane.kubectl("apply", "-f", "-", input=json.dumps(config))
-    plane.kubectl("apply", "-f", "-", input=json.dumps(deploy))
+    apply(plane, *deployment(namespace, mark))
 
     def ready_pod() -> dict[str, Any] | None:
         return next((p for p in pods(plane, namespace) if p["status"].get("phase") == "Running"
@@ -125,9 +128,7 @@ def test_a_pod_whose_process_dies_goes_failed_and_is_replaced(
         full_control_plane: ControlPlane, agent: tuple[NodeAgent, str], namespace: str) -> None:
     plane = full_control_plane
     running, mark = agent
-    deploy, config = deployment(namespace, mark)
-    plane.kubectl("apply", "-f", "-", input=json.dumps(config))
-    plane.kubectl("apply", "-f", "-", input=json.dumps(deploy))
+    apply(plane, *deployment(namespace, mark))
     first = eventually(lambda: next((p for p in pods(plane, namespace) if p["status"].get("podIP")
                                      and p["status"].get("phase") == "Running"), None), timeout=90)
     runtime = running.pods[first["metadata"]["uid"]]
@@ -150,9 +151,7 @@ def test_stopping_the_agent_ends_every_process_and_removes_its_nodes(
     own = NodeAgent(plane.api_client(token), [AgentNode(f"agent-{mark}", "NVIDIA-H100-80GB-HBM3", octet=210,
                                                         labels={"tokenworks.dev/test-agent": mark})],
                     Path(tempfile.mkdtemp(prefix="tokenworks-agent-")), emulator_args=["--load-seconds=0.5"]).start()
-    deploy, config = deployment(namespace, mark)
-    plane.kubectl("apply", "-f", "-", input=json.dumps(config))
-    plane.kubectl("apply", "-f", "-", input=json.dumps(deploy))
+    apply(plane, *deployment(namespace, mark))
     pids = eventually(own.processes, timeout=60)
     own.stop()
     assert own.processes() == []

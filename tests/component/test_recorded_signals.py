@@ -20,6 +20,7 @@ from controllers.autoscaling.signals import Quality
 from controllers.metrics import CORE_SIGNALS, ENGINE_SIGNALS, EPP_SIGNALS, Target
 from controllers.metrics.prometheus import PrometheusConfig, PrometheusSource, normalise
 from controllers.metrics.rules import RECORDING_PATH, SIGNALS_GROUP
+from inference_pods.repository import REQUEST_SHAPE
 from tests.support.emulator import EmulatorProcess, pod_deployment
 from tests.support.epp import EndpointPickerDouble
 from tests.support.prometheus import PrometheusServer
@@ -42,8 +43,7 @@ class Stack:
 
 def load(twin: EmulatorProcess, backend: str, stop: threading.Event) -> None:
     """Open-loop streaming requests, 4 a second, to the model the backend serves."""
-    model, limit, stream = ("tensorrt_llm", "sampling_param_max_tokens", "streaming") if backend == "llmapi" \
-        else ("ensemble", "max_tokens", "stream")
+    model, limit, stream = REQUEST_SHAPE[backend]
     body = {"text_input": "w " * 100, limit: 16, stream: True}
 
     def send() -> None:

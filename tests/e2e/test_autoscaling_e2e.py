@@ -18,6 +18,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from inference_pods.repository import REQUEST_SHAPE
 from tests.support.controlplane import REPO_ROOT, ControlPlane, free_port
 from tests.support.emulator import EmulatorProcess
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
@@ -81,8 +82,7 @@ class Load:
 
     def __init__(self, pods: Pods, backend: str) -> None:
         self.pods, self.rate, self.stop = pods, 0.0, threading.Event()
-        self.model, limit, stream = ("tensorrt_llm", "sampling_param_max_tokens", "streaming") \
-            if backend == "llmapi" else ("ensemble", "max_tokens", "stream")
+        self.model, limit, stream = REQUEST_SHAPE[backend]
         self.body = {"text_input": "w " * 200, limit: 64, stream: True}
         self.thread = threading.Thread(target=self._run, daemon=True)
 

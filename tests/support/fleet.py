@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import httpx
 from kubernetes import client
 
+from inference_pods.repository import REQUEST_SHAPE
 from tests.support.controlplane import ControlPlane
 from tests.support.emulator import EmulatorProcess
 from tests.support.prometheus import PrometheusServer
@@ -90,8 +91,7 @@ class Load:
 
     def __init__(self, kubelet: Kubelet, name: str, backend: str, max_tokens: int = 64) -> None:
         self.kubelet, self.name, self.rate, self.stop = kubelet, name, 0.0, threading.Event()
-        self.model, limit, stream = ("tensorrt_llm", "sampling_param_max_tokens", "streaming") \
-            if backend == "llmapi" else ("ensemble", "max_tokens", "stream")
+        self.model, limit, stream = REQUEST_SHAPE[backend]
         self.body = {"text_input": "w " * 200, limit: max_tokens, stream: True}
         self.thread = threading.Thread(target=self._run, daemon=True)
 
