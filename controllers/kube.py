@@ -46,7 +46,7 @@ class Conflict(Exception):  # noqa: N818 - reads as what happened
 
 
 class NamespaceTerminating(Exception):  # noqa: N818
-    """The namespace is being deleted: nothing can be created in it, and nothing needs to be."""
+    """The namespace is being deleted, or is gone: nothing can be created in it, and nothing needs to be."""
 
 
 class KindNotServed(Exception):  # noqa: N818
@@ -208,12 +208,14 @@ class Kube:
         except ApiException as error:
             if error.status == 409:
                 raise Conflict(str(error.reason)) from error
-            if error.status == 403 and "NamespaceTerminating" in str(error.body):
+            # A namespace being deleted refuses creates (403); once gone, every write is a 404 naming it.
+            if (error.status == 403 and "NamespaceTerminating" in str(error.body)) or \
+                    (error.status == 404 and _not_found_kind(error) == "namespaces"):
                 raise NamespaceTerminating(metadata.get("namespace", "")) from error
-            # Discovery is cached: a kind whose CRD was deleted since reads as a 404. Ask again at once
-            # (not for a 404 about the namespace, which is gone).
-            if error.status == 404 and _not_found_kind(error) != "namespaces" \
-                    and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True):
+            # A CRD being deleted refuses creates (405) until its objects are gone and discovery drops
+            # it; after that, discovery is cached: the kind reads as a 404. Ask again at once.
+            if (error.status == 405 and "terminating" in str(error.body)) or (
+                    error.status == 404 and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True)):
                 raise KindNotServed(manifest["apiVersion"], manifest["kind"]) from error
             raise
         return _json(obj)
