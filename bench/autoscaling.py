@@ -170,7 +170,7 @@ def table(config: Config, need: list[int], rows: list[dict[str, Any]], requests:
     md = deployment(config.model, config.slo, 1)
     slo = md.spec.autoscaling.slo
     oracle_gpu_hours = sum(need) * gpus / 60
-    lines = [f"**{config.trace} x{config.rate}, {md.spec.model.profile} on {md.spec.gpu.product} x{gpus}, SLO TTFT "
+    lines = [f"**{config.trace} x{config.rate}, {md.spec.model.shape_name} on {md.spec.gpu.product} x{gpus}, SLO TTFT "
              f"{slo.ttft_milliseconds} ms / ITL {slo.inter_token_latency_milliseconds} ms**: {requests:,} requests; "
              f"{100 * rows[0]['infeasible']:.2f}% infeasible (miss the SLO even alone on an idle replica); "
              f"oracle peak {max(need)} replicas, {oracle_gpu_hours:.2f} GPU-hours", "",

@@ -51,8 +51,8 @@ class Placement:
 
     @classmethod
     def of(cls, md: ModelDeployment) -> Placement:
-        _, gpu = profiles_for(md.spec.model.profile, md.spec.gpu.product)
-        return cls(md.spec.gpus_per_replica, tuple(gpu.node_label_values),
+        _, gpu = profiles_for(md.spec.model, md.spec.gpu.product)
+        return cls(md.spec.gpus_per_replica, tuple(gpu.node_labels),
                    dict(md.spec.scheduling.node_selector), tuple(pod_tolerations(md.spec)))
 
     def where(self) -> str:

@@ -398,7 +398,6 @@ def simulate(
         multiply,
         require_window,
     )
-    from inference_pods.profiles import MODELS
 
     def fail(message: str) -> typer.Exit:
         console.print(f"[red]{escape(message)}[/]")
@@ -443,7 +442,7 @@ def simulate(
 
     engine = md.spec.engine
     # The engine's max_seq_len is maxInputLength + maxOutputLength, within the model's context.
-    sequence = min(engine.max_input_length + engine.max_output_length, MODELS[md.spec.model.profile].context_length)
+    sequence = min(engine.max_input_length + engine.max_output_length, md.spec.model.shape.context_length)
     requests, rejected = admissible(requests, engine.max_input_length, sequence)
     if not requests:
         raise fail(f"{trace}: all {rejected:,} requests of the window are over the engine's limits "
@@ -451,7 +450,7 @@ def simulate(
     slo = bounds.slo
     can_meet = sum(feasible(md, requests))
     end = requests[-1].arrival
-    title = (f"{md.name}: {md.spec.model.profile} on {md.spec.gpu.product} x{md.spec.gpus_per_replica}, "
+    title = (f"{md.name}: {md.spec.model.shape_name} on {md.spec.gpu.product} x{md.spec.gpus_per_replica}, "
              f"{trace.name} x{rate:g}, {end / 60:.0f} min, SLO TTFT {slo.ttft_milliseconds} ms / ITL "
              f"{slo.inter_token_latency_milliseconds} ms at p{100 * slo.percentile:g}")
     meta: dict[str, Any] = {

@@ -90,7 +90,7 @@ def cache_bytes_needed(md: ModelDeployment) -> float:
 
     Llama-3.3-70B BF16: 141 GB of weights -> 155 GB on llmapi, 465 GB on tensorrt-engine. Weights from a
     claim (``model.pvc``) are linked, not copied."""
-    model, _ = profiles_for(md.spec.model.profile, md.spec.gpu.product)
+    model, _ = profiles_for(md.spec.model, md.spec.gpu.product)
     engine_path = md.spec.engine.backend == "tensorrt-engine"
     # The download is in the checkpoint's own precision: an fp8 engine is built from 16-bit weights.
     downloaded = 0.0 if md.spec.model.pvc else \
@@ -103,7 +103,7 @@ def engine_limit_problems(md: ModelDeployment) -> list[Problem]:
     """Engine limits the model or the GPUs cannot hold (pure)."""
     spec = md.spec
     engine = spec.engine
-    model, _ = profiles_for(spec.model.profile, spec.gpu.product)
+    model, _ = profiles_for(spec.model, spec.gpu.product)
     sequence = engine.max_input_length + engine.max_output_length
     problems = []
     if sequence > model.context_length:
@@ -648,11 +648,11 @@ class Reconciler:
     def problems(self, md: ModelDeployment) -> list[Problem]:
         """Why a schema-valid spec cannot work here, whatever the nodes; empty when it can."""
         spec = md.spec
-        model, gpu = profiles_for(spec.model.profile, spec.gpu.product)
+        model, gpu = profiles_for(spec.model, spec.gpu.product)
         problems = []
         if spec.engine.precision == "fp8" and gpu.fp8_tflops is None:
             problems.append(Problem("PrecisionUnsupported",
-                                    f"{gpu.product} has no FP8 tensor cores; use bf16 or fp16"))
+                                    f"{gpu.name} has no FP8 tensor cores; use bf16 or fp16"))
         fit = weights_fit(model, gpu, spec.engine.precision, spec.gpus_per_replica)
         if not fit.fits:
             problems.append(Problem("ModelDoesNotFit", fit.message + "; raise parallelism.tensor "
@@ -682,11 +682,11 @@ class Reconciler:
                 if size and quantity_bytes(str(size)) < need:
                     problems.append(Problem("ModelCacheTooSmall", (
                         f"PersistentVolumeClaim {spec.model_cache.claim_name!r} holds {size}; the prepare step "
-                        f"writes about {need / 1e9:.0f} GB for {spec.model.profile} ({spec.engine.backend})")))
+                        f"writes about {need / 1e9:.0f} GB for {spec.model.shape_name} ({spec.engine.backend})")))
         elif quantity_bytes(spec.model_cache.size_limit) < need:
             problems.append(Problem("ModelCacheTooSmall", (
                 f"spec.modelCache.sizeLimit {spec.model_cache.size_limit} is below the about {need / 1e9:.0f} GB "
-                f"the prepare step writes for {spec.model.profile} ({spec.engine.backend})")))
+                f"the prepare step writes for {spec.model.shape_name} ({spec.engine.backend})")))
         if spec.model.pvc and self.kube.get("v1", "PersistentVolumeClaim", md.namespace,
                                             spec.model.pvc.claim_name) is None:
             problems.append(Problem("ModelSourceClaimMissing", (

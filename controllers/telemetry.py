@@ -75,7 +75,7 @@ def snapshot(md: ModelDeployment, status: dict[str, Any], pods: Iterable[Manifes
     spec = md.spec
     slo = spec.autoscaling.slo
     return ModelSnapshot(
-        info={"model": spec.model.name, "profile": spec.model.profile, "gpu_product": spec.gpu.product,
+        info={"model": spec.model.name, "profile": spec.model.shape_name, "gpu_product": spec.gpu.product,
               "backend": spec.engine.backend, "autoscaling": str(spec.autoscaling.enabled).lower()},
         replicas=replica_states(status, pods),
         gpus_per_replica=spec.gpus_per_replica,

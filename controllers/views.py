@@ -138,7 +138,7 @@ def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group
     prepare = prepare_seconds(replica.model, spec.engine.precision, spec.engine.backend)
     first_start = prepare + load
     lines = [
-        f"[bold]{md.name}[/]: {spec.model.profile} {spec.engine.precision} on {replica.gpus} x {spec.gpu.product} "
+        f"[bold]{md.name}[/]: {spec.model.shape_name} {spec.engine.precision} on {replica.gpus} x {spec.gpu.product} "
         f"per replica (TP{spec.parallelism.tensor} PP{spec.parallelism.pipeline}), {replicas} replica(s), "
         f"{replicas * replica.gpus} GPUs",
         f"weights per GPU {fit.weight_bytes_per_gpu / 1e9:.1f} GB of {fit.usable_bytes_per_gpu / 1e9:.1f} GB usable"

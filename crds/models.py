@@ -9,10 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
+
+from crds.architecture import Architecture
+from crds.base import ApiModel as ApiModel  # re-exported: its readers import it from here
+from crds.base import rule as rule
+from crds.catalogue import CATALOGUE, PROFILE_NAMES
+from crds.gpus import FP4_PRODUCTS, GPU_PRODUCT_NAMES, GPU_PRODUCTS
+from crds.gpus import GPU_PRODUCT_NODE_LABELS as GPU_PRODUCT_NODE_LABELS
+from crds.gpus import GPUS_PER_NODE as GPUS_PER_NODE
 
 GROUP = "tokenworks.dev"
 VERSION = "v1alpha1"
@@ -36,7 +43,11 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
-Precision = Literal["fp8", "bf16", "fp16"]
+# Weight precision; fp4 is NVFP4 (Blackwell's FP4 tensor cores, ModelOpt's `nvidia/...-FP4` checkpoints).
+Precision = Literal["fp4", "fp8", "bf16", "fp16"]
+# KV-cache precision, apart from the weights': `auto` keeps TensorRT-LLM's default (the checkpoint's
+# `kv_cache_quant_algo`: FP8 for ModelOpt's FP8 and FP4 checkpoints, else the activations' 16 bits).
+KvCachePrecision = Literal["auto", "fp8", "bf16", "fp16"]
 # The two ways NVIDIA documents to run TensorRT-LLM under Triton (docs/design/serving-path.md):
 # `llmapi`, the engine-free LLM-API (PyTorch) backend of current images, and `tensorrt-engine`, the
 # legacy inflight-batcher C++ backend over an engine built by `trtllm-build`, kept on the last release
@@ -47,7 +58,6 @@ DEFAULT_IMAGES: dict[str, str] = {
     "llmapi": "nvidia/tritonserver:26.07-trtllm-python-py3",
     "tensorrt-engine": "nvidia/tritonserver:25.12-trtllm-python-py3",
 }
-GpuProduct = Literal["H100-SXM", "H200-SXM", "A100-80GB", "L40S"]
 # The pod's main process (docs/design/serving-path.md, "The frontend"): `triton`, NVIDIA's launcher line
 # (`mpirun ... tritonserver`, KServe v2 only); `openai`, Triton's OpenAI-compatible frontend
 # (`openai_frontend/main.py`) with its KServe v2 frontends enabled beside it.
@@ -57,33 +67,6 @@ Frontend = Literal["triton", "openai"]
 # it, so `serving.frontend: openai` needs `engine.image` naming an image built with it.
 OPENAI_FRONTEND_DIR = "/opt/tritonserver/python/openai"
 
-# GPUs in one node of each product (the common 8-GPU HGX/DGX and PCIe servers). A replica is one
-# pod, and a pod runs on one node, so tensor x pipeline may not exceed this.
-GPUS_PER_NODE: dict[str, int] = {"H100-SXM": 8, "H200-SXM": 8, "A100-80GB": 8, "L40S": 8}
-
-# Values of the `nvidia.com/gpu.product` node label (set by NVIDIA GPU feature discovery) that
-# count as each product.
-GPU_PRODUCT_NODE_LABELS: dict[str, list[str]] = {
-    "H100-SXM": ["NVIDIA-H100-80GB-HBM3", "NVIDIA-H100-SXM5-80GB"],
-    "H200-SXM": ["NVIDIA-H200", "NVIDIA-H200-141GB-HBM3e"],
-    "A100-80GB": ["NVIDIA-A100-SXM4-80GB", "NVIDIA-A100-80GB-PCIe"],
-    "L40S": ["NVIDIA-L40S"],
-}
-
-
-def rule(expression: str, message: str | None = None, *, message_expression: str | None = None,
-         reason: str | None = None, field_path: str | None = None) -> JsonDict:
-    """One CEL ``x-kubernetes-validations`` entry."""
-    entry: JsonDict = {"rule": expression}
-    if message:
-        entry["message"] = message
-    if message_expression:
-        entry["messageExpression"] = message_expression
-    if reason:
-        entry["reason"] = reason
-    if field_path:
-        entry["fieldPath"] = field_path
-    return entry
 
 
 # A ModelDeployment's name is its children's: the tightest limits are the Service's name, a DNS-1035
@@ -104,14 +87,6 @@ def valid_name(name: str) -> bool:
     return len(name) <= NAME_MAX_LENGTH and re.fullmatch(NAME_PATTERN, name) is not None
 
 
-class ApiModel(BaseModel):
-    """camelCase on the wire, snake_case in Python; unknown fields are errors, as in the CRD."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
-
-
 class PvcSource(ApiModel):
     claim_name: str = Field(min_length=1, description="Name of a PersistentVolumeClaim in the same "
                             "namespace holding the model or its prebuilt engine.")
@@ -124,12 +99,19 @@ class SecretKeyRef(ApiModel):
                             "`NGC_API_KEY` for NGC.")
 
 
+PROFILE_OR_ARCHITECTURE = ("exactly one of model.profile (a catalogue name) or model.architecture (the shape, "
+                           "e.g. from `tokenworks model from-config config.json`) must be set")
+
+
 class ModelSpec(ApiModel):
     """What to serve."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
         "[has(self.huggingFace), has(self.ngc), has(self.pvc)].filter(x, x).size() == 1",
         "exactly one of model.huggingFace, model.ngc or model.pvc must be set",
+    ), rule(
+        "has(self.profile) != has(self.architecture)",
+        PROFILE_OR_ARCHITECTURE, reason="FieldValueRequired",
     ), rule(
         "!has(self.ngc) || !self.ngc.contains(':') || !has(self.revision)",
         "model.ngc names a version after ':' already; set model.revision or the version, not both",
@@ -142,9 +124,14 @@ class ModelSpec(ApiModel):
         "serves it under the model names of NVIDIA's repository layout: `tensorrt_llm` (llmapi backend) "
         "or `ensemble` and `tensorrt_llm_bls` (tensorrt-engine backend).",
     )
-    profile: Literal["Llama-3.1-8B", "Llama-3.3-70B", "Llama-3.1-405B"] = Field(
-        description="Architecture profile used by the performance model and for sizing "
-        "(parameters, layers, KV heads).",
+    profile: str | None = Field(
+        None, description="A well-known model's architecture by name (the catalogue: "
+        + ", ".join(PROFILE_NAMES) + "); or set `architecture`.", json_schema_extra={"enum": list(PROFILE_NAMES)},
+    )
+    architecture: Architecture | None = Field(
+        None, description="The model's shape (layers, widths, heads, experts, MLA, sliding windows, blocks), "
+        "for sizing and the performance model; `tokenworks model from-config config.json` writes it from a "
+        "Hugging Face config. Set this or `profile`.",
     )
     hugging_face: str | None = Field(None, description="Hugging Face repository id, e.g. "
                                      "`meta-llama/Llama-3.1-8B-Instruct`.")
@@ -156,6 +143,30 @@ class ModelSpec(ApiModel):
         "token (key `HF_TOKEN` unless set; needed for gated models such as Llama) or an NGC API key "
         "(key `NGC_API_KEY`).",
     )
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, profile: str | None) -> str | None:
+        if profile is not None and profile not in CATALOGUE:
+            raise ValueError(f"model.profile {profile!r} is not in the catalogue ({', '.join(PROFILE_NAMES)}); "
+                             "describe the model with model.architecture instead")
+        return profile
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> ModelSpec:
+        if (self.profile is None) == (self.architecture is None):
+            raise ValueError(PROFILE_OR_ARCHITECTURE)
+        return self
+
+    @property
+    def shape(self) -> Architecture:
+        """The architecture: the catalogue's for a profile, else the spec's own."""
+        return CATALOGUE[self.profile] if self.profile is not None else self.architecture  # type: ignore[return-value]
+
+    @property
+    def shape_name(self) -> str:
+        """The profile's name, or `custom` for an inline architecture (a label value in telemetry)."""
+        return self.profile or "custom"
 
 
 class EngineSpec(ApiModel):
@@ -172,9 +183,13 @@ class EngineSpec(ApiModel):
         "image pinned for the backend (`nvidia/tritonserver:26.07-trtllm-python-py3` for llmapi, "
         "`:25.12-trtllm-python-py3` for tensorrt-engine), under the operator's image registry.",
     )
-    precision: Precision = Field("bf16", description="Weight and activation precision. On the llmapi "
-                                 "backend fp8 needs an FP8 checkpoint (e.g. ModelOpt's `nvidia/...-FP8`); "
-                                 "the tensorrt-engine backend quantises a 16-bit one while building.")
+    precision: Precision = Field("bf16", description="Weight precision. On the llmapi backend fp8 and fp4 "
+                                 "(NVFP4, Blackwell GPUs only) need a quantised checkpoint (e.g. ModelOpt's "
+                                 "`nvidia/...-FP8`, `nvidia/...-FP4`); the tensorrt-engine backend quantises a "
+                                 "16-bit one while building.")
+    kv_cache_precision: KvCachePrecision = Field(
+        "auto", description="KV-cache precision, apart from the weights': `auto` is TensorRT-LLM's default (FP8 "
+        "for FP8/FP4 checkpoints that quantise it, else 16-bit); `fp8` halves the cache's bytes per token.")
     max_batch_size: int = Field(256, ge=1, le=4096, description="Largest in-flight batch "
                                 "(requests decoded together per step).")
     max_num_tokens: int = Field(8192, ge=64, le=131072, description="Most tokens one engine step "
@@ -199,11 +214,32 @@ class EngineSpec(ApiModel):
                                   "main.py (serving.frontend openai, e.g. `--tool-call-parser=llama3`).")
 
 
-class ParallelismSpec(ApiModel):
-    """How one replica is split across GPUs; GPUs per replica = tensor x pipeline."""
+EXPERT_DIVIDES_TENSOR = ("parallelism.expert must divide parallelism.tensor: the expert-parallel ranks are a "
+                         "split of the tensor-parallel group")
 
-    tensor: Literal[1, 2, 4, 8] = Field(1, description="Tensor-parallel ranks.")
-    pipeline: int = Field(1, ge=1, le=8, description="Pipeline-parallel stages.")
+
+class ParallelismSpec(ApiModel):
+    """How one replica is split across GPUs; GPUs per replica = tensor x pipeline. A replica with more GPUs than
+    one node has runs as a LeaderWorkerSet group of pods (one per node)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [rule(
+        "self.tensor % self.expert == 0", EXPERT_DIVIDES_TENSOR, reason="FieldValueInvalid", field_path=".expert",
+    )]})
+
+    tensor: Literal[1, 2, 4, 8, 16, 32, 64] = Field(1, description="Tensor-parallel ranks.")
+    pipeline: int = Field(1, ge=1, le=16, description="Pipeline-parallel stages.")
+    expert: int = Field(1, ge=1, le=64, description="Expert-parallel ranks of a mixture-of-experts model, within "
+                        "the tensor-parallel group (TensorRT-LLM's `moe_expert_parallel_size`; the rest of the "
+                        "group splits each expert).")
+    attention_data_parallel: bool = Field(False, description="Attention data-parallel (TensorRT-LLM's "
+                                          "`enable_attention_dp`): each rank of the group runs attention for its "
+                                          "own requests with the whole KV of them, experts stay parallel.")
+
+    @model_validator(mode="after")
+    def _expert_divides(self) -> ParallelismSpec:
+        if self.tensor % self.expert:
+            raise ValueError(EXPERT_DIVIDES_TENSOR)
+        return self
 
     @property
     def gpus_per_replica(self) -> int:
@@ -211,10 +247,17 @@ class ParallelismSpec(ApiModel):
 
 
 class GpuSpec(ApiModel):
-    product: GpuProduct = Field(
-        description="GPU product; pods are placed on nodes whose `nvidia.com/gpu.product` label "
-        "names it.",
+    product: str = Field(
+        description="GPU product (" + ", ".join(GPU_PRODUCT_NAMES) + "); pods are placed on nodes whose "
+        "`nvidia.com/gpu.product` label names it.", json_schema_extra={"enum": list(GPU_PRODUCT_NAMES)},
     )
+
+    @field_validator("product")
+    @classmethod
+    def _known_product(cls, product: str) -> str:
+        if product not in GPU_PRODUCTS:
+            raise ValueError(f"gpu.product {product!r} is not one of {', '.join(GPU_PRODUCT_NAMES)}")
+        return product
 
 
 class SloSpec(ApiModel):
@@ -379,17 +422,26 @@ POOL_NEEDS_OPENAI = (
     "which tritonserver does not serve")
 
 
+FP4_NEEDS_BLACKWELL = ("engine.precision fp4 (NVFP4) needs a GPU with FP4 tensor cores: one of "
+                       + ", ".join(FP4_PRODUCTS) + "; Hopper and older GPUs serve fp8 or bf16")
+HEADS_DIVIDE_TENSOR = ("parallelism.tensor must divide the model's attention heads: each tensor-parallel rank "
+                       "runs a whole number of heads (or set parallelism.attentionDataParallel)")
+
+
 class ModelDeploymentSpec(ApiModel):
     """A model served by Triton + TensorRT-LLM on GPUs."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         rule(
-            "self.parallelism.tensor * self.parallelism.pipeline <= "
-            + "{" + ", ".join(f"'{k}': {v}" for k, v in GPUS_PER_NODE.items()) + "}"
-            + "[self.gpu.product]",
-            "parallelism.tensor x parallelism.pipeline (the GPUs of one replica) must not exceed "
-            "the GPUs of one node of gpu.product (8): a replica runs in one pod on one node",
-            reason="FieldValueInvalid",
+            "self.engine.precision != 'fp4' || self.gpu.product in [" + ", ".join(f"'{p}'" for p in FP4_PRODUCTS)
+            + "]", FP4_NEEDS_BLACKWELL, reason="FieldValueInvalid", field_path=".engine.precision",
+        ),
+        rule(
+            "self.parallelism.attentionDataParallel || (has(self.model.architecture) ? "
+            "self.model.architecture.attentionHeads : "
+            + "{" + ", ".join(f"'{k}': {a.attention_heads}" for k, a in CATALOGUE.items()) + "}"
+            + "[self.model.profile]) % self.parallelism.tensor == 0",
+            HEADS_DIVIDE_TENSOR, reason="FieldValueInvalid", field_path=".parallelism.tensor",
         ),
         rule(
             "self.serving.frontend != 'openai' || self.engine.backend == 'tensorrt-engine'",
@@ -441,6 +493,27 @@ class ModelDeploymentSpec(ApiModel):
             raise ValueError(OPENAI_NEEDS_IMAGE)
         if self.routing.inference_pool is not None and self.serving.frontend != "openai":
             raise ValueError(POOL_NEEDS_OPENAI)
+        return self
+
+    @model_validator(mode="after")
+    def _shape_fits(self) -> ModelDeploymentSpec:
+        """What the CEL rules check, and what they cannot (KV heads, experts of an inline architecture), so a
+        spec that slips past an older CRD is Degraded with the same words rather than served wrongly."""
+        shape, tensor = self.model.shape, self.parallelism.tensor
+        if self.engine.precision == "fp4" and self.gpu.product not in FP4_PRODUCTS:
+            raise ValueError(FP4_NEEDS_BLACKWELL)
+        if not self.parallelism.attention_data_parallel:
+            if shape.attention_heads % tensor:
+                raise ValueError(f"{HEADS_DIVIDE_TENSOR}: {shape.attention_heads} heads over {tensor} ranks")
+            if shape.mla is None and shape.kv_heads % tensor and tensor % shape.kv_heads:
+                raise ValueError(f"parallelism.tensor ({tensor}) and the model's KV heads ({shape.kv_heads}) must "
+                                 "divide one another: TensorRT-LLM splits KV heads over the ranks, or copies each "
+                                 "to a whole number of them")
+        if self.parallelism.expert > 1 and shape.moe is None:
+            raise ValueError("parallelism.expert is above 1, but the model has no experts (architecture.moe)")
+        if shape.moe is not None and shape.moe.routed_experts % self.parallelism.expert:
+            raise ValueError(f"parallelism.expert ({self.parallelism.expert}) must divide the model's "
+                             f"{shape.moe.routed_experts} routed experts")
         return self
 
     @property

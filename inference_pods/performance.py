@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from crds.models import ModelDeploymentSpec
+from crds.models import ModelDeploymentSpec, ModelSpec
 from inference_pods.profiles import GPUS, MODELS, GpuProfile, ModelProfile
 
 # --- efficiency constants (the only fitted numbers) ---------------------------------------------
@@ -52,11 +52,11 @@ def weights_fit(model: ModelProfile, gpu: GpuProfile, precision: str, gpus_per_r
     Llama-3.1-405B in BF16 on 8 x H100: 405.9e9 x 2 B / 8 = 101.5 GB per GPU > 76 GB usable, so no.
     """
     per_gpu = model.weight_bytes(precision) / gpus_per_replica
-    usable = gpu.hbm_bytes - RUNTIME_RESERVED_BYTES
+    usable = gpu.usable_hbm_bytes - RUNTIME_RESERVED_BYTES
     fits = per_gpu < usable
     message = (
         f"{model.name} in {precision} needs {per_gpu / 1e9:.1f} GB of weights per GPU across "
-        f"{gpus_per_replica} GPU(s); a {gpu.product} offers {usable / 1e9:.1f} GB after the runtime's "
+        f"{gpus_per_replica} GPU(s); a {gpu.name} offers {usable / 1e9:.1f} GB after the runtime's "
         f"reserve"
     )
     return Fit(fits, per_gpu, usable, message)
@@ -91,8 +91,9 @@ def prepare_seconds(model: ModelProfile, precision: str, backend: str) -> float:
     return seconds
 
 
-def profiles_for(model_profile: str, gpu_product: str) -> tuple[ModelProfile, GpuProfile]:
-    return MODELS[model_profile], GPUS[gpu_product]
+def profiles_for(model: ModelSpec, gpu_product: str) -> tuple[ModelProfile, GpuProfile]:
+    """The model (its catalogue profile or inline architecture) and the GPU of a spec."""
+    return ModelProfile.of(model), GPUS[gpu_product]
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ class ReplicaModel:
     @classmethod
     def for_spec(cls, spec: ModelDeploymentSpec) -> ReplicaModel:
         """The engine a ModelDeployment's spec describes: profile, GPU, precision, parallelism, limits."""
-        return cls(MODELS[spec.model.profile], GPUS[spec.gpu.product], precision=spec.engine.precision,
+        return cls(ModelProfile.of(spec.model), GPUS[spec.gpu.product], precision=spec.engine.precision,
                    tp=spec.parallelism.tensor, pp=spec.parallelism.pipeline,
                    max_batch_size=spec.engine.max_batch_size, max_num_tokens=spec.engine.max_num_tokens,
                    kv_cache_fraction=spec.engine.kv_cache_free_gpu_mem_fraction,
@@ -147,7 +148,7 @@ class ReplicaModel:
 
         Llama-3.1-8B FP8 on one H100: (80 - 8.03 - 4) GB x 0.9 / 65,536 B = 933,000 tokens.
         """
-        free = self.gpus * self.gpu.hbm_bytes - self.model.weight_bytes(self.precision) \
+        free = self.gpus * self.gpu.usable_hbm_bytes - self.model.weight_bytes(self.precision) \
             - self.gpus * RUNTIME_RESERVED_BYTES
         return max(0, int(free * self.kv_cache_fraction / self.kv_bytes_per_token))
 
@@ -157,7 +158,7 @@ class ReplicaModel:
             return 0.0
         payload = tokens * self.model.hidden_size * ACTIVATION_BYTES
         ring_bytes = 2 * (self.tp - 1) / self.tp * payload
-        bandwidth = self.gpu.interconnect_bandwidth * ALLREDUCE_BANDWIDTH_FRACTION
+        bandwidth = self.gpu.nvlink_bandwidth * ALLREDUCE_BANDWIDTH_FRACTION
         latency = ALLREDUCE_LATENCY_SECONDS * (1 + math.log2(self.tp))
         return 2 * self.model.layers * (latency + ring_bytes / bandwidth)
 
@@ -181,7 +182,8 @@ class ReplicaModel:
         memory = (self.model.weight_bytes(self.precision) + kv_bytes) / (
             self.gpus * self.gpu.hbm_bandwidth * BANDWIDTH_EFFICIENCY)
         busy = float((compute**OVERLAP_NORM + memory**OVERLAP_NORM) ** (1 / OVERLAP_NORM))
-        return busy + self._allreduce_seconds(tokens) + STEP_OVERHEAD_SECONDS
+        # Summed as decode_run_ends sums them (float addition is not associative).
+        return busy + (self._allreduce_seconds(tokens) + STEP_OVERHEAD_SECONDS)
 
     def decode_run_ends(self, start: float, batch: int, context: int, steps: int, horizon: float) -> list[float]:
         """End times of up to ``steps`` successive decode iterations of ``batch`` requests starting at

@@ -142,14 +142,18 @@ def engine_config(spec: ModelDeploymentSpec, registry: str = "") -> dict[str, An
     )
     paths = CachePaths.of(spec, registry)
     return {
-        "model": {"name": spec.model.name, "profile": spec.model.profile,
+        "model": {"name": spec.model.name, "profile": spec.model.shape_name,
+                  "architecture": spec.model.shape.model_dump(by_alias=True, exclude_none=True),
                   "revision": spec.model.revision, **source},
         "backend": spec.engine.backend,
         "image": resolved_image(spec, registry),
         "gpu": spec.gpu.product,
         "precision": spec.engine.precision,
+        "kvCachePrecision": spec.engine.kv_cache_precision,
         "tensorParallelSize": spec.parallelism.tensor,
         "pipelineParallelSize": spec.parallelism.pipeline,
+        "expertParallelSize": spec.parallelism.expert,
+        "attentionDataParallel": spec.parallelism.attention_data_parallel,
         "maxBatchSize": spec.engine.max_batch_size,
         "maxNumTokens": spec.engine.max_num_tokens,
         "maxInputLength": spec.engine.max_input_length,
@@ -210,7 +214,7 @@ def startup_probe_failure_threshold(spec: ModelDeploymentSpec, period_seconds: i
 
     Llama-3.3-70B BF16 on TP4 loads in about 68.5 s: (2 x 68.5 + 60) / 10 s -> 20 probes.
     """
-    model, _ = profiles_for(spec.model.profile, spec.gpu.product)
+    model, _ = profiles_for(spec.model, spec.gpu.product)
     load = engine_load_seconds(model, spec.engine.precision, spec.gpus_per_replica)
     return max(6, math.ceil((2 * load + 60) / period_seconds))
 
@@ -231,7 +235,7 @@ def pod_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
 
 def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> dict[str, Any]:
     spec = md.spec
-    _, gpu = profiles_for(spec.model.profile, spec.gpu.product)
+    _, gpu = profiles_for(spec.model, spec.gpu.product)
     gpus = spec.gpus_per_replica
     image = resolved_image(spec, registry)
     startup_period = 10
@@ -333,7 +337,7 @@ def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> d
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
             "nodeSelectorTerms": [{"matchExpressions": [{
                 "key": "nvidia.com/gpu.product", "operator": "In",
-                "values": list(gpu.node_label_values),
+                "values": list(gpu.node_labels),
             }]}],
         }}},
         "tolerations": pod_tolerations(spec),
@@ -358,7 +362,7 @@ def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> d
 
 
 def deployment(md: ModelDeployment, replicas: int, config_hash: str, registry: str = "") -> dict[str, Any]:
-    model, _ = profiles_for(md.spec.model.profile, md.spec.gpu.product)
+    model, _ = profiles_for(md.spec.model, md.spec.gpu.product)
     load = engine_load_seconds(model, md.spec.engine.precision, md.spec.gpus_per_replica)
     return {
         "apiVersion": "apps/v1",

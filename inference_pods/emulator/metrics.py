@@ -315,7 +315,7 @@ class PodMetrics:
                 ("nv_gpu_power_limit", "GPU power management limit in watts", "gauge"),
                 ("nv_energy_consumption", "GPU energy consumption in joules since the Triton Server started",
                  "counter")):
-            value = {"nv_gpu_utilization": utilisation, "nv_gpu_memory_total_bytes": model.gpu.hbm_bytes,
+            value = {"nv_gpu_utilization": utilisation, "nv_gpu_memory_total_bytes": model.gpu.usable_hbm_bytes,
                      "nv_gpu_memory_used_bytes": weights + kv_used, "nv_gpu_power_usage": power,
                      "nv_gpu_power_limit": power_limit, "nv_energy_consumption": self.energy_joules / gpus}[name]
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]

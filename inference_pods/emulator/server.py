@@ -28,10 +28,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from crds.architecture import Architecture
 from inference_pods.emulator.engine import Draining, EmulatedEngine, QueueFull, Request
 from inference_pods.emulator.metrics import PodMetrics
 from inference_pods.emulator.pod import Launch
 from inference_pods.performance import ReplicaModel
+from inference_pods.profiles import GPUS, MODELS, ModelProfile
 from inference_pods.repository import TRTLLM_MODEL
 
 log = logging.getLogger("tokenworks.emulator")
@@ -57,8 +59,12 @@ def replica_for(launch: Launch) -> ReplicaModel:
     # The C++ backend's batch limit is the tensorrt_llm model's max_batch_size (the LLM-API model has
     # 0 there: Triton does not batch it, model.yaml says what the LLM API does).
     batch = model.max_batch_size if model and model.max_batch_size > 0 else args.get("max_batch_size")
-    return ReplicaModel.for_profiles(
-        engine["model"]["profile"], engine["gpu"], precision=engine["precision"],
+    # The architecture travels in engine.json (a catalogue profile's too), so any model the API takes runs.
+    shape = engine["model"].get("architecture")
+    profile = ModelProfile(engine["model"]["profile"], Architecture.model_validate(shape)) if shape \
+        else MODELS[engine["model"]["profile"]]
+    return ReplicaModel(
+        profile, GPUS[engine["gpu"]], precision=engine["precision"],
         tp=int(args.get("tensor_parallel_size", engine["tensorParallelSize"])),
         pp=int(args.get("pipeline_parallel_size", engine["pipelineParallelSize"])),
         max_batch_size=int(batch or engine["maxBatchSize"]),

@@ -91,7 +91,7 @@ def test_plan_yaml_is_the_operator_rendering() -> None:
 
 def test_plan_reports_each_invalid_field(tmp_path: Path) -> None:
     manifest = yaml.safe_load((EXAMPLES / "llama-8b-h100.yaml").read_text())
-    manifest["spec"]["engine"]["precision"] = "fp4"
+    manifest["spec"]["engine"]["precision"] = "fp6"
     manifest["spec"]["parallelism"] = {"tensor": 3}
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(manifest))

@@ -76,19 +76,20 @@ def test_defaults_enums_and_bounds_reach_the_schema() -> None:
     assert engine["default"]["precision"] == "bf16" and engine["default"]["maxBatchSize"] == 256
     assert spec_schema()["properties"]["autoscaling"]["default"]["slo"]["ttftMilliseconds"] == 2000
     precision = engine["properties"]["precision"]
-    assert precision["description"].startswith("Weight and activation precision.")
+    assert precision["description"].startswith("Weight precision.")
     assert {k: v for k, v in precision.items() if k != "description"} == {
-        "default": "bf16", "enum": ["fp8", "bf16", "fp16"], "type": "string"}
+        "default": "bf16", "enum": ["fp4", "fp8", "bf16", "fp16"], "type": "string"}
     assert engine["properties"]["backend"]["enum"] == ["llmapi", "tensorrt-engine"]
     assert engine["default"]["backend"] == "llmapi"
     tensor = spec_schema()["properties"]["parallelism"]["properties"]["tensor"]
-    assert tensor["enum"] == [1, 2, 4, 8] and tensor["type"] == "integer"
+    assert tensor["enum"] == [1, 2, 4, 8, 16, 32, 64] and tensor["type"] == "integer"
     assert spec_schema()["properties"]["replicas"]["minimum"] == 0
 
 
 def test_cross_field_rules_are_cel_validations() -> None:
     spec_rules = [r["rule"] for r in spec_schema()["x-kubernetes-validations"]]
-    assert any("parallelism.tensor * self.parallelism.pipeline" in r for r in spec_rules)
+    assert any("self.engine.precision != 'fp4'" in r for r in spec_rules)
+    assert any("% self.parallelism.tensor == 0" in r for r in spec_rules)
     assert any("oldSelf.replicas" in r for r in spec_rules)
     autoscaling = spec_schema()["properties"]["autoscaling"]
     assert autoscaling["x-kubernetes-validations"][0]["rule"] == "self.minReplicas <= self.maxReplicas"

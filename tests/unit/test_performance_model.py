@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from inference_pods.performance import ReplicaModel, Step, engine_load_seconds, weights_fit
-from inference_pods.profiles import GPUS, MODELS, ModelProfile
+from inference_pods.profiles import GPUS, MODELS
 
 CALIBRATION = Path(__file__).resolve().parents[3] / "shared" / "calibration" / "README.md"
 SATURATION_SETUPS = [("Llama-3.1-8B", 1), ("Llama-3.3-70B", 2), ("Llama-3.1-405B", 8)]
-LLAMA2_70B = ModelProfile("Llama-2-70B", 69e9, 80, 8192, 64, 8, 128, 32000)
+LLAMA2_70B = MODELS["Llama-2-70B"]
 
 
 def saturation_rows() -> list[tuple[int, int, str, int, int]]:
@@ -86,7 +86,7 @@ def test_more_tensor_parallelism_speeds_up_a_step() -> None:
 def test_kv_capacity_and_concurrency_limits() -> None:
     replica = ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM", precision="fp8")
     # (80 - 8.03 - 4) GB x 0.9 / 65,536 B per token.
-    assert replica.kv_capacity_tokens == int((80e9 - 8.03e9 - 4e9) * 0.9 / 65536)
+    assert replica.kv_capacity_tokens == int((85_899_345_920 - replica.model.parameters - 4e9) * 0.9 / 65536)
     assert replica.max_concurrency(128, 128) == 256  # the batch limit
     assert replica.max_concurrency(20000, 2000) == replica.kv_capacity_tokens // 22000  # the KV cache
 
