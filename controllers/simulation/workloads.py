@@ -20,8 +20,8 @@ workloads" cites it; lengths in tokens):
 | deepseek-r1-production: in | mean 1,268; p10 18 p50 208 p90 2,092 p99 23,423; max 57,284 [1] | those quantiles |
 | mlperf-deepseek-r1: out | mean 3,886.2; max 20,000 [2] | lognormal, sigma 1.0 (assumed) |
 | mlperf-deepseek-r1: in | max 3,140 [2] | [1]'s input below 3,140 (assumed) |
-| nemotron-49b-reasoning: out | math mean 2,828 max 7,540; logic mean 4,552 max 14,194 [3] | half each; lognormals |
-| nemotron-49b-reasoning: in | none | as mlperf-deepseek-r1 (assumed) |
+| nemotron-super-49b-reasoning: out | mean / max: math 2,828 / 7,540, logic 4,552 / 14,194 [3] | half each; lognormals |
+| nemotron-super-49b-reasoning: in | none | as mlperf-deepseek-r1 (assumed) |
 | chat: out | non-reasoning means 15-155 [1] | lognormal mean 85, sigma 1, max 2,048 |
 | chat: in | p10 207 p50 1,020 p90 2,734 p99 4,142; max 14,050 [4] | those quantiles |
 
