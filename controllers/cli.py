@@ -672,7 +672,8 @@ def trace_generate(
         f"to {output}: {len(requests) / duration:.2f} req/s. Output tokens mean {sum(outs) / len(outs):,.0f}, "
         f"p50 {percentile(outs, 0.5):,.0f}, p99 {percentile(outs, 0.99):,.0f}, max {max(outs):,}; input tokens "
         f"mean {sum(ins) / len(ins):,.0f}, p50 {percentile(ins, 0.5):,.0f}, p99 {percentile(ins, 0.99):,.0f}. "
-        f"Offered {sum(outs) / duration:,.0f} output tokens/s.{clipped} Replay: tokenworks simulate {output}")
+        f"Offered {sum(outs) / duration:,.0f} output tokens/s.{clipped} Replay: tokenworks simulate {output} "
+        "-f DEPLOYMENT.yaml")
 
 
 def run() -> None:  # pragma: no cover - console entry point

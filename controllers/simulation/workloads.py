@@ -1,8 +1,10 @@
 """Synthetic request traces: named token-length distributions (reasoning and chat) and arrival processes.
 
 Pure and seeded: ``generate(workload, arrival, duration, seed)`` returns the same requests for the same
-arguments on every machine (``random.Random`` is specified to be reproducible across platforms for a
-given seed). ``write`` saves them in a format ``controllers.simulation.trace.load`` reads.
+arguments. Python guarantees ``random.Random(seed).random()`` the same sequence in every version
+(docs.python.org/3/library/random.html, "Notes on Reproducibility"), and lengths and Poisson gaps use
+only ``random()``; gamma gaps use ``gammavariate``, whose algorithm Python may change between versions.
+``write`` saves them in a format ``controllers.simulation.trace.load`` reads.
 
 Lengths. Each distribution is a piecewise log-linear quantile function (inverse CDF): knots
 ``(probability, tokens)`` from 0 to 1, and between two knots the logarithm of the length moves linearly
@@ -307,7 +309,8 @@ def _positive(value: float, what: str) -> None:
 
 @dataclass(frozen=True)
 class Poisson:
-    """Exponential gaps of mean ``1 / rate``: memoryless, CV of the gaps 1 (MLPerf's Server scenario)."""
+    """Exponential gaps of mean ``1 / rate`` (memoryless; the gaps' CV is 1), drawn by inversion,
+    ``-ln(1 - u) / rate``, so they depend on ``random()`` alone."""
 
     rate: float
 
@@ -316,10 +319,10 @@ class Poisson:
 
     def times(self, duration: float, rng: random.Random) -> list[float]:
         out: list[float] = []
-        t = rng.expovariate(self.rate)
+        t = -math.log(1.0 - rng.random()) / self.rate
         while t < duration:
             out.append(t)
-            t += rng.expovariate(self.rate)
+            t += -math.log(1.0 - rng.random()) / self.rate
         return out
 
     def rate_at(self, t: float) -> float:
