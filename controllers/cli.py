@@ -659,8 +659,11 @@ def trace_generate(
     requests = generated.requests
     if not requests:
         raise fail(f"no request arrived in {duration:g} s at {process.describe()}; raise --rate or --duration")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write(requests, output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write(requests, output)
+    except OSError as error:
+        raise fail(f"cannot write {output}: {error.strerror or error}") from None
     outs = [r.output_tokens for r in requests]
     ins = [r.input_tokens for r in requests]
     clipped = "".join(

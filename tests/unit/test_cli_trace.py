@@ -93,6 +93,7 @@ def test_list_names_every_workload_and_its_source() -> None:
     (["--max-output", "0"], "--max-output must be at least 1 token"),
     (["--rate", "0.001", "--duration", "1"], "no request arrived in 1 s"),
     (["--arrival", "closed"], "Invalid value for '--arrival'"),
+    (["--rate", "1000", "--duration", "86400"], "about 86,400,000 requests, over the 10,000,000 a trace may hold"),
 ])
 def test_bad_arguments_are_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
     out = tmp_path / "t.csv"
@@ -106,3 +107,11 @@ def test_an_output_of_another_format_is_a_usage_error(tmp_path: Path) -> None:
     result = cli("trace", "generate", "--output", str(tmp_path / "t.parquet"))
     assert result.exit_code == ExitCode.USAGE
     assert ".csv (generic CSV) or .jsonl (JSONL)" in " ".join(result.output.split())
+
+
+def test_an_unwritable_output_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = cli("trace", "generate", "--duration", "60", "--output", str(blocker / "t.csv"))
+    assert result.exit_code == ExitCode.USAGE
+    assert f"cannot write {blocker / 't.csv'}" in " ".join(result.output.split())

@@ -243,3 +243,9 @@ def test_written_traces_load_back(tmp_path: Path, suffix: str) -> None:
 def test_an_unknown_file_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(WorkloadError, match=r"\.csv .* or \.jsonl"):
         write(generate(WORKLOADS["chat"], Poisson(1.0), 10, seed=1).requests, tmp_path / "t.txt")
+
+
+def test_a_trace_too_large_to_hold_is_refused_before_drawing() -> None:
+    # 200 req/s at the diurnal peak of 2 x 100 for a day: 17 million candidates.
+    with pytest.raises(WorkloadError, match="over the 10,000,000 a trace may hold"):
+        generate(WORKLOADS["chat"], Diurnal(100.0, 1.0, 3600.0), 86_400, seed=1)
