@@ -566,7 +566,6 @@ def explain(
     console.print(views.explain(obj))
 
 
-
 class ArrivalKind(enum.StrEnum):
     """`trace generate --arrival`: the open-loop arrival processes of controllers.simulation.workloads."""
 

@@ -365,7 +365,7 @@ class Gamma:
         return self.rate
 
     def peak(self) -> float:
-        # Gamma gaps have no peak rate; the mean bounds the expected count, and a margin the bursts.
+        # Gamma gaps have no peak rate: the mean rate gives the expected count, which is what the cap is for.
         return self.rate
 
     def describe(self) -> str:
