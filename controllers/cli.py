@@ -160,6 +160,9 @@ factory_app = typer.Typer(help="A local AI factory: the real control plane, the 
                           "are emulator twins, Prometheus, and traces replayed against it.", no_args_is_help=True)
 app.add_typer(factory_app, name="factory")
 app.add_typer(rules_app, name="rules")
+trace_app = typer.Typer(help="Synthetic request traces for `tokenworks simulate`: reasoning and chat "
+                        "length distributions, open-loop arrival processes.", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
 
 console = Console()
 Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path to a kubeconfig; "
@@ -560,6 +563,118 @@ def explain(
         typer.secho(f"error: not found: modeldeployment {namespace}/{name}", err=True, fg=typer.colors.RED)
         raise typer.Exit(ExitCode.NOT_FOUND)
     console.print(views.explain(obj))
+
+
+class ArrivalKind(enum.StrEnum):
+    """`trace generate --arrival`: the open-loop arrival processes of controllers.simulation.workloads."""
+
+    POISSON = "poisson"
+    GAMMA = "gamma"
+    DIURNAL = "diurnal"
+    RAMP = "ramp"
+
+
+@trace_app.command("list")
+def trace_list() -> None:
+    """Name every workload with its mean lengths and its source."""
+    from controllers.simulation.workloads import WORKLOADS
+
+    for w in WORKLOADS.values():
+        typer.echo(f"{w.name}: {w.summary}. Mean output {w.output.mean():,.0f} tokens (max "
+                   f"{w.output.maximum:,.0f}), mean input {w.input.mean():,.0f} (max {w.input.maximum:,.0f}). "
+                   f"Source: {w.source}")
+
+
+@trace_app.command("generate")
+def trace_generate(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write: .csv (generic CSV, seconds) "
+                                         "or .jsonl (milliseconds).", dir_okay=False)],
+    workload: Annotated[str, typer.Option(help="Length distribution (`tokenworks trace list`).")]
+    = "deepseek-r1-production",
+    arrival: Annotated[ArrivalKind, typer.Option(case_sensitive=False, help="poisson; gamma (gaps with --cv); "
+                                                 "diurnal (a sinusoid, --amplitude, --period); ramp (--rate "
+                                                 "to --rate-end).")] = ArrivalKind.POISSON,
+    rate: Annotated[float, typer.Option(help="Mean requests per second (ramp: at the start).")] = 1.0,
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals.")] = 3600.0,
+    seed: Annotated[int, typer.Option(help="The same seed gives the same trace.")] = 0,
+    cv: Annotated[float | None, typer.Option(help="gamma: coefficient of variation of the gaps (1 is "
+                                             "Poisson; over 1 is burstier).")] = None,
+    amplitude: Annotated[float | None, typer.Option(help="diurnal: the swing, 0 to 1, as a share of --rate "
+                                                    "(default 0.5).")] = None,
+    period: Annotated[float | None, typer.Option(help="diurnal: seconds per cycle (default: --duration).")]
+    = None,
+    rate_end: Annotated[float | None, typer.Option(help="ramp: requests per second at the end.")] = None,
+    max_input: Annotated[int | None, typer.Option(help="Clip prompts to this many tokens (the engine's "
+                                                  "max input length).")] = None,
+    max_output: Annotated[int | None, typer.Option(help="Clip answers to this many tokens (max_tokens).")]
+    = None,
+) -> None:
+    """Write a synthetic trace that `tokenworks simulate` replays, and summarise it."""
+    from rich.markup import escape
+
+    from controllers.simulation.workloads import (
+        WORKLOADS,
+        Arrival,
+        Diurnal,
+        Gamma,
+        Poisson,
+        Ramp,
+        WorkloadError,
+        generate,
+        percentile,
+        write,
+    )
+
+    def fail(message: str) -> typer.Exit:
+        console.print(f"[red]{escape(message)}[/]")
+        return typer.Exit(ExitCode.USAGE)
+
+    if workload not in WORKLOADS:
+        raise fail(f"unknown workload {workload!r}; one of {', '.join(WORKLOADS)}")
+    # An option that the chosen process ignores is a mistake worth saying, not a silent no-op.
+    extra = {"--cv": (cv, ArrivalKind.GAMMA), "--amplitude": (amplitude, ArrivalKind.DIURNAL),
+             "--period": (period, ArrivalKind.DIURNAL), "--rate-end": (rate_end, ArrivalKind.RAMP)}
+    for flag, (value, kind) in extra.items():
+        if value is not None and arrival != kind:
+            raise fail(f"{flag} applies to --arrival {kind.value}, not {arrival.value}")
+    if output.suffix not in (".csv", ".jsonl"):
+        raise fail(f"{output}: the output must end in .csv (generic CSV) or .jsonl (JSONL)")
+    try:
+        process: Arrival
+        if arrival == ArrivalKind.POISSON:
+            process = Poisson(rate)
+        elif arrival == ArrivalKind.GAMMA:
+            process = Gamma(rate, 2.0 if cv is None else cv)
+        elif arrival == ArrivalKind.DIURNAL:
+            process = Diurnal(rate, 0.5 if amplitude is None else amplitude, duration if period is None else period)
+        else:
+            if rate_end is None:
+                raise fail("--arrival ramp needs --rate-end (requests per second at the end)")
+            process = Ramp(rate, rate_end, duration)
+        generated = generate(WORKLOADS[workload], process, duration, seed, max_input, max_output)
+    except WorkloadError as error:
+        raise fail(str(error)) from None
+    requests = generated.requests
+    if not requests:
+        raise fail(f"no request arrived in {duration:g} s at {process.describe()}; raise --rate or --duration")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write(requests, output)
+    except OSError as error:
+        raise fail(f"cannot write {output}: {error.strerror or error}") from None
+    outs = [r.output_tokens for r in requests]
+    ins = [r.input_tokens for r in requests]
+    clipped = "".join(
+        f" {count:,} {what} clipped at {flag} {limit:,}." for count, what, flag, limit in (
+            (generated.clipped_inputs, "prompts", "--max-input", max_input),
+            (generated.clipped_outputs, "answers", "--max-output", max_output)) if limit is not None)
+    typer.echo(
+        f"Wrote {len(requests):,} requests ({workload}, {process.describe()}, seed {seed}) over {duration:,.0f} s "
+        f"to {output}: {len(requests) / duration:.2f} req/s. Output tokens mean {sum(outs) / len(outs):,.0f}, "
+        f"p50 {percentile(outs, 0.5):,.0f}, p99 {percentile(outs, 0.99):,.0f}, max {max(outs):,}; input tokens "
+        f"mean {sum(ins) / len(ins):,.0f}, p50 {percentile(ins, 0.5):,.0f}, p99 {percentile(ins, 0.99):,.0f}. "
+        f"Offered {sum(outs) / duration:,.0f} output tokens/s.{clipped} Replay: tokenworks simulate {output} "
+        "-f DEPLOYMENT.yaml")
 
 
 def run() -> None:  # pragma: no cover - console entry point
