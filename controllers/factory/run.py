@@ -172,8 +172,9 @@ class Factory:
             plane.kubectl("apply", "-f", "-", input=json.dumps(obj))
         plane.kubectl("create", "namespace", DEMO_NAMESPACE)
 
-        self.say(f"node agent: {', '.join(f'{n.name} ({n.gpus} x {n.product_label})' for n in self.scenario.nodes)}")
-        nodes = [AgentNode(n.name, n.product_label, n.gpus, octet=100 + i) for i, n in enumerate(self.scenario.nodes)]
+        plans = self.scenario.nodes
+        self.say(f"node agent: {', '.join(f'{n.name} ({n.gpu_count} x {n.product_label})' for n in plans)}")
+        nodes = [AgentNode(n.name, n.product_label, n.gpu_count, octet=100 + i) for i, n in enumerate(plans)]
         self.agent = NodeAgent(plane.api_client(self._token(AGENT_ACCOUNT)), nodes, self.workdir / "pods",
                                emulator_args_for=self._emulator_args, time_scale=self.scenario.compression,
                                on_event=lambda m: log.info("%s", m)).start()
@@ -433,7 +434,7 @@ def up(scenario_path: Path, out: Path, keep: bool, headless: bool, workdir: Path
     try:
         factory.start()
         assert factory.plane is not None
-        total_gpus = sum(n.gpus for n in scenario.nodes)
+        total_gpus = sum(n.gpu_count for n in scenario.nodes)
         live = None if headless else Live(console=console, refresh_per_second=1)
 
         def tick(elapsed: float) -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controllers.simulation.trace import TraceRequest, compress, load, multiply, require_window
+from crds.gpus import GPU_PRODUCTS
 
 
 class Strict(BaseModel):
@@ -43,9 +44,29 @@ class DeploymentPlan(Strict):
 
 
 class NodePlan(Strict):
+    """A GPU node, by product (``spec.gpu.product``'s names): its label and GPU count come from the one GPU table
+    (crds/gpus.py), as GPU feature discovery would set them on such a node."""
+
     name: str
-    product_label: str
-    gpus: int = Field(8, ge=1, le=72)
+    product: str = Field(description="A GPU product of crds/gpus.py, e.g. H100-SXM.")
+    gpus: int | None = Field(None, ge=1, le=72, description="GPUs of the node; unset: the product's node size "
+                             "(8 for HGX boards, 4 for a GB200/GB300 tray).")
+
+    @field_validator("product")
+    @classmethod
+    def _known(cls, product: str) -> str:
+        if product not in GPU_PRODUCTS:
+            raise ValueError(f"unknown GPU product {product!r}; one of {', '.join(GPU_PRODUCTS)}")
+        return product
+
+    @property
+    def product_label(self) -> str:
+        """The ``nvidia.com/gpu.product`` value GPU feature discovery sets (the table's first)."""
+        return GPU_PRODUCTS[self.product].node_labels[0]
+
+    @property
+    def gpu_count(self) -> int:
+        return self.gpus if self.gpus is not None else GPU_PRODUCTS[self.product].gpus_per_node
 
 
 class Scenario(Strict):

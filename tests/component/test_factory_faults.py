@@ -20,7 +20,7 @@ def scenario(tmp_path: Path, manifest: dict[str, Any], trace: Path) -> Path:
     path = tmp_path / "scenario.yaml"
     path.write_text(yaml.safe_dump({
         "compression": 10, "duration": 30,
-        "nodes": [{"name": "gpu-h200-0", "product_label": "NVIDIA-H200", "gpus": 8}],
+        "nodes": [{"name": "gpu-h200-0", "product": "H200-SXM"}],
         "deployments": [{"manifest": "model.yaml", "traffic": {"trace": str(trace), "shape": [{"at": 0, "rate": 1}]}}],
     }))
     return path

@@ -34,7 +34,7 @@ def test_a_short_scenario_serves_scales_draws_its_dashboards_and_leaves_nothing(
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text(yaml.safe_dump({
         "compression": 10, "duration": 60,
-        "nodes": [{"name": "gpu-h200-0", "product_label": "NVIDIA-H200", "gpus": 8}],
+        "nodes": [{"name": "gpu-h200-0", "product": "H200-SXM"}],
         "deployments": [
             {"manifest": "chat.yaml", "traffic": {"trace": "trace.csv", "shape": [{"at": 0, "rate": 1},
                                                                                   {"at": 10, "rate": 5}]}},
