@@ -132,7 +132,7 @@ def gpu_deployment(name: str, gpus: int, replicas: int) -> client.V1Deployment:
                 metadata=client.V1ObjectMeta(labels=labels),
                 spec=client.V1PodSpec(containers=[client.V1Container(
                     name="engine",
-                    image="nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3",
+                    image="nvidia/tritonserver:25.10-trtllm-python-py3",
                     resources=client.V1ResourceRequirements(
                         limits={cp.GPU_RESOURCE: str(gpus)}, requests={cp.GPU_RESOURCE: str(gpus)}
                     ),

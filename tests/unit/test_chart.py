@@ -340,8 +340,8 @@ def test_values_that_cannot_work_together_are_refused_with_the_reason() -> None:
 
 def test_the_image_defaults_to_the_app_version_and_a_digest_pins_it(rendered: dict[str, list[Manifest]]) -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert container(rendered["default"])["image"] == f"ghcr.io/tokenworks/operator:{chart['appVersion']}"
-    assert container(rendered["everything"])["image"] == "ghcr.io/tokenworks/operator@sha256:" + "a" * 64
+    assert container(rendered["default"])["image"] == f"tokenworks/operator:{chart['appVersion']}"
+    assert container(rendered["everything"])["image"] == "tokenworks/operator@sha256:" + "a" * 64
     tagged = render({"image": {"tag": "0.2.0-rc.1", "repository": "mirror.internal/tokenworks/operator"}})
     assert container(tagged)["image"] == "mirror.internal/tokenworks/operator:0.2.0-rc.1"
     # The manifests pin the same version as the chart's appVersion.
