@@ -343,6 +343,14 @@ def plan(
         console.print(views.pod_details(md, children))
 
 
+def usage_error(message: str) -> typer.Exit:
+    """Print a bad argument's message and return the exit to raise (code USAGE)."""
+    from rich.markup import escape
+
+    console.print(f"[red]{escape(message)}[/]")
+    return typer.Exit(ExitCode.USAGE)
+
+
 DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 DEFAULT_DEPLOYMENT = Path(__file__).resolve().parents[1] / "examples" / "llama-8b-h100.yaml"
 
@@ -402,9 +410,7 @@ def simulate(
         require_window,
     )
 
-    def fail(message: str) -> typer.Exit:
-        console.print(f"[red]{escape(message)}[/]")
-        return typer.Exit(ExitCode.USAGE)
+    fail = usage_error
 
     if compare and policy is not None:
         raise fail("--compare runs every policy; leave out --policy")
@@ -610,7 +616,6 @@ def trace_generate(
     = None,
 ) -> None:
     """Write a synthetic trace that `tokenworks simulate` replays, and summarise it."""
-    from rich.markup import escape
 
     from controllers.simulation.workloads import (
         WORKLOADS,
@@ -625,9 +630,7 @@ def trace_generate(
         write,
     )
 
-    def fail(message: str) -> typer.Exit:
-        console.print(f"[red]{escape(message)}[/]")
-        return typer.Exit(ExitCode.USAGE)
+    fail = usage_error
 
     if workload not in WORKLOADS:
         raise fail(f"unknown workload {workload!r}; one of {', '.join(WORKLOADS)}")
