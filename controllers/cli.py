@@ -163,6 +163,9 @@ app.add_typer(rules_app, name="rules")
 trace_app = typer.Typer(help="Synthetic request traces for `tokenworks simulate`: reasoning and chat "
                         "length distributions, open-loop arrival processes.", no_args_is_help=True)
 app.add_typer(trace_app, name="trace")
+model_app = typer.Typer(help="Model architectures: the catalogue of `spec.model.profile`, and "
+                        "`spec.model.architecture` from a Hugging Face config.json.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 console = Console()
 Kubeconfig = Annotated[str | None, typer.Option(envvar="KUBECONFIG", help="Path to a kubeconfig; "
@@ -678,6 +681,86 @@ def trace_generate(
         f"mean {sum(ins) / len(ins):,.0f}, p50 {percentile(ins, 0.5):,.0f}, p99 {percentile(ins, 0.99):,.0f}. "
         f"Offered {sum(outs) / duration:,.0f} output tokens/s.{clipped} Replay: tokenworks simulate {output} "
         "-f DEPLOYMENT.yaml")
+
+
+def _kv_summary(architecture: Any) -> str:
+    """KV bytes per token in BF16 and FP8, and what the sliding-window layers add at short context."""
+    from inference_pods.profiles import bytes_per_value
+
+    values = architecture.kv_values_per_token()
+    text = (f"KV {values:,.0f} values/token = {values * bytes_per_value('bf16') / 1024:,.1f} KiB in BF16, "
+            f"{values * bytes_per_value('fp8') / 1024:,.1f} KiB in FP8")
+    window = architecture.sliding_window
+    if window is not None:
+        text += (f" (long context; the {window.layers} sliding-window layers add "
+                 f"{window.layers * architecture.kv_values_per_layer:,} values/token for the last "
+                 f"{window.window:,} tokens)")
+    return text
+
+
+@model_app.command("from-config")
+def model_from_config(
+    path: Annotated[Path, typer.Argument(help="A Hugging Face config.json.", dir_okay=False)],
+    name: Annotated[str | None, typer.Option(help="Also print spec.model.name (e.g. llama-3-1-8b).")] = None,
+) -> None:
+    """Print the `architecture:` block of spec.model that a Hugging Face config.json describes, ready to paste
+    in place of `profile:`, with its parameters and KV bytes per token as a comment."""
+    import json
+    import re
+
+    import yaml
+
+    from crds.hf_config import ConfigError, convert
+    from crds.models import ModelSpec
+
+    def fail(message: str) -> typer.Exit:
+        typer.echo(f"error: {_one_line(message)}", err=True)
+        return typer.Exit(ExitCode.USAGE)
+
+    if name is not None:
+        name_field = ModelSpec.model_fields["name"]
+        pattern = next(m.pattern for m in name_field.metadata if getattr(m, "pattern", None))
+        if len(name) > 63 or not re.fullmatch(pattern, name):
+            raise fail(f"--name {name!r} is not a valid spec.model.name: lowercase letters, digits, '-' and '.', "
+                       "starting and ending with a letter or digit, at most 63 characters")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise fail(f"{path}: cannot read it: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise fail(f"{path}: not a text file (a config.json is UTF-8 JSON)") from None
+    except json.JSONDecodeError as error:
+        raise fail(f"{path}: not JSON: {error.msg} at line {error.lineno}, column {error.colno}") from None
+    try:
+        conversion = convert(config)
+    except ConfigError as error:
+        raise fail(f"{path}: {error}") from None
+    architecture = conversion.architecture
+    total, active = architecture.total_parameters / 1e9, architecture.active_parameters / 1e9
+    lines = [f"# {path.name}: {total:,.2f} B parameters, {active:,.2f} B active per token; "
+             f"{_kv_summary(architecture)}"]
+    lines += [f"# note: {note}" for note in conversion.notes]
+    block: dict[str, Any] = {} if name is None else {"name": name}
+    block["architecture"] = architecture.model_dump(mode="json", by_alias=True, exclude_defaults=True,
+                                                    exclude_none=True)
+    typer.echo("\n".join(lines) + "\n" + yaml.safe_dump(block, sort_keys=False), nl=False)
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """The catalogue (`spec.model.profile`): each model's parameters and KV cache per token."""
+    from crds.catalogue import CATALOGUE
+
+    width = max(map(len, CATALOGUE))
+    typer.echo(f"{'PROFILE':<{width}}  {'TOTAL':>8}  {'ACTIVE':>8}  {'KV VALUES/TOKEN':>15}  {'BF16':>9}  {'FP8':>9}")
+    for profile, architecture in CATALOGUE.items():
+        values = architecture.kv_values_per_token()
+        window = architecture.sliding_window
+        typer.echo(f"{profile:<{width}}  {architecture.total_parameters / 1e9:>7.1f}B  "
+                   f"{architecture.active_parameters / 1e9:>7.1f}B  {values:>15,.0f}  {values * 2 / 1024:>5.1f} KiB  "
+                   f"{values / 1024:>5.1f} KiB"
+                   + ("" if window is None else f"  + {window.layers} layers windowed to {window.window:,} tokens"))
+    typer.echo("KV per token at long context; a sliding-window layer holds only its window's last tokens.")
 
 
 def run() -> None:  # pragma: no cover - console entry point
