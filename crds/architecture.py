@@ -12,8 +12,8 @@ sizes in ../shared/calibration/hopper-blackwell-moe.md, "Derived sizes", by test
 - SwiGLU FFN: ``3 x hidden x ffn``; a mixture-of-experts layer has ``routed + shared`` such FFNs of the
   expert width plus a ``hidden x routed`` router, of which ``experts_per_token + shared`` run per token.
 - KV cache per token: ``2 x kv_heads x head_dim`` values per attention layer; MLA caches the compressed
-  ``kv_lora_rank + qk_rope_head_dim`` (576 for DeepSeek-R1: 35,136 values over 61 layers, against 4.9 M for
-  uncompressed 128-head attention). A sliding-window layer holds at most ``window`` tokens.
+  ``kv_lora_rank + qk_rope_head_dim`` (576 for DeepSeek-R1: 35,136 values over 61 layers, against 2.5 M for
+  uncompressed 128-head attention: 128 x (192 + 128) x 61). A sliding-window layer holds at most ``window`` tokens.
 
 Worked example, DeepSeek-R1: 58 MoE layers x 257 experts x 3 x 7,168 x 2,048 = 656.5 B of expert weights, +
 11.4 B of MLA attention + 1.2 B of 3 dense FFNs + 1.9 B of embeddings = 671.0 B in all; per token 8 routed +

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from pydantic import ValidationError
 
 from crds.architecture import Architecture, BlockGroup, MixtureOfExperts, SlidingWindow
 from crds.catalogue import CATALOGUE, decilm_ffn_size
-from crds.gpus import FP4_PRODUCTS
+from crds.gpus import FP4_PRODUCTS, GPU_PRODUCTS
 from crds.models import ModelDeploymentSpec
 
 # ../shared/calibration/hopper-blackwell-moe.md, "Model shapes" > "Derived sizes (computed from the configs)":
@@ -176,3 +177,18 @@ def test_profile_and_architecture_are_one_or_the_other() -> None:
         spec({})
     with pytest.raises(ValidationError, match="not in the catalogue"):
         spec({"profile": "Llama-9"})
+
+
+def test_the_catalogue_and_gpu_tables_of_docs_models_md_are_the_codes() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    rows = {cells[0]: cells for line in text.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
+    for name, shape in CATALOGUE.items():
+        values = shape.kv_values_per_token()
+        assert rows[name][4:9] == [f"{shape.total_parameters / 1e9:.1f} B", f"{shape.active_parameters / 1e9:.1f} B",
+                                   f"{values:,.0f}", f"{values * 2 / 1024:.1f} KiB", f"{values / 1024:.1f} KiB"], name
+    for name, gpu in GPU_PRODUCTS.items():
+        assert rows[name][1:3] == [str(gpu.gpus_per_node), str(gpu.nvlink_domain)], name
+        assert f"({gpu.usable_hbm_bytes:,.0f} B)" in rows[name][4], name
+        assert rows[name][3] == " / ".join("—" if t is None else f"{t:,.0f}"
+                                           for t in (gpu.bf16_tflops, gpu.fp8_tflops, gpu.fp4_tflops)), name
