@@ -700,7 +700,7 @@ def _kv_summary(architecture: Any) -> str:
 
 @model_app.command("from-config")
 def model_from_config(
-    path: Annotated[Path, typer.Argument(help="A Hugging Face config.json.", dir_okay=False)],
+    path: Annotated[Path, typer.Argument(help="A Hugging Face config.json.")],
     name: Annotated[str | None, typer.Option(help="Also print spec.model.name (e.g. llama-3-1-8b).")] = None,
 ) -> None:
     """Print the `architecture:` block of spec.model that a Hugging Face config.json describes, ready to paste

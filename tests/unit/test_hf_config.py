@@ -222,14 +222,20 @@ def test_the_printed_block_reads_back_as_the_converted_architecture(fixture: str
 
 
 @pytest.mark.parametrize(("content", "said"), [
-    (None, "cannot read it"),
+    (None, "cannot read it: No such file or directory"),
+    ("/", "cannot read it: Is a directory"),
+    (b"\xff\xfe{}", "not a text file"),
     ("{not json", "not JSON: Expecting property name enclosed in double quotes at line 1, column 2"),
     ('{"model_type": "foo"}', "config.json (model_type 'foo'): unknown architecture; known model types: llama"),
     ('{"model_type": "llama", "vocab_size": 10}', "missing num_hidden_layers, hidden_size, num_attention_heads"),
 ])
-def test_from_config_refuses_bad_files_in_one_line(tmp_path: Path, content: str | None, said: str) -> None:
+def test_from_config_refuses_bad_files_in_one_line(tmp_path: Path, content: str | bytes | None, said: str) -> None:
     path = tmp_path / "config.json"
-    if content is not None:
+    if content == "/":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
         path.write_text(content)
     result = cli("model", "from-config", str(path))
     assert result.exit_code == ExitCode.USAGE
