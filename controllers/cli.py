@@ -714,6 +714,7 @@ def model_from_config(
     from crds.models import ModelSpec
 
     def fail(message: str) -> typer.Exit:
+        # stderr and unwrapped, unlike usage_error: stdout is the YAML, often redirected into a manifest.
         typer.echo(f"error: {_one_line(message)}", err=True)
         return typer.Exit(ExitCode.USAGE)
 
