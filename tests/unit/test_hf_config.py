@@ -257,3 +257,19 @@ def test_model_list_prints_the_catalogue() -> None:
     assert rows["DeepSeek-R1"][1:5] == ["671.0B", "37.6B", "35,136", "68.6"]
     assert rows["Llama-3.1-8B"][1:4] == ["8.0B", "8.0B", "65,536"]
     assert "windowed to 128 tokens" in " ".join(rows["gpt-oss-120b"])
+
+
+def test_defaults_follow_the_configuration_classes() -> None:
+    oss = load("openai--gpt-oss-20b_config.json")
+    del oss["layer_types"]  # GptOssConfig's default: sliding, full, sliding, ...
+    assert architecture_from_config(oss) == CATALOGUE["gpt-oss-20b"]
+    scout = load("meta-llama--Llama-4-Scout-17B-16E-Instruct_config.json")
+    scout["text_config"]["no_rope_layers"] = [1] * 48  # every layer RoPE, so every layer chunked
+    window = architecture_from_config(scout).sliding_window
+    assert window is not None and (window.layers, window.window) == (48, 8192)
+    llama = load("meta-llama--Meta-Llama-3.1-8B_config.json")
+    for name in ("num_key_value_heads", "tie_word_embeddings", "max_position_embeddings"):
+        del llama[name]
+    shape = architecture_from_config(llama | {"model_type": "qwen3", "tie_word_embeddings": True})
+    assert (shape.kv_heads, shape.head_dim, shape.tied_embeddings, shape.context_length) == (32, 128, True, 131_072)
+    assert shape.embedding_parameters == 128_256 * 4096
