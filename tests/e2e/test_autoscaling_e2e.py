@@ -5,7 +5,6 @@ Prometheus stopping and coming back, and an operator restart."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import threading
@@ -13,14 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 from kubernetes import client
 
-from inference_pods.repository import REQUEST_SHAPE
 from tests.support.controlplane import REPO_ROOT, ControlPlane, free_port
 from tests.support.emulator import EmulatorProcess
+from tests.support.fleet import Load
 from tests.support.operator import OperatorProcess, install_api_and_rbac, service_account_kubeconfig
 from tests.support.prometheus import PrometheusServer
 from tests.support.waiting import eventually
@@ -76,33 +74,6 @@ class Pods:
             emulator.stop()
 
 
-class Load:
-    """Open-loop streaming requests at a settable rate, round-robin over the running replicas, to the
-    model the backend serves (the LLM-API ``tensorrt_llm``, or the engine path's ``ensemble``)."""
-
-    def __init__(self, pods: Pods, backend: str) -> None:
-        self.pods, self.rate, self.stop = pods, 0.0, threading.Event()
-        self.model, limit, stream = REQUEST_SHAPE[backend]
-        self.body = {"text_input": "w " * 200, limit: 64, stream: True}
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _send(self, url: str) -> None:
-        with contextlib.suppress(httpx.HTTPError), httpx.stream(
-                "POST", f"{url}/v2/models/{self.model}/generate_stream", json=self.body, timeout=30) as response:
-            for _ in response.iter_lines():
-                pass
-
-    def _run(self) -> None:
-        counter = itertools.count()
-        while not self.stop.is_set():
-            urls = self.pods.urls()
-            if self.rate <= 0 or not urls:
-                self.stop.wait(0.1)
-                continue
-            threading.Thread(target=self._send, args=(urls[next(counter) % len(urls)],), daemon=True).start()
-            self.stop.wait(1 / self.rate)  # open-loop pacing, ended at once by stop
-
-
 @pytest.fixture(params=["llmapi", "tensorrt-engine"])
 def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any,
           request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
@@ -131,8 +102,7 @@ def stack(full_control_plane: ControlPlane, namespace: str, tmp_path: Any,
     eventually(first.is_leader, timeout=30)
     pods = Pods(plane, prometheus, namespace)
     pods.thread.start()
-    load = Load(pods, backend)
-    load.thread.start()
+    load = Load(pods.urls, backend).start(0.0)
     state = {"plane": plane, "prometheus": prometheus, "operator": first, "make_operator": operator,
              "pods": pods, "load": load, "namespace": namespace}
     yield state

@@ -6,6 +6,7 @@ GPU-hours and their cost add up."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -87,7 +88,7 @@ def fleet(full_control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFac
     try:
         eventually(lambda: all(kubelet.urls(n) for n in BACKENDS), timeout=90, interval=1)
         start = time.time() - 5
-        loads = [Load(kubelet, name, backend).start(RATE) for name, backend in BACKENDS.items()]
+        loads = [Load(functools.partial(kubelet.urls, name), backend).start(RATE) for name, backend in BACKENDS.items()]
         ns = f'namespace="{namespace}"'
 
         def both_at_two() -> bool:

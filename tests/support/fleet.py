@@ -12,7 +12,7 @@ import contextlib
 import itertools
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 from kubernetes import client
@@ -86,11 +86,12 @@ class Kubelet:
 
 
 class Load:
-    """Open-loop streaming requests at a settable rate, round-robin over one deployment's running replicas,
-    to the model its backend serves (the LLM API's ``tensorrt_llm``, the engine path's ``ensemble``)."""
+    """Open-loop streaming requests at a settable rate, round-robin over one deployment's running replicas
+    (``urls`` lists them), to the model its backend serves (the LLM API's ``tensorrt_llm``, the engine path's
+    ``ensemble``)."""
 
-    def __init__(self, kubelet: Kubelet, name: str, backend: str, max_tokens: int = 64) -> None:
-        self.kubelet, self.name, self.rate, self.stop = kubelet, name, 0.0, threading.Event()
+    def __init__(self, urls: Callable[[], list[str]], backend: str, max_tokens: int = 64) -> None:
+        self.urls, self.rate, self.stop = urls, 0.0, threading.Event()
         self.model, limit, stream = REQUEST_SHAPE[backend]
         self.body = {"text_input": "w " * 200, limit: max_tokens, stream: True}
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -109,7 +110,7 @@ class Load:
     def _run(self) -> None:
         counter = itertools.count()
         while not self.stop.is_set():
-            urls = self.kubelet.urls(self.name)
+            urls = self.urls()
             if self.rate <= 0 or not urls:
                 self.stop.wait(0.1)
                 continue
