@@ -23,7 +23,7 @@ from typing import Any
 
 from crds.gpus import GPU_PRODUCTS
 from crds.models import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
-from inference_pods.performance import engine_load_seconds, profiles_for
+from inference_pods.performance import engine_load_seconds, prepare_seconds, profiles_for
 from inference_pods.repository import (
     CONFIG_PATH,
     MODEL_CACHE_PATH,
@@ -467,6 +467,14 @@ def _group_pod(md: ModelDeployment, config_hash: str, registry: str, leader: boo
     labels_ = dict(template["metadata"]["labels"])
     if leader:
         container["command"] = ["bash", "-c", leader_launch_script(spec, registry, gpus_per_pod(spec))]
+        # The leader waits for the workers' sshd inside its startup probe, and a worker's sshd starts only
+        # after its own prepare step, which may finish well after the leader's (a cold cache on a new node):
+        # twice the first-start preparation on top, or the probe would restart the group mid-download, and
+        # each restart empties every pod's cache. DeepSeek-R1 FP8: 671 GB at 1 GB/s -> 135 more probes of 10 s.
+        model, _ = profiles_for(spec.model, spec.gpu.product)
+        wait = prepare_seconds(model, spec.engine.precision, spec.engine.backend)
+        probe = container["startupProbe"]
+        probe["failureThreshold"] += math.ceil(2 * wait / probe["periodSeconds"])
     else:
         # Workers serve nothing: they host the ranks the leader's mpirun starts over ssh. No INSTANCE_LABEL,
         # so no Service, PodMonitor or replica count sees them; an open sshd port is their readiness.

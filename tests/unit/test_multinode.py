@@ -100,6 +100,9 @@ def test_the_leader_launches_the_mpi_world_and_the_workers_host_its_ranks() -> N
     # The leader is probed as the single-node pod is; a worker only on its sshd port.
     assert lead["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert "startupProbe" in lead and "livenessProbe" in lead
+    # Its budget also covers the workers' first download (671 GB at 1 GB/s, twice: 135 probes of 10 s).
+    single_probe = templates.pod_template(md, "h", gpus=8)["spec"]["containers"][0]["startupProbe"]
+    assert lead["startupProbe"]["failureThreshold"] == single_probe["failureThreshold"] + 135
     assert work["readinessProbe"] == {"tcpSocket": {"port": "mpi-ssh"}, "periodSeconds": 5, "failureThreshold": 3}
     assert "startupProbe" not in work and "livenessProbe" not in work
     assert [p["name"] for p in work["ports"]] == ["mpi-ssh"]
