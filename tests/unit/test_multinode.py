@@ -1,6 +1,7 @@
 """Multi-node replicas: LeaderWorkerSet rendering (sizes, leader and worker launch, labels, policies), the
 LLM-API keys of the new parallelism, and the reconcile against a fake API server (Degraded without the
-LeaderWorkerSet API, nothing applied; with it, the group count through /scale and status from its groups)."""
+LeaderWorkerSet API, nothing applied; with it, the group count through /scale and status from its groups), and
+the autoscaler's count of groups."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from typing import Any
 import pytest
 import yaml
 
+from controllers.autoscaling.loop import AutoscalerLoop
 from controllers.capacity import Placement, shortfall
 from controllers.kube import ManifestT
+from controllers.metrics import FakeMetricSource, Target
 from controllers.reconcile import Reconciler, derive_status
 from crds.gpus import GPU_PRODUCTS
 from crds.models import API_VERSION, KIND, ModelDeployment
@@ -294,3 +297,23 @@ def test_pending_groups_are_counted_in_pods_of_one_node_each() -> None:
     # One free 8-GPU node holds one of the group's two pods: 8 more GPUs are needed, on another node.
     assert found.message.startswith("2 of 2 pods pending (1 replicas of 2 pods, one per node)")
     assert "need 8 more nvidia.com/gpu" in found.message and "room for 1 pod" in found.message
+
+
+def test_the_autoscaler_counts_a_multi_node_model_from_its_groups() -> None:
+    autoscaling = {"enabled": True, "minReplicas": 1, "maxReplicas": 8, "tokensPerSecondPerReplica": 1000.0,
+                   "scaleDownStabilizationSeconds": 120}
+    kube = FakeKube(raw(replicas=1, autoscaling=autoscaling), served=("LeaderWorkerSet",))
+    # Three groups running, no decision saved (a restarted operator): the live count is the groups'.
+    kube.store({"apiVersion": templates.LWS_API_VERSION, "kind": "LeaderWorkerSet",
+                "metadata": {"name": "m", "namespace": "ns"}, "spec": {"replicas": 3}})
+    for i in range(3):
+        kube.store({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": f"m-{i}", "namespace": "ns", "labels": {templates.INSTANCE_LABEL: "m"}},
+                    "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
+    source = FakeMetricSource()
+    source.set(Target("ns", "m", 0.95), outputTokensPerSecond=500, outputTokensPerSecondShort=500,
+               inputTokensPerSecond=500, requestsPerSecond=2.5, requestSeconds=15.5, firstResponseSeconds=0.5,
+               ttftSeconds=0.4, kvCacheUtilization=0.2)
+    decision = AutoscalerLoop(kube, source, clock=lambda: 1_000_000.0, namespaces=["ns"]).tick()[("ns", "m")]
+    # A first look holds the current count for one window: 3 groups, not spec.replicas' 1.
+    assert decision.replicas == 3
