@@ -246,6 +246,7 @@ def test_with_the_api_the_group_is_applied_and_counted_through_scale() -> None:
     assert conditions(kube)["Progressing"]["reason"] == "Complete"
     # No pod exists here (no LeaderWorkerSet controller): GPUCapacity counts the group's missing pods.
     assert conditions(kube)["GPUCapacity"]["message"].startswith("6 of 6 pods pending (3 replicas of 2 pods")
+    assert reconcile(kube, reconciler) == Counter(), "nothing written at rest: no scale, no apply"
     placed = {c["type"]: c for c in derive_status(md_of(model), lws, 3, [])["conditions"]}["GPUCapacity"]
     assert placed["message"] == "every replica has its 2 nodes with 8 GPUs each"
 
@@ -317,3 +318,24 @@ def test_the_autoscaler_counts_a_multi_node_model_from_its_groups() -> None:
     decision = AutoscalerLoop(kube, source, clock=lambda: 1_000_000.0, namespaces=["ns"]).tick()[("ns", "m")]
     # A first look holds the current count for one window: 3 groups, not spec.replicas' 1.
     assert decision.replicas == 3
+
+
+def test_a_switch_to_multi_node_retires_the_deployment_only_once_the_groups_are_ready() -> None:
+    old = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [{"uid": "u", "name": "m"}]},
+           "spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
+    kube = FakeKube(raw(), copy.deepcopy(GPU_NODE), old, served=("LeaderWorkerSet",))
+    reconciler = Reconciler(kube, image_registry="")
+    first = reconcile(kube, reconciler)
+    assert first["apply LeaderWorkerSet"] == 1 and first["scale Deployment"] == 0
+    assert kube.objects[("Deployment", "ns", "m")]["spec"]["replicas"] == 2, "still serving meanwhile"
+
+    lws = kube.objects[("LeaderWorkerSet", "ns", "m")]
+    lws["status"] = {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
+    kube.store(lws)
+    assert reconcile(kube, reconciler)["scale Deployment"] == 1
+    assert kube.objects[("Deployment", "ns", "m")]["spec"]["replicas"] == 0
+    assert ("Deployment", "ns", "m") in kube.objects, "scaled to zero, never deleted"
+    (event,) = [e for e in kube.events if e[0] == "WorkloadReplaced"]
+    assert "kubectl delete deployment m -n ns" in event[1]
+    assert reconcile(kube, reconciler)["scale Deployment"] == 0
