@@ -15,7 +15,7 @@ from typing import Any
 
 from crds.models import ModelDeployment
 from inference_pods.performance import profiles_for
-from inference_pods.templates import pod_tolerations
+from inference_pods.templates import gpus_per_pod, group_size, pod_tolerations
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -44,16 +44,18 @@ class Placement:
     """What one replica needs of a node: its GPUs, the product labels, the spec's selector and
     tolerations (the same ones the pod template carries)."""
 
-    gpus: int
+    gpus: int  # of one pod: the whole replica, or one node's share of a multi-node replica
     products: tuple[str, ...]
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
+    pods_per_replica: int = 1  # a LeaderWorkerSet group's size: that many nodes with ``gpus`` free each
 
     @classmethod
     def of(cls, md: ModelDeployment) -> Placement:
         _, gpu = profiles_for(md.spec.model, md.spec.gpu.product)
-        return cls(md.spec.gpus_per_replica, tuple(gpu.node_labels),
-                   dict(md.spec.scheduling.node_selector), tuple(pod_tolerations(md.spec)))
+        return cls(gpus_per_pod(md.spec), tuple(gpu.node_labels),
+                   dict(md.spec.scheduling.node_selector), tuple(pod_tolerations(md.spec)),
+                   group_size(md.spec))
 
     def where(self) -> str:
         selector = "".join(f" and {k}={v}" for k, v in sorted(self.node_selector.items()))
@@ -135,12 +137,13 @@ def _node_of(pod: Manifest) -> str:
     return str((pod.get("spec") or {}).get("nodeName") or "")
 
 
-def pending_replicas(pods: list[Manifest], replicas: int) -> int:
-    """Replicas without a node: pods not yet scheduled, and pods the Deployment has not created yet
-    (right after an apply or a scale-up). Pods on lost nodes count as placed: ``lost_replicas``."""
+def pending_replicas(pods: list[Manifest], replicas: int, size: int = 1) -> int:
+    """Pods without a node: pods not yet scheduled, and pods the Deployment (or LeaderWorkerSet, ``size``
+    pods per replica) has not created yet (right after an apply or a scale-up). Pods on lost nodes count
+    as placed: ``lost_replicas``."""
     live = _live(pods)
     unscheduled = sum(1 for p in live if not _node_of(p))
-    return max(unscheduled, replicas - (len(live) - unscheduled))
+    return max(unscheduled, replicas * size - (len(live) - unscheduled))
 
 
 def scheduler_message(pods: list[Manifest]) -> str | None:
@@ -209,10 +212,13 @@ def shortfall(placement: Placement, replicas: int, pods: list[Manifest], nodes: 
     """Why pending replicas have no node, or None when none is pending or the scheduler only has not
     placed them yet. ``bound_pods``: every pod bound to a node, cluster-wide (None: unknown, so only the
     scheduler's word counts)."""
-    pending = pending_replicas(pods, replicas)
+    size = placement.pods_per_replica
+    pending = pending_replicas(pods, replicas, size)
     if pending <= 0:
         return None
-    head = f"{pending} of {replicas} replicas pending"
+    # A group is served only with all its pods placed: pods are counted, and named as pods of groups.
+    head = f"{pending} of {replicas} replicas pending" if size == 1 else \
+        f"{pending} of {replicas * size} pods pending ({replicas} replicas of {size} pods, one per node)"
     said = scheduler_message(pods)
     scheduler = f"; scheduler: {said}" if said else ""
     labelled = [n for n in nodes if placement.labelled(n)]
@@ -229,8 +235,9 @@ def shortfall(placement: Placement, replicas: int, pods: list[Manifest], nodes: 
         room = sum(f // placement.gpus for f in free.values())
         if room < pending:
             total = sum(free.values())
-            # Free GPUs split across nodes may hold no replica: a replica's GPUs are on one node.
-            fits = f", room for {room} replica{'' if room == 1 else 's'}" if room else \
+            # Free GPUs split across nodes may hold no replica: a replica's (or pod's) GPUs are on one node.
+            unit = "replica" if size == 1 else "pod"
+            fits = f", room for {room} {unit}{'' if room == 1 else 's'}" if room else \
                 f", none with {placement.gpus} on one node" if total else ""
             return Finding("GPUCapacityExhausted", (
                 f"{head}: need {(pending - room) * placement.gpus} more {GPU_RESOURCE} on nodes "

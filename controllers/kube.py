@@ -39,6 +39,7 @@ class KubeApi(Protocol):
                      status: dict[str, Any], field_manager: str = FIELD_MANAGER) -> ManifestT: ...
     def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool: ...
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None: ...
+    def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> ManifestT: ...
 
 
 class Conflict(Exception):  # noqa: N818 - reads as what happened
@@ -232,6 +233,19 @@ class Kube:
         obj = self.dynamic.server_side_apply(
             status_resource, body=body, name=name, namespace=namespace,
             field_manager=field_manager, force_conflicts=True, _request_timeout=timeout, serialize=False,
+        )
+        return _json(obj)
+
+    def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> ManifestT:
+        """``spec.replicas`` through the kind's scale subresource (merge patch of the autoscaling/v1 Scale,
+        field manager ``tokenworks``): how a LeaderWorkerSet's group count is set. Returns the Scale."""
+        timeout = self._write_timeout()
+        self.counter.count(write=True)
+        scale_resource = self._resource(api_version, kind).subresources["scale"]
+        obj = self.dynamic.patch(
+            scale_resource, body={"spec": {"replicas": replicas}}, name=name, namespace=namespace,
+            content_type="application/merge-patch+json", field_manager=FIELD_MANAGER, _request_timeout=timeout,
+            serialize=False,
         )
         return _json(obj)
 

@@ -47,9 +47,18 @@ from inference_pods.repository import PREPARE_REASONS, cache_key
 from inference_pods.templates import (
     CACHE_KEY_ANNOTATION,
     CHILD_KINDS,
+    GROUP_LABEL,
     INFERENCE_POOL,
+    LEADER_WORKER_SET,
+    LWS_API_VERSION,
+    LWS_INSTALL,
     child_kind,
     digest,
+    gpus_per_node,
+    gpus_per_pod,
+    group_size,
+    group_splits,
+    needs_multi_node,
     render_children,
     selector_labels,
     wanted,
@@ -97,6 +106,42 @@ def cache_bytes_needed(md: ModelDeployment) -> float:
         model.weight_bytes("bf16" if engine_path else md.spec.engine.precision)
     built = 2 * model.weight_bytes(md.spec.engine.precision) if engine_path else 0.0
     return 1.1 * (downloaded + built)
+
+
+def multi_node_problems(md: ModelDeployment, lws_served: bool) -> list[Problem]:
+    """Why a replica larger than one node cannot be served here (pure): no LeaderWorkerSet API (nothing is
+    applied then: no group can exist, and a Deployment would hold pods that can never start), a frontend
+    that runs in one process, or GPUs that do not split evenly over the nodes."""
+    spec = md.spec
+    if not needs_multi_node(spec):
+        return []
+    per_node, size, gpus = gpus_per_node(spec), group_size(spec), spec.gpus_per_replica
+    problems = []
+    if not lws_served:
+        problems.append(Problem("LeaderWorkerSetAPINotServed", (
+            f"each replica needs {gpus} GPUs, more than one {spec.gpu.product} node has ({per_node}), so it runs "
+            f"as a LeaderWorkerSet group of {size} pods; {LWS_API_VERSION} {LEADER_WORKER_SET} is not served: "
+            f"{LWS_INSTALL}. Nothing is applied until it is")))
+    if spec.serving.frontend == "openai":
+        # The OpenAI frontend runs Triton in its own process, with TensorRT-LLM in orchestrator mode, which
+        # "currently only works for single node deployments" (tensorrtllm_backend:README.md@0b9d7d5a).
+        problems.append(Problem("MultiNodeFrontendUnsupported", (
+            f"serving.frontend openai runs on one node only, and each replica needs {gpus} GPUs over {size} "
+            f"{spec.gpu.product} nodes: use serving.frontend triton, or at most {per_node} GPUs per replica")))
+    if not group_splits(spec):
+        problems.append(Problem("ReplicaDoesNotSplit", (
+            f"{gpus} GPUs per replica (tensor {spec.parallelism.tensor} x pipeline {spec.parallelism.pipeline}) do "
+            f"not split evenly over {size} nodes of {per_node} {spec.gpu.product}: make tensor x pipeline a "
+            f"multiple of {per_node}")))
+    return problems
+
+
+def fewest_gpus(md: ModelDeployment) -> int | None:
+    """The fewest GPUs (a power of two, as tensor x pipeline usually is) the weights fit with room for a KV
+    cache; None beyond 1,024. DeepSeek-R1 BF16 (1,342 GB) on H100: 32."""
+    model, gpu = profiles_for(md.spec.model, md.spec.gpu.product)
+    return next((g for g in (2**i for i in range(11))
+                 if weights_fit(model, gpu, md.spec.engine.precision, g).fits), None)
 
 
 def engine_limit_problems(md: ModelDeployment) -> list[Problem]:
@@ -466,9 +511,13 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
     updated = int(observed.get("updatedReplicas") or 0)
     deployment_conditions = {c["type"]: c for c in observed.get("conditions") or []}
     stuck = deployment_conditions.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
+    seen = observed.get("observedGeneration")
+    if seen is None and (deployment or {}).get("kind") == LEADER_WORKER_SET:
+        # A LeaderWorkerSet's status has no observedGeneration (v0.8.0); its conditions carry one each.
+        seen = max((c.get("observedGeneration") or 0 for c in deployment_conditions.values()), default=None)
     rolled_out = (
         deployment is not None
-        and observed.get("observedGeneration") == (deployment.get("metadata") or {}).get("generation")
+        and seen == (deployment.get("metadata") or {}).get("generation")
         and updated == replicas and ready == replicas and existing == replicas
     )
     blocking = [p for p in problems if p.blocking]
@@ -512,9 +561,11 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
     if capacity:
         gpu_capacity = _condition(GPU_CAPACITY, False, capacity[0].reason, short, generation)
     else:
-        gpu_capacity = _condition(GPU_CAPACITY, True, "Sufficient", (
-            f"every replica has a node with its {md.spec.gpus_per_replica} GPUs" if replicas else "no replica desired"),
-            generation)
+        placed = (f"every replica has its {group_size(md.spec)} nodes with {gpus_per_pod(md.spec)} GPUs each"
+                  if needs_multi_node(md.spec) else
+                  f"every replica has a node with its {md.spec.gpus_per_replica} GPUs")
+        gpu_capacity = _condition(GPU_CAPACITY, True, "Sufficient", placed if replicas else "no replica desired",
+                                  generation)
     if missing:
         optional = _condition(OPTIONAL_APIS, False, "APINotServed", "; ".join(p.message for p in missing),
                               generation)
@@ -633,8 +684,9 @@ class Reconciler:
         if any((p.get("spec") or {}).get("nodeName") not in known | {None, ""} for p in pods):
             # A node newer than the cached list (a node pool just scaled up) is not a lost one.
             nodes = self.nodes(max_age=2)
-        bound = self.bound_pods() if pending_replicas(pods, replicas) > 0 else []
-        findings = gpu_findings(Placement.of(md), replicas, pods, nodes, bound)
+        placement = Placement.of(md)
+        bound = self.bound_pods() if pending_replicas(pods, replicas, placement.pods_per_replica) > 0 else []
+        findings = gpu_findings(placement, replicas, pods, nodes, bound)
         return [Problem(f.reason, f.message, GPU_CAPACITY) for f in findings], lost_replicas(pods, nodes)
 
     def optional_problems(self, missing: list[str]) -> list[Problem]:
@@ -654,9 +706,21 @@ class Reconciler:
             problems.append(Problem("PrecisionUnsupported",
                                     f"{gpu.name} has no FP8 tensor cores; use bf16 or fp16"))
         fit = weights_fit(model, gpu, spec.engine.precision, spec.gpus_per_replica)
+        lws_served = self.kube.has_kind(LWS_API_VERSION, LEADER_WORKER_SET,
+                                        recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)
         if not fit.fits:
-            problems.append(Problem("ModelDoesNotFit", fit.message + "; raise parallelism.tensor "
-                                    "or use fp8"))
+            fewest, per_node = fewest_gpus(md), gpus_per_node(spec)
+            if fewest is not None and fewest > per_node:
+                # Fits no single node: say how many nodes, and what serving it over several needs.
+                hint = (f"; no single {spec.gpu.product} node ({per_node} GPUs) holds it: at least {fewest} GPUs, "
+                        f"{math.ceil(fewest / per_node)} nodes as a LeaderWorkerSet group, e.g. parallelism.tensor "
+                        f"{min(fewest, per_node)} x pipeline {max(1, fewest // per_node)}"
+                        + ("" if lws_served else f", and {LWS_API_VERSION} {LEADER_WORKER_SET} is not served: "
+                           f"{LWS_INSTALL}"))
+            else:
+                hint = "; raise parallelism.tensor or use fp8"
+            problems.append(Problem("ModelDoesNotFit", fit.message + hint))
+        problems += multi_node_problems(md, lws_served)
         # No node check here: nodes come and go (a pool scaling from zero, a device plugin restarting),
         # and a Deployment that is never applied has no Pending pod for an autoscaler to act on.
         problems += engine_limit_problems(md)
@@ -713,7 +777,12 @@ class Reconciler:
             self._write_degraded_only(obj, problem, result)
             return result
 
-        deployment = self.kube.get("apps/v1", "Deployment", namespace, name)
+        # The workload: the Deployment, or for a replica larger than one node the LeaderWorkerSet (read only
+        # where it is served; without it nothing is applied, see multi_node_problems).
+        workload_kind = child_kind(LEADER_WORKER_SET if needs_multi_node(md.spec) else "Deployment")
+        deployment = self.kube.get(workload_kind.api_version, workload_kind.kind, namespace, name) \
+            if not workload_kind.optional or self.kube.has_kind(
+                workload_kind.api_version, workload_kind.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS) else None
         live = (deployment or {}).get("spec", {}).get("replicas")
         live = live if isinstance(live, int) else None
         handover = handover_replicas(md, live)
@@ -723,12 +792,19 @@ class Reconciler:
         replicas = desired_replicas(md, live)
         result.problems = self.problems(md)
         # Optional kinds this model has (an opt-in one only when asked for) that the API server lacks.
-        missing = [k.kind for k in CHILD_KINDS if k.optional and wanted(k, md.spec) and not self.kube.has_kind(
-            k.api_version, k.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)]
+        # (A kind required when wanted, the LeaderWorkerSet, is a Degraded problem instead: problems().)
+        missing = [k.kind for k in CHILD_KINDS if k.optional and not k.required_when_wanted and wanted(k, md.spec)
+                   and not self.kube.has_kind(k.api_version, k.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)]
         if not result.problems:
             for child in render_children(md, replicas, image_registry=self.image_registry):
                 if child["kind"] in missing:
                     continue
+                if child["kind"] == LEADER_WORKER_SET and deployment is not None and live != replicas:
+                    # The group count moves through the scale subresource (same field manager); the apply
+                    # below restates the count it now has, so no write of the spec changes it.
+                    self.kube.scale(LWS_API_VERSION, LEADER_WORKER_SET, namespace, name, replicas)
+                    if live is not None:
+                        result.reverted += self._scaled_by_others(deployment, live, replicas)
                 try:
                     applied = self._apply_if_changed(obj, child, result)
                 except KindNotServed:
@@ -741,8 +817,9 @@ class Reconciler:
                     continue
                 if applied is not None:
                     result.applied.append(f"{child['kind']}/{child['metadata']['name']}")
-                    if child["kind"] == "Deployment":
+                    if child["kind"] == workload_kind.kind:
                         deployment = applied
+            self._retire_other_workload(obj, md, workload_kind.kind, deployment, replicas, result)
         else:
             replicas = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
 
@@ -752,7 +829,10 @@ class Reconciler:
                             "fields; change the ModelDeployment instead", "Warning")
         pods = self.kube.list("v1", "Pod", namespace,
                               ",".join(f"{k}={v}" for k, v in selector_labels(name).items()))
-        capacity, result.lost = self.capacity_problems(md, replicas, pods)
+        # A multi-node replica's workers carry no INSTANCE_LABEL: capacity counts every pod of the groups.
+        group_pods = self.kube.list("v1", "Pod", namespace, f"{GROUP_LABEL}={name}") \
+            if needs_multi_node(md.spec) else pods
+        capacity, result.lost = self.capacity_problems(md, replicas, group_pods)
         result.problems += capacity + self.optional_problems(missing)
         # An optional API's return is seen by its watch, which re-queues every ModelDeployment: no
         # per-object polling (1,000 models re-reconciled every 20 s was most of a fleet's load).
@@ -792,6 +872,45 @@ class Reconciler:
             return None
         owners = ((pool or {}).get("metadata") or {}).get("ownerReferences") or []
         return pool if any(o.get("uid") == md.metadata.get("uid") for o in owners) else None
+
+    @staticmethod
+    def _scaled_by_others(workload: ManifestT, live: int, replicas: int) -> list[str]:
+        """What a writer other than the operator did to a LeaderWorkerSet's group count (``kubectl scale``,
+        an HPA), now reverted; nothing where the count was the operator's own (a new decision)."""
+        writers = sorted(name for name, fields in field_owners(workload).items()
+                         if not name.startswith(FIELD_MANAGER) and ("f:spec", "f:replicas") in fields)
+        if not writers:
+            return []
+        return [f"{LEADER_WORKER_SET}/{workload['metadata']['name']}: spec.replicas changed by {', '.join(writers)} "
+                f"({live}, not {replicas})"]
+
+    def _retire_other_workload(self, obj: ManifestT, md: ModelDeployment, kind: str, workload: ManifestT | None,
+                               replicas: int, result: ReconcileResult) -> None:
+        """After a switch between a single-node and a multi-node replica: the other kind's object of this
+        model is scaled to zero once the new workload has every replica ready (make before break: the Service
+        selects both meanwhile), and left in place with an Event (the operator deletes nothing)."""
+        other = child_kind("Deployment" if kind == LEADER_WORKER_SET else LEADER_WORKER_SET)
+        if other.optional and not self.kube.has_kind(other.api_version, other.kind,
+                                                     recheck_seconds=OPTIONAL_API_RECHECK_SECONDS):
+            return
+        try:
+            old = self.kube.get(other.api_version, other.kind, md.namespace, md.name)
+        except KindNotServed:
+            return
+        owners = ((old or {}).get("metadata") or {}).get("ownerReferences") or []
+        if old is None or not any(o.get("uid") == md.metadata.get("uid") for o in owners):
+            return
+        if not ((old.get("spec") or {}).get("replicas") or 0):
+            return
+        ready = int(((workload or {}).get("status") or {}).get("readyReplicas") or 0)
+        if ready < replicas:
+            return  # the old one keeps serving until the new one can
+        self.kube.scale(other.api_version, other.kind, md.namespace, md.name, 0)
+        result.applied.append(f"{other.kind}/{md.name} (scaled to 0)")
+        self.kube.event(obj, "WorkloadReplaced", (
+            f"{kind}/{md.name} has {ready}/{replicas} replicas ready, so {other.kind}/{md.name} is scaled to 0 and "
+            f"left in place (the operator deletes nothing): `kubectl delete {other.kind.lower()} {md.name} -n "
+            f"{md.namespace}`"))
 
     def _hand_over(self, obj: ManifestT, md: ModelDeployment, replicas: int) -> tuple[ManifestT, ModelDeployment]:
         """Write the live count into ``spec.replicas`` (field manager ``tokenworks``, this one field):

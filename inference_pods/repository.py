@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from crds.gpus import GPU_PRODUCTS
 from crds.models import DEFAULT_IMAGES, OPENAI_FRONTEND_DIR, ModelDeploymentSpec
 
 MODEL_CACHE_PATH = "/model-cache"
@@ -194,19 +196,42 @@ def llmapi_model_yaml(spec: ModelDeploymentSpec, paths: CachePaths) -> str:
 
     Precision: bf16 and fp16 set ``dtype``; fp8 on this backend means an FP8 checkpoint (ModelOpt's, such
     as ``nvidia/Llama-3.1-8B-Instruct-FP8``), whose quantisation the LLM API reads from the checkpoint
-    itself (facts 2.3), so ``dtype`` stays ``auto``."""
+    itself (facts 2.3), so ``dtype`` stays ``auto``; fp4 likewise means an NVFP4 checkpoint (ModelOpt's
+    ``hf_quant_config``, read from the checkpoint).
+
+    Parallelism keys are ``BaseLlmArgs``' (NVIDIA/TensorRT-LLM:tensorrt_llm/llmapi/llm_args.py@fcd3f316):
+    ``tensor_parallel_size``, ``pipeline_parallel_size``; ``moe_expert_parallel_size`` for a
+    mixture-of-experts model (None there means no expert parallelism, so it is written for every MoE
+    model); ``enable_attention_dp`` when asked for; ``gpus_per_node`` for a replica over several nodes
+    (one pod's GPUs, as in tensorrtllm_backend's multi-node model.yaml). ``kv_cache_config.dtype``
+    (``KvCacheConfig``, "only for the Pytorch backend") is written for ``kvCachePrecision: fp8``; a
+    16-bit cache is its ``auto``, the model's own dtype, unless the checkpoint itself quantises the KV
+    cache (a ModelOpt FP8/FP4 checkpoint may)."""
     engine = spec.engine
+    parallelism = spec.parallelism
+    kv_cache: dict[str, object] = {"free_gpu_memory_fraction": engine.kv_cache_free_gpu_mem_fraction}
+    if engine.kv_cache_precision == "fp8":
+        kv_cache["dtype"] = "fp8"
     values: dict[str, object] = {
         "model": paths.weights,
         "backend": "pytorch",
         "dtype": {"bf16": "bfloat16", "fp16": "float16"}.get(engine.precision, "auto"),
-        "tensor_parallel_size": spec.parallelism.tensor,
-        "pipeline_parallel_size": spec.parallelism.pipeline,
+        "tensor_parallel_size": parallelism.tensor,
+        "pipeline_parallel_size": parallelism.pipeline,
+    }
+    if spec.model.shape.moe is not None or parallelism.expert > 1:
+        values["moe_expert_parallel_size"] = parallelism.expert
+    if parallelism.attention_data_parallel:
+        values["enable_attention_dp"] = True
+    per_node = GPU_PRODUCTS[spec.gpu.product].gpus_per_node
+    if spec.gpus_per_replica > per_node:
+        values["gpus_per_node"] = spec.gpus_per_replica // math.ceil(spec.gpus_per_replica / per_node)
+    values |= {
         "max_batch_size": engine.max_batch_size,
         "max_num_tokens": engine.max_num_tokens,
         "max_seq_len": engine.max_input_length + engine.max_output_length,
         "enable_chunked_prefill": engine.enable_chunked_prefill,
-        "kv_cache_config": {"free_gpu_memory_fraction": engine.kv_cache_free_gpu_mem_fraction},
+        "kv_cache_config": kv_cache,
         "triton_config": {"max_batch_size": 0, "decoupled": True},
     }
     import yaml
@@ -456,6 +481,73 @@ def launch_command(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
     return command
 
 
+# -- multi-node launch (a LeaderWorkerSet group; docs/design/serving-path.md, "Multi-node replicas") ------
+# The ssh key pair and run directory the pod template mounts (inference_pods/templates.py), and the port
+# each worker's sshd listens on: above 1024, since sshd runs as the pod's non-root user.
+MPI_SSH_KEYS = "/etc/tokenworks/ssh"
+MPI_SSH_RUN = "/var/run/tokenworks-ssh"
+MPI_SSH_PORT = 2222
+# Environment mpirun hands to every rank (-x): sshd starts remote commands with its own, not the pod's.
+MPI_FORWARDED_ENV = ("PATH", "LD_LIBRARY_PATH", "HF_HOME", "TOKENWORKS_ENGINE_CONFIG", "TOKENWORKS_MODEL_NAME",
+                     "OMPI_MCA_orte_keep_fqdn_hostnames")
+
+
+def group_ranks(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
+    """mpirun's application contexts for the whole group: llmapi, one ``trtllm-llmapi-launch tritonserver``
+    per GPU (rank 0 runs tritonserver, the others TensorRT-LLM's worker loop: trtllm-llmapi-launch
+    @020c89e6); tensorrt-engine, one ``tritonserver`` per GPU, rank 0 serving (leader mode, facts 3.2)."""
+    repository = CachePaths.of(spec, registry).repository
+    world = spec.gpus_per_replica
+    if spec.engine.backend == "llmapi":
+        return ["-n", str(world), "trtllm-llmapi-launch", *tritonserver_args(spec, repository, 0)]
+    contexts: list[str] = []
+    for rank in range(world):
+        contexts += ([":"] if rank else []) + ["-n", "1", *tritonserver_args(spec, repository, rank)]
+    return contexts
+
+
+def leader_launch_script(spec: ModelDeploymentSpec, registry: str = "", gpus_per_pod: int = 8) -> str:
+    """The leader's command: wait for every worker's sshd, then one ``mpirun`` over the group's pods,
+    ``<pod>:<GPUs>`` each (host:slots as in kubernetes-sigs/lws:docs/examples/tensorrt-llm/build/server.py
+    @4aaf9d50), logging in over ssh on port 2222 with the group's key (Dynamo's TensorRT-LLM launch,
+    backend_trtllm.go@02b3bad0). Pod names follow LWS: the leader is ``LWS_LEADER_ADDRESS``
+    (``<lws>-<group>.<subdomain>.<namespace>``), worker ``i`` is ``<lws>-<group>-<i>`` in the same
+    subdomain; ``LWS_GROUP_SIZE`` counts the leader. mpirun is run by its full path, which Open MPI takes
+    as ``--prefix`` so that the remote daemons are found through ssh's bare environment."""
+    ssh_options = (f"-p {MPI_SSH_PORT} -i {MPI_SSH_RUN}/id -o StrictHostKeyChecking=no "
+                   "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
+    forwarded = " ".join(f"-x {name}" for name in MPI_FORWARDED_ENV)
+    ranks = " ".join(shlex.quote(arg) for arg in group_ranks(spec, registry))
+    return "\n".join([
+        "set -euo pipefail",
+        f'install -m 600 {MPI_SSH_KEYS}/private.key "{MPI_SSH_RUN}/id"',
+        'leader="${LWS_LEADER_ADDRESS%%.*}"; domain="${LWS_LEADER_ADDRESS#*.}"',
+        f'hosts="$LWS_LEADER_ADDRESS:{gpus_per_pod}"; workers=""',
+        'for i in $(seq 1 $((LWS_GROUP_SIZE - 1))); do',
+        f'  hosts="$hosts,$leader-$i.$domain:{gpus_per_pod}"; workers="$workers $leader-$i.$domain"',
+        "done",
+        "# Workers start with the leader (startupPolicy LeaderCreated): wait for each sshd; the startup",
+        "# probe bounds the wait.",
+        f'for w in $workers; do until ssh {ssh_options} "$w" true; do sleep 2; done; done',
+        f'exec "$(command -v mpirun)" --allow-run-as-root -H "$hosts" --mca plm_rsh_agent ssh '
+        f'--mca plm_rsh_args "{ssh_options}" {forwarded} {ranks}',
+    ]) + "\n"
+
+
+def worker_launch_script() -> str:
+    """A worker's command: only an sshd, as the pod's own user, that lets the leader's key in (Dynamo's
+    worker runs sshd in the foreground and nothing else: backend_trtllm.go@02b3bad0)."""
+    run = MPI_SSH_RUN
+    return "\n".join([
+        "set -euo pipefail",
+        f'install -m 600 {MPI_SSH_KEYS}/private.key.pub "{run}/authorized_keys"',
+        f"ssh-keygen -q -t ed25519 -N '' -f \"{run}/host_ed25519_key\"",
+        f'exec "$(command -v sshd || echo /usr/sbin/sshd)" -D -e -p {MPI_SSH_PORT} -h "{run}/host_ed25519_key" '
+        f'-o PidFile="{run}/sshd.pid" -o AuthorizedKeysFile="{run}/authorized_keys" -o PasswordAuthentication=no '
+        "-o KbdInteractiveAuthentication=no -o StrictModes=no -o UsePAM=no",
+    ]) + "\n"
+
+
 # -- preparation ---------------------------------------------------------------------------------------
 def token_env_name(spec: ModelDeploymentSpec) -> str | None:
     """The environment variable the fetch tools read the credential from."""
@@ -486,9 +578,13 @@ def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
     (TensorRT-LLM ``examples/models/core/llama/README.md``; FP8 through ModelOpt's ``quantize.py``)."""
     engine = spec.engine
     tp, pp = spec.parallelism.tensor, spec.parallelism.pipeline
-    if engine.precision == "fp8":
+    if engine.precision in ("fp8", "fp4"):
+        # quantize.py's --qformat takes nvfp4 and fp8; --kv_cache_dtype int8|fp8, or none for a 16-bit cache
+        # (NVIDIA/TensorRT-LLM:examples/quantization/quantize.py@059c97c1).
+        qformat = "nvfp4" if engine.precision == "fp4" else "fp8"
+        kv = "" if engine.kv_cache_precision in ("bf16", "fp16") else " --kv_cache_dtype fp8"
         convert = ('python3 "$TRTLLM_EXAMPLES/quantization/quantize.py" --model_dir "$WEIGHTS" --dtype bfloat16 '
-                   f'--qformat fp8 --kv_cache_dtype fp8 --output_dir "$PREPARED/checkpoint" --calib_size 512 '
+                   f'--qformat {qformat}{kv} --output_dir "$PREPARED/checkpoint" --calib_size 512 '
                    f"--tp_size {tp} --pp_size {pp}")
     else:
         dtype = "bfloat16" if engine.precision == "bf16" else "float16"
@@ -499,7 +595,9 @@ def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
              f"--max_input_len {engine.max_input_length} "
              f"--max_seq_len {engine.max_input_length + engine.max_output_length} "
              f"--use_paged_context_fmha {'enable' if engine.enable_chunked_prefill else 'disable'} "
-             f"--workers {spec.gpus_per_replica}")
+             # One build worker per GPU of this pod: a pod of a multi-node replica builds every rank's
+             # engine on its own GPUs.
+             f"--workers {min(spec.gpus_per_replica, GPU_PRODUCTS[spec.gpu.product].gpus_per_node)}")
     return [convert, build, 'rm -rf "$PREPARED/checkpoint"']
 
 

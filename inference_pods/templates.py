@@ -4,6 +4,9 @@ A ModelDeployment ``m`` owns: Deployment ``m`` (Triton + TensorRT-LLM pods), Ser
 PodDisruptionBudget ``m``, ConfigMap ``m-engine`` (engine.json, the prepare script and the model
 repository's files), where the Prometheus Operator is installed PodMonitor ``m`` and, with
 ``spec.routing.inferencePool`` where the Gateway API Inference Extension is installed, InferencePool ``m``.
+A replica needing more GPUs than one node has (``needs_multi_node``) is LeaderWorkerSet ``m`` instead of
+the Deployment: one group of ``group_size`` pods per replica, a leader that launches the MPI world and
+workers that host its ranks (docs/operator.md, "Multi-node replicas").
 
 A pod: init container ``prepare`` (same image) fills the model cache under a key of everything that
 changes what it holds; container ``triton`` runs ``tritonserver`` as NVIDIA's launcher does, or Triton's
@@ -18,22 +21,28 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from crds.gpus import GPU_PRODUCTS
 from crds.models import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
-from inference_pods.performance import engine_load_seconds, profiles_for
+from inference_pods.performance import engine_load_seconds, prepare_seconds, profiles_for
 from inference_pods.repository import (
     CONFIG_PATH,
     MODEL_CACHE_PATH,
+    MPI_SSH_KEYS,
+    MPI_SSH_PORT,
+    MPI_SSH_RUN,
     CachePaths,
     cache_key,
     config_key,
     launch_command,
     launch_env,
+    leader_launch_script,
     model_repository,
     openai_frontend,
     prepare_script,
     resolved_image,
     served_models,
     token_env_name,
+    worker_launch_script,
 )
 
 MANAGED_BY = "tokenworks"
@@ -61,6 +70,8 @@ class ChildKind:
     optional: bool = False  # skipped, with a condition, where the API server does not serve it
     without: str = ""  # what is lost where an optional kind is not served
     opt_in: bool = False  # rendered only for a spec that asks for it (wanted)
+    # A spec that wants this kind cannot be served without it: Degraded, nothing applied (not a warning).
+    required_when_wanted: bool = False
 
     @property
     def group(self) -> str:
@@ -75,6 +86,9 @@ class ChildKind:
 CHILD_KINDS = (
     ChildKind("v1", "ConfigMap", "configmaps", "-engine"),
     ChildKind("apps/v1", "Deployment", "deployments"),
+    ChildKind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet", "leaderworkersets", optional=True, opt_in=True,
+              required_when_wanted=True, without="replicas larger than one node cannot be served (install the "
+              "LeaderWorkerSet controller)"),
     ChildKind("v1", "Service", "services"),
     ChildKind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     ChildKind("monitoring.coreos.com/v1", "PodMonitor", "podmonitors", optional=True,
@@ -84,17 +98,65 @@ CHILD_KINDS = (
               "Inference Extension's CRDs)"),
 )
 INFERENCE_POOL = "InferencePool"
+LEADER_WORKER_SET = "LeaderWorkerSet"
+LWS_API_VERSION = "leaderworkerset.x-k8s.io/v1"
+# The release whose CRD is vendored and tested against (tests/fixtures/crds/leaderworkerset.x-k8s.io/).
+LWS_VERSION = "v0.8.0"
+LWS_INSTALL = (f"install the LeaderWorkerSet controller {LWS_VERSION} from kubernetes-sigs/lws (its release "
+               f"manifests.yaml, or its Helm chart), which serves {LWS_API_VERSION} {LEADER_WORKER_SET}")
+# Labels the LeaderWorkerSet controller puts on every pod of a group (sigs.k8s.io/lws@v0.8.0
+# api/leaderworkerset/v1/leaderworkerset_types.go): the leader's worker index is "0".
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+LWS_WORKER_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/worker-index"
+LWS_GROUP_KEY_LABEL = "leaderworkerset.sigs.k8s.io/group-key"
+# On leaders and workers of a multi-node replica; the PodDisruptionBudget counts every pod of the groups.
+# Workers carry no INSTANCE_LABEL: the Service, the PodMonitor and the autoscaler's pod counts see leaders
+# only, the one pod of a group that serves (only rank 0 runs tritonserver's frontends).
+GROUP_LABEL = "tokenworks.dev/model-deployment-group"
+# NVIDIA GPU feature discovery's label naming a node's NVLink domain (an NVL72 rack: cluster UUID and clique).
+NVLINK_CLIQUE_LABEL = "nvidia.com/gpu.clique"
+# The Secret holding the key pair the leader's mpirun logs in to the workers with (docs/operator.md).
+MPI_SSH_SECRET = "tokenworks-mpi-ssh"
 
 
 def child_kind(kind: str) -> ChildKind:
     return next(k for k in CHILD_KINDS if k.kind == kind)
 
 
+def gpus_per_node(spec: ModelDeploymentSpec) -> int:
+    return GPU_PRODUCTS[spec.gpu.product].gpus_per_node
+
+
+def needs_multi_node(spec: ModelDeploymentSpec) -> bool:
+    """A replica with more GPUs than one node of its product has (8 on HGX, 4 on a GB200/GB300 compute
+    tray): a LeaderWorkerSet group instead of one pod."""
+    return spec.gpus_per_replica > gpus_per_node(spec)
+
+
+def group_size(spec: ModelDeploymentSpec) -> int:
+    """Pods per replica, one per node: TP16 on H100 (8 per node) -> 2; TP8 on GB200 (4 per tray) -> 2."""
+    return math.ceil(spec.gpus_per_replica / gpus_per_node(spec))
+
+
+def gpus_per_pod(spec: ModelDeploymentSpec) -> int:
+    """Each pod's share of the replica's GPUs (the whole replica on a single node). A replica that does
+    not split evenly (``group_splits``) keeps the floor; the reconciler refuses it as Degraded."""
+    return spec.gpus_per_replica // group_size(spec)
+
+
+def group_splits(spec: ModelDeploymentSpec) -> bool:
+    return spec.gpus_per_replica % group_size(spec) == 0
+
+
 def wanted(kind: ChildKind, spec: ModelDeploymentSpec) -> bool:
     """Whether ``spec`` has a child of this kind (served or not): every kind but an opt-in one the spec
-    does not ask for."""
+    does not ask for; the Deployment for a single-node replica, the LeaderWorkerSet for a multi-node one."""
+    if kind.kind == "Deployment":
+        return not needs_multi_node(spec)
     if not kind.opt_in:
         return True
+    if kind.kind == LEADER_WORKER_SET:
+        return needs_multi_node(spec)
     return kind.kind == INFERENCE_POOL and spec.routing.inference_pool is not None
 
 
@@ -233,10 +295,12 @@ def pod_tolerations(spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
             *spec.scheduling.tolerations]
 
 
-def pod_template(md: ModelDeployment, config_hash: str, registry: str = "") -> dict[str, Any]:
+def pod_template(md: ModelDeployment, config_hash: str, registry: str = "", gpus: int | None = None) -> dict[str, Any]:
+    """The pod of a single-node replica; ``gpus``: one pod's share of a multi-node replica, whose leader
+    and workers are this pod adapted (``leader_worker_set``)."""
     spec = md.spec
     _, gpu = profiles_for(spec.model, spec.gpu.product)
-    gpus = spec.gpus_per_replica
+    gpus = spec.gpus_per_replica if gpus is None else gpus
     image = resolved_image(spec, registry)
     startup_period = 10
     model_cache: dict[str, Any] = (
@@ -381,6 +445,94 @@ def deployment(md: ModelDeployment, replicas: int, config_hash: str, registry: s
     }
 
 
+def _group_pod(md: ModelDeployment, config_hash: str, registry: str, leader: bool) -> dict[str, Any]:
+    """A leader or worker pod of a multi-node replica: the single-node pod (same ConfigMap, model cache,
+    prepare step, security) with one pod's GPUs, the group's ssh key pair, and the launch of its role."""
+    spec = md.spec
+    template = pod_template(md, config_hash, registry, gpus=gpus_per_pod(spec))
+    pod = template["spec"]
+    (container,) = pod["containers"]
+    pod["volumes"] += [
+        # The key pair the leader's mpirun logs in to the workers with (docs/operator.md: one Secret per
+        # namespace, made by whoever installs; the operator reads no Secrets).
+        {"name": "mpi-ssh", "secret": {"secretName": MPI_SSH_SECRET, "defaultMode": 0o400}},
+        {"name": "mpi-ssh-run", "emptyDir": {}},
+    ]
+    container["volumeMounts"] += [{"name": "mpi-ssh", "mountPath": MPI_SSH_KEYS, "readOnly": True},
+                                  {"name": "mpi-ssh-run", "mountPath": MPI_SSH_RUN}]
+    # Open MPI keeps the FQDNs given in --host rather than shortening them (ai-dynamo/dynamo:deploy/cloud/
+    # operator/internal/dynamo/backend_trtllm.go@02b3bad0 sets the same).
+    container["env"] = [*container["env"], {"name": "OMPI_MCA_orte_keep_fqdn_hostnames", "value": "1"}]
+    container["ports"] = [*container["ports"], {"name": "mpi-ssh", "containerPort": MPI_SSH_PORT, "protocol": "TCP"}]
+    labels_ = dict(template["metadata"]["labels"])
+    if leader:
+        container["command"] = ["bash", "-c", leader_launch_script(spec, registry, gpus_per_pod(spec))]
+        # The leader waits for the workers' sshd inside its startup probe, and a worker's sshd starts only
+        # after its own prepare step, which may finish well after the leader's (a cold cache on a new node):
+        # twice the first-start preparation on top, or the probe would restart the group mid-download, and
+        # each restart empties every pod's cache. DeepSeek-R1 FP8: 671 GB at 1 GB/s -> 135 more probes of 10 s.
+        model, _ = profiles_for(spec.model, spec.gpu.product)
+        wait = prepare_seconds(model, spec.engine.precision, spec.engine.backend)
+        probe = container["startupProbe"]
+        probe["failureThreshold"] += math.ceil(2 * wait / probe["periodSeconds"])
+    else:
+        # Workers serve nothing: they host the ranks the leader's mpirun starts over ssh. No INSTANCE_LABEL,
+        # so no Service, PodMonitor or replica count sees them; an open sshd port is their readiness.
+        labels_.pop(INSTANCE_LABEL)
+        labels_["app.kubernetes.io/component"] = "inference-worker"
+        container["command"] = ["bash", "-c", worker_launch_script()]
+        container["ports"] = [p for p in container["ports"] if p["name"] == "mpi-ssh"]
+        for probe in ("startupProbe", "livenessProbe"):
+            container.pop(probe)
+        container["readinessProbe"] = {"tcpSocket": {"port": "mpi-ssh"}, "periodSeconds": 5, "failureThreshold": 3}
+        template["metadata"]["annotations"] = {k: v for k, v in template["metadata"]["annotations"].items()
+                                               if not k.startswith("prometheus.io/")}
+    labels_[GROUP_LABEL] = md.name
+    template["metadata"]["labels"] = labels_
+    product = GPU_PRODUCTS[spec.gpu.product]
+    if product.nvlink_domain > product.gpus_per_node and spec.gpus_per_replica <= product.nvlink_domain:
+        # GB200/GB300 NVL72: a group whose GPUs fit one rack's NVLink domain is kept in one rack, so its
+        # collectives run over NVLink, not the network. Pod affinity on the group's own key
+        # (matchLabelKeys) lets groups share a rack; LWS's exclusive-topology annotation would give each
+        # group a rack of its own (its pod webhook adds anti-affinity to every other group).
+        pod["affinity"]["podAffinity"] = {"requiredDuringSchedulingIgnoredDuringExecution": [{
+            "labelSelector": {"matchLabels": {LWS_NAME_LABEL: md.name}},
+            "matchLabelKeys": [LWS_GROUP_KEY_LABEL],
+            "topologyKey": NVLINK_CLIQUE_LABEL,
+        }]}
+    return template
+
+
+def leader_worker_set(md: ModelDeployment, replicas: int, config_hash: str, registry: str = "") -> dict[str, Any]:
+    """A multi-node replica per group of a LeaderWorkerSet (schema: tests/fixtures/crds/leaderworkerset.x-k8s.io/,
+    kubernetes-sigs/lws v0.8.0). Every policy is spelled out rather than left to the release's defaults,
+    which changed between releases (``restartPolicy`` was ``Default`` before v0.6)."""
+    spec = md.spec
+    return {
+        "apiVersion": LWS_API_VERSION,
+        "kind": LEADER_WORKER_SET,
+        "metadata": _metadata(md, md.name),
+        "spec": {
+            "replicas": replicas,
+            # Workers start with the leader: the leader waits for their sshd before mpirun. LeaderReady
+            # would deadlock, since the leader is ready only once the whole MPI world has loaded the model.
+            "startupPolicy": "LeaderCreated",
+            # No surge: a surge group needs `size` whole nodes spare; one group at a time goes down.
+            "rolloutStrategy": {"type": "RollingUpdate",
+                                "rollingUpdateConfiguration": {"maxSurge": 0, "maxUnavailable": 1}},
+            # One headless Service `m`: pods are `m-<group>.m.<ns>` and `m-<group>-<i>.m.<ns>`.
+            "networkConfig": {"subdomainPolicy": "Shared"},
+            "leaderWorkerTemplate": {
+                "size": group_size(spec),
+                # A lost rank breaks the NCCL communicator of the whole group: restart it whole.
+                "restartPolicy": "RecreateGroupOnPodRestart",
+                "leaderTemplate": _group_pod(md, config_hash, registry, leader=True),
+                "workerTemplate": _group_pod(md, config_hash, registry, leader=False),
+            },
+        },
+    }
+
+
 def service(md: ModelDeployment) -> dict[str, Any]:
     """Every port the pods listen on, by name: KServe HTTP and gRPC, then metrics or the OpenAI port."""
     return {
@@ -399,12 +551,15 @@ def service(md: ModelDeployment) -> dict[str, Any]:
 def pod_disruption_budget(md: ModelDeployment, replicas: int) -> dict[str, Any]:
     """A drain must never take the whole model down: one replica at a time of two or more, and none of
     a single replica (the drain waits; docs/operator.md says how to move it)."""
+    # A multi-node replica's pods, leaders and workers alike: losing any one takes its whole group down
+    # (RecreateGroupOnPodRestart), so one pod at a time is one group at a time.
+    selector = {GROUP_LABEL: md.name} if needs_multi_node(md.spec) else selector_labels(md.name)
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(md, md.name),
         "spec": {"maxUnavailable": 1 if replicas > 1 else 0,
-                 "selector": {"matchLabels": selector_labels(md.name)}},
+                 "selector": {"matchLabels": selector}},
     }
 
 
@@ -452,11 +607,13 @@ def render_children(md: ModelDeployment, replicas: int, *, pod_monitor_api: bool
                     inference_pool_api: bool = True, image_registry: str = "") -> list[dict[str, Any]]:
     """Every child of ``md`` at ``replicas``, in ``CHILD_KINDS`` order (the order to apply them in).
     The reconciler renders them all and skips optional kinds the API server does not serve; an opt-in
-    kind (the InferencePool) is rendered only when the spec asks for it."""
+    kind (the InferencePool) is rendered only when the spec asks for it. A multi-node replica is a
+    LeaderWorkerSet in the Deployment's place."""
     config = config_map(md, image_registry)
+    workload = leader_worker_set if needs_multi_node(md.spec) else deployment
     children = [
         config,
-        deployment(md, replicas, digest(config["data"]), image_registry),
+        workload(md, replicas, digest(config["data"]), image_registry),
         service(md),
         pod_disruption_budget(md, replicas),
     ]

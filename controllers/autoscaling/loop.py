@@ -33,7 +33,13 @@ from controllers.metrics import SIGNALS, MetricSource, SignalReadings, Target
 from controllers.reconcile import desired_replicas
 from crds.models import API_VERSION, KIND, ModelDeployment
 from inference_pods.performance import ReplicaModel
-from inference_pods.templates import INSTANCE_LABEL, MANAGED_BY
+from inference_pods.templates import (
+    INSTANCE_LABEL,
+    LEADER_WORKER_SET,
+    LWS_API_VERSION,
+    MANAGED_BY,
+    needs_multi_node,
+)
 
 log = logging.getLogger("tokenworks.autoscaler")
 FIELD_MANAGER = "tokenworks-autoscaler"
@@ -198,6 +204,13 @@ class AutoscalerLoop:
         selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
         deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
                        for d in self._list("apps/v1", "Deployment", selector)}
+        if any(needs_multi_node(md.spec) for md, _ in models) and self.kube.has_kind(LWS_API_VERSION,
+                                                                                       LEADER_WORKER_SET):
+            # A multi-node model's workload is its LeaderWorkerSet (spec.replicas: groups), not a Deployment.
+            groups = {(w["metadata"]["namespace"], w["metadata"]["name"]): w
+                      for w in self._list(LWS_API_VERSION, LEADER_WORKER_SET, selector)}
+            deployments.update({key: groups[key] for md, _ in models
+                                if needs_multi_node(md.spec) and (key := (md.namespace, md.name)) in groups})
         pods: dict[tuple[str, str], list[ManifestT]] = {}
         for pod in self._list("v1", "Pod", selector):
             owner = (pod["metadata"].get("labels") or {}).get(INSTANCE_LABEL)

@@ -15,7 +15,7 @@ from crds.models import KIND
 GPU_NODE = {"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": "gpu-0", "labels": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
             "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": [{"type": "Ready", "status": "True"}]}}
-WRITES = ("apply", "dry-run", "patch_status", "event")
+WRITES = ("apply", "dry-run", "patch_status", "event", "scale")
 
 
 def fields_of(node: Any) -> dict[str, Any]:
@@ -128,6 +128,15 @@ class FakeKube:
 
     def has_kind(self, api_version: str, kind: str, recheck_seconds: float = 20, fresh: bool = False) -> bool:
         return kind in self.served
+
+    def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> ManifestT:
+        """The scale subresource: spec.replicas only, owned by the operator through /scale."""
+        self.requests.append(("scale", kind))
+        obj = self.objects[(kind, namespace, name)]
+        obj["spec"]["replicas"] = replicas
+        obj["metadata"]["generation"] = obj["metadata"].get("generation", 0) + 1
+        self.store(obj)
+        return {"apiVersion": "autoscaling/v1", "kind": "Scale", "spec": {"replicas": replicas}}
 
     def event(self, regarding: ManifestT, reason: str, message: str, type_: str = "Normal") -> None:
         self.requests.append(("event", reason))

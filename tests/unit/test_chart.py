@@ -459,6 +459,25 @@ def test_the_vendored_monitoring_crds_are_the_cited_release() -> None:
     assert "Apache License" in licence[:200] and "Version 2.0, January 2004" in licence[:200]
 
 
+LWS_CRDS = REPO_ROOT / "tests" / "fixtures" / "crds" / "leaderworkerset.x-k8s.io"
+
+
+def test_the_vendored_leader_worker_set_crd_is_the_cited_release() -> None:
+    readme = (LWS_CRDS / "README.md").read_text()
+    cited = dict(re.findall(r"\| `(leaderworkerset\.x-k8s\.io_\w+\.yaml)` \| `([0-9a-f]{64})` \|", readme))
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in LWS_CRDS.glob("*.yaml")}
+    assert cited == files and len(files) == 1
+    assert "tag `v0.8.0`" in readme and "h1:DdhJ8QabwTfWgbgaHH2gdf8twliioHaoSfmDXRYEVU0=" in readme
+    (crd,) = (yaml.safe_load(p.read_text()) for p in LWS_CRDS.glob("*.yaml"))
+    (version,) = crd["spec"]["versions"]
+    # What the operator relies on: the scale subresource's paths.
+    assert version["subresources"]["scale"] == {"labelSelectorPath": ".status.hpaPodSelector",
+                                                "specReplicasPath": ".spec.replicas",
+                                                "statusReplicasPath": ".status.replicas"}
+    licence = (LWS_CRDS / "LICENSE").read_text()
+    assert "Apache License" in licence[:200] and "Version 2.0, January 2004" in licence[:200]
+
+
 README_SCRIPT = REPO_ROOT / "scripts" / "chart_readme.py"
 
 

@@ -97,6 +97,9 @@ class OneObjectKube:
     def event(self, regarding: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
         self.events.append((type_, reason, message))
 
+    def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        raise AssertionError("no test here scales through /scale")
+
 
 def test_an_object_admitted_before_the_rule_is_degraded_with_an_event_and_gets_no_children() -> None:
     kube = OneObjectKube(manifest("llama.8b"))

@@ -448,6 +448,9 @@ class FakeKube:
     def event(self, regarding: dict[str, Any], reason: str, message: str, type_: str = "Normal") -> None:
         self.events.append((type_, reason, message))
 
+    def scale(self, api_version: str, kind: str, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        raise AssertionError("no test here scales through /scale")
+
     def add(self, obj: dict[str, Any]) -> None:
         self.objects[(obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"])] = obj
 
