@@ -213,9 +213,10 @@ class Kube:
             if (error.status == 403 and "NamespaceTerminating" in str(error.body)) or \
                     (error.status == 404 and _not_found_kind(error) == "namespaces"):
                 raise NamespaceTerminating(metadata.get("namespace", "")) from error
-            # A CRD being deleted refuses creates (405) until its objects are gone and discovery drops
-            # it; after that, discovery is cached: the kind reads as a 404. Ask again at once.
-            if (error.status == 405 and "terminating" in str(error.body)) or (
+            # A CRD being deleted refuses creates (403 "create not allowed while custom resource definition is
+            # terminating") until its objects are gone and discovery drops it; after that, discovery is cached:
+            # the kind reads as a 404. Ask again at once.
+            if (error.status in (403, 405) and "custom resource definition is terminating" in str(error.body)) or (
                     error.status == 404 and not self.has_kind(manifest["apiVersion"], manifest["kind"], fresh=True)):
                 raise KindNotServed(manifest["apiVersion"], manifest["kind"]) from error
             raise

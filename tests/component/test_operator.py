@@ -473,7 +473,7 @@ def test_a_spec_that_does_not_parse_keeps_the_rest_of_the_status(operator: Opera
     plane.kubectl("patch", crd, "--type=json", "-p", json.dumps([{"op": "remove", "path": enum}]))
     try:
         eventually(lambda: custom(plane).patch_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, "llama-8b-fixed", {"spec": {"engine": {"precision": "fp4"}}}),
+            GROUP, VERSION, namespace, PLURAL, "llama-8b-fixed", {"spec": {"engine": {"precision": "fp6"}}}),
             timeout=30)
 
         def invalid() -> dict[str, Any] | None:

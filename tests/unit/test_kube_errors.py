@@ -56,9 +56,10 @@ def test_a_create_in_a_terminating_namespace_is_namespace_terminating(monkeypatc
 
 
 def test_a_create_of_a_kind_whose_crd_is_terminating_is_kind_not_served(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The apiextensions server's words while the CRD's objects are being removed.
-    error = refusal(405, {"message": "create not allowed while custom resource definition is terminating",
-                          "reason": "MethodNotAllowed"})
+    # The API server's words (v1.36) while the CRD's objects are being removed.
+    error = refusal(403, {"message": 'podmonitors.monitoring.coreos.com "llama" is forbidden: create not allowed '
+                          "while custom resource definition is terminating", "reason": "Forbidden",
+                          "details": {"name": "llama", "group": "monitoring.coreos.com", "kind": "podmonitors"}})
     with pytest.raises(KindNotServed):
         kube_refusing(monkeypatch, error, served=True).apply(dict(MANIFEST))
 
