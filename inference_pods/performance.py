@@ -17,21 +17,31 @@ from crds.models import ModelDeploymentSpec, ModelSpec
 from inference_pods.profiles import GPUS, MODELS, GpuProfile, ModelProfile, bytes_per_value
 
 # --- efficiency constants (the only fitted numbers: bench/calibration.py --fit) -------------------
-# Fraction of dense tensor-core peak that large GEMMs reach (prefill, big decode batches).
-COMPUTE_EFFICIENCY = 0.5
+# Fraction of dense tensor-core peak that large GEMMs reach (prefill, big decode batches), FP8 and 16-bit.
+COMPUTE_EFFICIENCY = 0.634
+# The same for NVFP4 GEMMs: activations are quantised to FP4 with block scales on the fly, and the doubled peak
+# is reached only at shapes larger than a serving step's.
+FP4_COMPUTE_EFFICIENCY = 0.389
+# Grouped expert GEMMs reach this share of what dense GEMMs do: each expert sees only T x k / E of the step's
+# tokens (a few to a few hundred rows), padded to whole tiles, after a routing permutation.
+MOE_COMPUTE_EFFICIENCY = 0.165
 # Fraction of HBM bandwidth that weight and KV-cache streaming reaches.
-BANDWIDTH_EFFICIENCY = 0.8
+BANDWIDTH_EFFICIENCY = 0.95
 # Fraction of the one-way link bandwidth (NVLink, or the network between nodes) collectives reach.
-COMM_EFFICIENCY = 0.8
+COMM_EFFICIENCY = 0.691
 # Latency of one small collective step; a ring of n ranks takes log2(n) + 1 of them.
-COMM_LATENCY_SECONDS = 15e-6
+COMM_LATENCY_SECONDS = 20.4e-6
 # Compute and memory traffic overlap only in part: a step takes the p-norm of the two times
 # (p = 1 would be no overlap, p = infinity a perfect roofline).
-OVERLAP_NORM = 1.5
+OVERLAP_NORM = 1.0
 # Per engine step: scheduling, sampling, CUDA-graph launch.
-STEP_OVERHEAD_SECONDS = 1.5e-3
-# Memory the runtime keeps for activations, CUDA graphs and NCCL buffers, per GPU.
-RUNTIME_RESERVED_BYTES = 4e9
+STEP_OVERHEAD_SECONDS = 2.81e-3
+# Memory the runtime keeps for CUDA graphs, NCCL buffers and the like, per GPU.
+RUNTIME_RESERVED_BYTES = 6.08e9
+# Activations: the runtime sizes its KV cache after a profiling forward pass of a full step (max_num_tokens
+# tokens, the group's with attention DP), whose peak holds this many hidden-sized 16-bit vectors per token
+# (residual, norms, QKV, the FFN's or the experts' intermediates, logits).
+ACTIVATION_RESERVE_WIDTHS = 54.6
 # Weights stream from the model cache at this rate on a cold start (a local NVMe-backed PVC or
 # node cache reads 1-3 GB/s; 1.5 GB/s per replica is a middle value).
 DEFAULT_STORAGE_BANDWIDTH = 1.5e9
@@ -120,7 +130,8 @@ class Step:
 class _Costs:
     """Everything about a step that does not depend on its work, per rank of one pipeline stage."""
 
-    flops_per_token: float  # 2 x weights a prompt token multiplies (LM head excluded), / ranks
+    flops_per_token: float  # 2 x non-expert weights a prompt token multiplies (LM head excluded), / ranks
+    expert_flops: float  # 2 x the routed expert weights a token multiplies, / ranks, in units of the dense rate
     head_flops: float  # 2 x LM head, for each token that samples, / ranks
     attention_flops: float  # per (token, context token) over the full-attention layers, / ranks
     window_flops: float  # the same for the sliding-window layers (their context capped at the window)
@@ -131,7 +142,8 @@ class _Costs:
     miss: float  # 1 - k / E: the chance a token skips a given expert
     kv_bytes: float  # KV bytes per context token over the full-attention layers, / KV shards
     window_kv_bytes: float  # the same for the sliding-window layers
-    compute_rate: float  # FLOP/s of one rank, efficiency applied
+    compute_rate: float  # GEMM FLOP/s of one rank at the weights' precision, efficiency applied
+    attention_rate: float  # attention FLOP/s of one rank (at the KV cache's precision), over compute_rate
     memory_rate: float  # bytes/s of one rank
     comm_latency: float  # per micro-batch traversal, all stages
     comm_per_token: float  # seconds per token of collectives and stage-to-stage transfers, all stages
@@ -225,7 +237,10 @@ class ReplicaModel:
 
         Llama-3.1-8B FP8 on one H100: (85.9 - 8.03 - 4) GB x 0.9 / 65,536 B = 1,014,000 tokens.
         """
-        free = self.gpu.usable_hbm_bytes - self.weight_bytes_per_gpu - RUNTIME_RESERVED_BYTES
+        # With attention DP the MoE layers gather every rank's tokens, so their activations are the group's.
+        activations = self.max_num_tokens * (self.tp if self.attention_dp else 1) * self.model.hidden_size \
+            * ACTIVATION_BYTES * ACTIVATION_RESERVE_WIDTHS
+        free = self.gpu.usable_hbm_bytes - self.weight_bytes_per_gpu - RUNTIME_RESERVED_BYTES - activations
         per_gpu = self.kv_bytes_per_token / (self.pp * self._kv_shards)
         return max(0, int(free * self.kv_cache_fraction / per_gpu))
 
@@ -279,8 +294,15 @@ class ReplicaModel:
             link = self._link(ranks)
             comm_per_token += (pp - 1) * act / link
             comm_latency += (pp - 1) * COMM_LATENCY_SECONDS
+        routed = 0.0
+        if arch.moe is not None:
+            routed = arch.moe_layers * arch.moe.experts_per_token * 3 * hidden * arch.moe.expert_ffn_size
+        gemm_efficiency = FP4_COMPUTE_EFFICIENCY if self.precision == "fp4" and self.gpu.has_fp4 \
+            else COMPUTE_EFFICIENCY
+        compute_rate = self.gpu.tflops(self.precision) * 1e12 * gemm_efficiency
         return _Costs(
-            flops_per_token=2 * (self.model.compute_parameters - head) / ranks,
+            flops_per_token=2 * (self.model.compute_parameters - head - routed) / ranks,
+            expert_flops=2 * routed / ranks / MOE_COMPUTE_EFFICIENCY,
             head_flops=2 * head / ranks,
             attention_flops=full_layers * per_context / ranks,
             window_flops=window_layers * per_context / ranks,
@@ -291,7 +313,8 @@ class ReplicaModel:
             miss=1 - arch.moe.experts_per_token / experts if arch.moe else 1.0,
             kv_bytes=full_layers * kv_layer / pp,
             window_kv_bytes=window_layers * kv_layer / pp,
-            compute_rate=self.gpu.tflops(self.precision) * 1e12 * COMPUTE_EFFICIENCY,
+            compute_rate=compute_rate,
+            attention_rate=self.gpu.tflops(self.kv_dtype) * 1e12 * COMPUTE_EFFICIENCY / compute_rate,
             memory_rate=self.gpu.hbm_bandwidth * BANDWIDTH_EFFICIENCY,
             comm_latency=comm_latency,
             comm_per_token=comm_per_token,
@@ -313,8 +336,9 @@ class ReplicaModel:
         t = tokens / m
         window_attended = attended if attended < windows * c.window else windows * c.window
         window_read = kv_read if kv_read < windows * c.window else windows * c.window
-        compute = (c.flops_per_token * t + c.head_flops * sampled / m + c.attention_flops * attended / m
-                   + c.window_flops * window_attended / m) / c.compute_rate
+        compute = ((c.flops_per_token + c.expert_flops) * t + c.head_flops * sampled / m
+                   + (c.attention_flops * attended + c.window_flops * window_attended) / m / c.attention_rate) \
+            / c.compute_rate
         weights = c.dense_bytes
         if c.experts:
             weights += c.expert_bytes * c.experts * (1 - c.miss ** t)
