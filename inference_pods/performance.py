@@ -349,8 +349,9 @@ class ReplicaModel:
 
     def step_seconds(self, step: Step) -> float:
         """Duration of one iteration (see ``_seconds``). Decode of Llama-3.1-8B BF16 on one H100 at batch 1,
-        context 1,000: weights 16.06 GB + KV 0.13 GB over 3.35 TB/s x 0.8 = 6.04 ms of memory; 15 GFLOP over
-        989 TFLOP/s x 0.5 = 0.03 ms of compute; p-norm 6.04 ms + 1.5 ms overhead = 7.5 ms per token."""
+        context 1,000: weights 15.01 GB (all but the input embedding, a lookup) + KV 0.13 GB over 3.35 TB/s x
+        0.95 = 4.76 ms of memory; 15 GFLOP over 989 TFLOP/s x 0.634 = 0.02 ms of compute; summed (p = 1)
+        4.78 ms, + 2.81 ms of step overhead = 7.6 ms per token."""
         tokens = step.prefill_tokens + step.decode_requests
         if tokens == 0:
             return 0.0
