@@ -32,7 +32,8 @@ COMM_EFFICIENCY = 0.691
 # Latency of one small collective step; a ring of n ranks takes log2(n) + 1 of them.
 COMM_LATENCY_SECONDS = 20.4e-6
 # Compute and memory traffic overlap only in part: a step takes the p-norm of the two times
-# (p = 1 would be no overlap, p = infinity a perfect roofline).
+# (p = 1 would be no overlap, p = infinity a perfect roofline). The fit lands on p = 1: a step is a sequence
+# of kernels (GEMMs, attention, MoE, collectives), each bound by one or the other, so their times add.
 OVERLAP_NORM = 1.0
 # Per engine step: scheduling, sampling, CUDA-graph launch.
 STEP_OVERHEAD_SECONDS = 2.81e-3
