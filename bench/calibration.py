@@ -192,7 +192,8 @@ def fit(rows: list[Row]) -> dict[str, float]:
     names = list(FITTED)
     # Search in the unit box: each constant as a fraction of its range, clamped.
     def values(x: list[float]) -> dict[str, float]:
-        return {n: FITTED[n][0] + min(1.0, max(0.0, v)) * (FITTED[n][1] - FITTED[n][0]) for n, v in zip(names, x)}
+        return {n: FITTED[n][0] + min(1.0, max(0.0, v)) * (FITTED[n][1] - FITTED[n][0])
+                for n, v in zip(names, x, strict=True)}
 
     def objective(x: list[float]) -> float:
         with constants(values(x)):

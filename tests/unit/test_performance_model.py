@@ -1,4 +1,4 @@
-"""The GPU performance model: calibration against ../shared/calibration, the engine's own steady state, and its shape."""
+"""The GPU performance model: calibration against ../shared/calibration, the engine's steady state, its shape."""
 
 from __future__ import annotations
 
