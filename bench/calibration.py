@@ -231,6 +231,28 @@ def report(rows: list[Row]) -> None:
             print(f"  {label:<48} {100 * sum(es) / len(es):+6.1f}%  {sum(abs(e) > WITHIN for e in es)}/{len(es)}")
 
 
+# Step times measured on another serving stack (README.md, "Prefill and decode step times": the Splitwise
+# simulator's profile of Llama-2-70B FP16 on H100): a second, latency table with its own check
+# (tests/unit/test_performance_model.py holds TP2/TP4 prefill to 20%).
+SPLITWISE_MS = {2: (83.8, 310, 1340, 37.0, 42.0, 52.3), 4: (59.6, 201, 954, 29.7, 32.8, 36.9),
+                8: (53.4, 137, 845, 29.8, 34.2, 38.6)}
+
+
+def step_times() -> None:
+    labels = ("Prefill 512", "Prefill 2048", "Prefill 8192", "Decode b1", "Decode b16", "Decode b32")
+    print("\nStep times, Llama-2-70B FP16 on H100 (Splitwise's measurements), ms, model / published:")
+    print(f"{'':<14}" + "".join(f"{f'TP{tp}':>24}" for tp in SPLITWISE_MS))
+    cells: list[list[str]] = [[] for _ in labels]
+    for tp, published in SPLITWISE_MS.items():
+        replica = ReplicaModel(MODELS["Llama-2-70B"], GPUS["H100-SXM"], precision="fp16", tp=tp)
+        predicted = (replica.prefill_seconds(512), replica.prefill_seconds(2048), replica.prefill_seconds(8192),
+                     replica.decode_seconds(1, 512), replica.decode_seconds(16, 512), replica.decode_seconds(32, 512))
+        for cell, p, m in zip(cells, predicted, published, strict=True):
+            cell.append(f"{p * 1e3:.1f} / {m:g} ({100 * (p * 1e3 / m - 1):+.0f}%)")
+    for label, cell in zip(labels, cells, strict=True):
+        print(f"{label:<14}" + "".join(f"{c:>24}" for c in cell))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", action="store_true", help="search the efficiency constants and print them")
@@ -246,6 +268,7 @@ def main() -> None:
             report(rows)
         return
     report(rows)
+    step_times()
 
 
 if __name__ == "__main__":
