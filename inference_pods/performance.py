@@ -62,7 +62,7 @@ class Fit:
 def weights_fit(model: ModelProfile, gpu: GpuProfile, precision: str, gpus_per_replica: int) -> Fit:
     """Do the weights fit in the replica's GPUs with room left for a KV cache?
 
-    Llama-3.1-405B in BF16 on 8 x H100: 405.9e9 x 2 B / 8 = 101.5 GB per GPU > 81.9 GB usable, so no.
+    Llama-3.1-405B in BF16 on 8 x H100: 405.9e9 x 2 B / 8 = 101.5 GB per GPU > 79.8 GB usable, so no.
     """
     per_gpu = model.weight_bytes(precision) / gpus_per_replica
     usable = gpu.usable_hbm_bytes - RUNTIME_RESERVED_BYTES
@@ -236,7 +236,8 @@ class ReplicaModel:
         """Tokens the paged KV cache holds: per GPU the usable HBM less its weights and the reserve, times the
         fraction, over the bytes a token takes on one GPU (its stage's layers, its KV shard).
 
-        Llama-3.1-8B FP8 on one H100: (85.9 - 8.03 - 4) GB x 0.9 / 65,536 B = 1,014,000 tokens.
+        Llama-3.1-8B FP8 on one H100, 8,192-token steps: (85.90 - 8.03 - 6.08 - 3.66 activations) GB x 0.9 /
+        65,536 B = 935,557 tokens.
         """
         # With attention DP the MoE layers gather every rank's tokens, so their activations are the group's.
         activations = self.max_num_tokens * (self.tp if self.attention_dp else 1) * self.model.hidden_size \
