@@ -63,7 +63,7 @@ class Batcher:
         return not self.waiting and not self.active
 
     def admit(self, now: float) -> None:
-        while self.waiting and len(self.active) < self.model.max_batch_size:
+        while self.waiting and len(self.active) < self.model.batch_limit:
             head = self.waiting[0]
             if self.kv_reserved + head.reserved_tokens > self.kv_capacity and self.active:
                 return  # wait for KV space; an empty engine takes even an oversized request
@@ -77,7 +77,7 @@ class Batcher:
         if not self.active:
             return None
         decoding = [s for s in self.active if s.prefilled >= s.prompt_tokens]
-        budget = self.model.max_num_tokens - len(decoding)
+        budget = self.model.token_budget - len(decoding)
         chunks: list[tuple[Sequence, int]] = []
         prefill_context = 0
         for sequence in self.active:
@@ -144,3 +144,43 @@ class Batcher:
         if sequence.generated >= sequence.max_tokens:
             sequence.finished_at = now
             self.kv_reserved -= sequence.reserved_tokens
+
+
+def closed_loop_throughput(model: ReplicaModel, input_tokens: int, output_tokens: int,
+                           requests: int | None = None) -> float:
+    """Output tokens/s of this scheduler in virtual time with ``requests`` fixed-length requests queued at once
+    (trtllm-bench's offline run; 12 x the concurrency by default), over the steady middle: from the completion of
+    the first four batches (the start, all prompts at once, takes a few cycles to settle) to the start of the
+    drain (when fewer requests wait than are in flight). Decode-only runs are fast-forwarded as the
+    simulator does (``ReplicaModel.decode_run_ends``)."""
+    n = model.max_concurrency(input_tokens, output_tokens)
+    total = requests if requests is not None else 12 * n
+    batcher = Batcher(model)
+    for i in range(total):
+        batcher.add(Sequence(i, input_tokens, output_tokens, 0.0))
+    now, emitted, finished = 0.0, 0, 0
+    window: tuple[float, int] | None = None
+    while not batcher.idle:
+        batcher.admit(now)
+        plan = batcher.plan()
+        if plan is None:
+            break
+        steps = batcher.decode_run_length(plan)
+        if steps > 1:
+            now = model.decode_run_ends(now, plan.step.decode_requests, plan.step.decode_context, steps,
+                                        float("inf"))[-1]
+            done = batcher.complete_decodes(plan, steps, now)
+            emitted += steps * len(plan.decoding)
+        else:
+            now += model.step_seconds(plan.step)
+            out = batcher.complete(plan, now)
+            emitted += len(out)
+            done = [s for s in out if s.finished_at is not None]
+        finished += len(done)
+        if window is None and finished >= 4 * n:
+            window = (now, emitted)
+        if window is not None and len(batcher.waiting) < n:
+            break
+    if window is None or now <= window[0]:
+        return emitted / now
+    return (emitted - window[1]) / (now - window[0])

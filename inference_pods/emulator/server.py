@@ -68,7 +68,12 @@ def replica_for(launch: Launch) -> ReplicaModel:
         tp=int(args.get("tensor_parallel_size", engine["tensorParallelSize"])),
         pp=int(args.get("pipeline_parallel_size", engine["pipelineParallelSize"])),
         max_batch_size=int(batch or engine["maxBatchSize"]),
-        max_num_tokens=int(args.get("max_num_tokens", engine["maxNumTokens"])))
+        max_num_tokens=int(args.get("max_num_tokens", engine["maxNumTokens"])),
+        # Expert parallelism, attention DP and the KV type change the step cost as ReplicaModel.for_spec has
+        # them (older engine.json files lack them: the defaults).
+        ep=int(args.get("moe_expert_parallel_size", engine.get("expertParallelSize", 1))),
+        attention_dp=bool(args.get("enable_attention_dp", engine.get("attentionDataParallel", False))),
+        kv_precision=str(engine.get("kvCachePrecision", "auto")))
 
 
 class ApiError(Exception):
