@@ -166,8 +166,10 @@ def learned_capacity(inputs: Inputs, state: PolicyState) -> PolicyState:
     """The capacity per replica to plan with: the performance model's figure times a learned scale.
 
     The model is a prior for an average request mix; latency says what this traffic allows. Latency
-    over target while loaded replicas carry less than the planned capacity cuts the scale to 90% of what
-    they carry (once per settle period, never while a scale-up settles); comfortable latency recovers
+    over target while loaded replicas carry less than the planned capacity, seen at two decisions in a row,
+    cuts the scale to 90% of what they carry (once per settle period, never while a scale-up settles): at
+    the first tick of a step in demand the latency rises before the served tokens do and before a backlog
+    shows, so one reading is no evidence of slow replicas; comfortable latency recovers
     3% a minute, at any load, up to the model's figure, so one bad minute is not remembered forever.
     """
     obs, now = inputs.obs, inputs.now
@@ -181,9 +183,13 @@ def learned_capacity(inputs: Inputs, state: PolicyState) -> PolicyState:
     cut_allowed = now >= (state.capacity_learned_at or -math.inf) + inputs.load_seconds + SETTLE_SECONDS
     if pressure > 1 + TOLERANCE and not _settling(inputs, state) and cut_allowed and calm(inputs, state) \
             and LEARN_LOAD * capacity <= per_replica < capacity:
+        if state.slow_since is None or state.slow_since >= now:
+            return state.model_copy(update={"slow_since": now})
         return state.model_copy(update={"capacity_scale": round(max(MIN_CAPACITY_SCALE, 0.9 * per_replica
                                                                     / inputs.model_capacity), 4),
-                                        "capacity_learned_at": now})
+                                        "capacity_learned_at": now, "slow_since": None})
+    if state.slow_since is not None:
+        state = state.model_copy(update={"slow_since": None})
     if pressure < COMFORTABLE and scale < 1.0:
         return state.model_copy(update={"capacity_scale": round(min(1.0, scale * (1 + RECOVERY_PER_MINUTE)
                                                                     ** (elapsed / 60)), 4)})

@@ -47,6 +47,9 @@ class PolicyState(BaseModel):
     idle_since: float | None = None
     capacity_scale: float = 1.0
     capacity_learned_at: float | None = None
+    # When latency was first seen over target, with no backlog, at a load under the planned capacity: the
+    # evidence a capacity cut needs to see again a tick later (a step in demand shows so for one tick).
+    slow_since: float | None = None
     infeasible_since: float | None = None  # latency over target that no count of replicas fixes
     latency_scaled_at: float | None = None  # the last scale-up latency decided, and its pressure then
     latency_pressure: float | None = None

@@ -303,10 +303,17 @@ def test_latency_and_queue_are_not_read_as_new_pressure_while_a_scale_up_settles
 
 
 def test_capacity_is_learned_from_latency_and_recovers() -> None:
-    # 4 replicas planned at 1,000 tok/s carry 3,200 (800 each) and still miss the TTFT target with no
-    # queue: this traffic's real capacity is under 800, so the plan uses 90% of it (720) and asks for 5.
-    d = decision(obs(3200, ttft=3.0))
-    assert d.state.capacity_scale == pytest.approx(0.72)
+    # 4 replicas planned at 1,000 tok/s carry 3,200 (800 each) and miss the TTFT target with no queue.
+    # One reading is what the first tick of a step in demand looks like (latency up before the served
+    # tokens and before a backlog): no cut, only remembered; latency asks for more replicas.
+    first = decision(obs(3200, ttft=3.0), now=400.0)
+    assert first.state.capacity_scale == 1.0 and first.state.slow_since == 400.0
+    assert first.replicas > 4 and first.rule == "latency"
+    assert decision(obs(3200, ttft=0.5), state=first.state, now=415.0).state.slow_since is None
+    # Still missing it with the same load once that scale-up has settled: this traffic's real capacity is
+    # under 800, so the plan uses 90% of it (720) and asks for 5.
+    d = decision(obs(3200, ttft=3.0), state=first.state)
+    assert d.state.capacity_scale == pytest.approx(0.72) and d.state.slow_since is None
     throughput = next(r for r in d.recommendations if r.signal == "throughput")
     assert throughput.replicas == 5 and "learned from latency" in throughput.note
     # One cut per settle period: a second miss right after leaves the scale alone.

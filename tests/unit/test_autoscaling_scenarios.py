@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-import pytest
 import yaml
 
 from controllers.autoscaling.loop import capacity_for
@@ -37,11 +36,6 @@ def counts(result: SimulationResult, start: float, end: float) -> list[int]:
     return [desired for t, desired, _, _ in result.timeline if start <= t < end]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known regression since the recalibrated performance model (issue 15): at the step the policy learns a "
-    "capacity cut from latency (1,864 tok/s per replica against the model's 3,753) and the burst stage sizes "
-    "the backlog's drain with it, peaking at 41 replicas (limit 16); with the constants moved 1% the peak is 14 "
-    "to 50: the policy is knife-edge here (issue 11). Strict: a fix makes this fail until the marker goes"))
 def test_a_step_up_is_sized_within_two_minutes_not_overshot_and_released_after() -> None:
     # 2 replicas' worth of load, 4x for the middle third (6 to 12 minutes): 8 replicas' worth.
     result = replay("step", 2.0, 18, 2)
