@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -58,6 +58,27 @@ SURPRISE_LOOKBACK = 15  # minutes
 CACHE = Path(os.environ.get("TOKENWORKS_CACHE", Path.home() / ".cache" / "tokenworks")) / "oracle"
 
 
+class BenchConfig(Protocol):
+    """What the oracle, the policy runs and the tables need of a configuration (this module's ``Config``
+    and bench/reasoning.py's): picklable, so a worker process can rebuild its deployment and trace."""
+
+    @property
+    def key(self) -> str: ...  # "conv/8b/standard": for --only and the verdict lines
+
+    @property
+    def title(self) -> str: ...  # "conv x12": how the table's heading names the traffic
+
+    @property
+    def cache_name(self) -> str: ...  # a file-name-safe name of the trace and rate, for the oracle cache
+
+    @property
+    def oracle_lookback(self) -> int: ...  # minutes of earlier arrivals loading each oracle minute (oracle.py)
+
+    def deployment(self, max_replicas: int) -> ModelDeployment: ...
+
+    def requests(self, minutes: float | None) -> list[TraceRequest]: ...
+
+
 @dataclass(frozen=True)
 class Config:
     trace: str
@@ -71,6 +92,24 @@ class Config:
     @property
     def key(self) -> str:
         return f"{self.trace}/{self.model}/{self.slo}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.trace} x{self.rate}"
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.key.replace('/', '-')}-x{self.rate}"
+
+    @property
+    def oracle_lookback(self) -> int:
+        return 0  # chat and code answers end within seconds: each minute from empty
+
+    def deployment(self, max_replicas: int) -> ModelDeployment:
+        return deployment(self.model, self.slo, max_replicas)
+
+    def requests(self, minutes: float | None) -> list[TraceRequest]:
+        return requests_for(self, minutes)
 
 
 def deployment(model: str, slo: str, max_replicas: int) -> ModelDeployment:
@@ -113,21 +152,22 @@ def _oracle_key(md: ModelDeployment) -> str:
     return digest.hexdigest()[:12]
 
 
-def cached_oracle(config: Config, max_replicas: int, minutes: float | None) -> list[int]:
-    md = deployment(config.model, config.slo, max_replicas)
-    path = CACHE / f"{config.key.replace('/', '-')}-x{config.rate}-{max_replicas}-{minutes}-{_oracle_key(md)}.json"
+def cached_oracle(config: BenchConfig, max_replicas: int, minutes: float | None) -> list[int]:
+    md = config.deployment(max_replicas)
+    lookback = f"-lookback{config.oracle_lookback}" if config.oracle_lookback else ""
+    path = CACHE / f"{config.cache_name}-{max_replicas}-{minutes}{lookback}-{_oracle_key(md)}.json"
     if path.exists():
         return list(json.loads(path.read_text()))
-    need = oracle_module.oracle(md, requests_for(config, minutes), GOAL)
+    need = oracle_module.oracle(md, config.requests(minutes), GOAL, lookback_minutes=config.oracle_lookback)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(need))
     return need
 
 
-def run_policy(config: Config, name: str, need: list[int], max_replicas: int,
+def run_policy(config: BenchConfig, name: str, need: list[int], max_replicas: int,
                minutes: float | None) -> dict[str, Any]:
-    md = deployment(config.model, config.slo, max_replicas)
-    requests = requests_for(config, minutes)
+    md = config.deployment(max_replicas)
+    requests = config.requests(minutes)
     began = time.process_time()
     peak = max(need)
     start = peak if name == "static" else max(1, need[0])
@@ -144,6 +184,9 @@ def run_policy(config: Config, name: str, need: list[int], max_replicas: int,
             "of_feasible": oracle_module.met(md, result) / feasible,
             "infeasible": 1 - feasible / len(requests), "ttft": r.ttft, "itl": r.itl, "gpu_hours": r.gpu_hours,
             "scale_events": r.scale_events, "max_replicas": r.max_replicas, "dropped": r.dropped,
+            # Which limit held queued requests back: shares of the engine iterations (bench/reasoning.py).
+            "kv_bound": result.kv_bound_iterations / max(1, result.iterations),
+            "batch_bound": result.batch_bound_iterations / max(1, result.iterations),
             "cpu_seconds": time.process_time() - began}
 
 
@@ -153,7 +196,7 @@ def surprises(need: list[int], requests: list[TraceRequest], lookback: int = SUR
     return {m for m in range(1, len(need)) if need[m] > max(need[max(0, m - lookback):m])}
 
 
-def analysis(config: Config, need: list[int], rows: list[dict[str, Any]], requests: list[TraceRequest]) -> str:
+def analysis(config: BenchConfig, need: list[int], rows: list[dict[str, Any]], requests: list[TraceRequest]) -> str:
     """Where the misses are: the share of requests in surprise minutes, and of Tokenworks' misses there."""
     minutes = surprises(need, requests)
     arrived = sum(1 for r in requests if int(r.arrival // 60) in minutes)
@@ -166,11 +209,11 @@ def analysis(config: Config, need: list[int], rows: list[dict[str, Any]], reques
     return line
 
 
-def table(config: Config, need: list[int], rows: list[dict[str, Any]], requests: int, gpus: int) -> str:
-    md = deployment(config.model, config.slo, 1)
+def table(config: BenchConfig, need: list[int], rows: list[dict[str, Any]], requests: int, gpus: int) -> str:
+    md = config.deployment(1)
     slo = md.spec.autoscaling.slo
     oracle_gpu_hours = sum(need) * gpus / 60
-    lines = [f"**{config.trace} x{config.rate}, {md.spec.model.shape_name} on {md.spec.gpu.product} x{gpus}, SLO TTFT "
+    lines = [f"**{config.title}, {md.spec.model.shape_name} on {md.spec.gpu.product} x{gpus}, SLO TTFT "
              f"{slo.ttft_milliseconds} ms / ITL {slo.inter_token_latency_milliseconds} ms**: {requests:,} requests; "
              f"{100 * rows[0]['infeasible']:.2f}% infeasible (miss the SLO even alone on an idle replica); "
              f"oracle peak {max(need)} replicas, {oracle_gpu_hours:.2f} GPU-hours", "",

@@ -20,9 +20,25 @@ from inference_pods.batching import Batcher, Sequence
 from inference_pods.performance import ReplicaModel
 
 
-@functools.lru_cache(maxsize=200_000)
+def _key(model: ReplicaModel) -> str:
+    """A cache key for ``model``: its repr, since a heterogeneous architecture's ``blocks`` is a list and
+    makes the ReplicaModel itself unhashable (Llama-Nemotron's)."""
+    key = repr(model)
+    _MODELS.setdefault(key, model)
+    return key
+
+
+_MODELS: dict[str, ReplicaModel] = {}
+
+
 def latency_alone(model: ReplicaModel, input_tokens: int, output_tokens: int) -> tuple[float, float]:
     """(TTFT, mean ITL) of one request on an idle replica: the best any fleet can do for it."""
+    return _latency_alone(_key(model), input_tokens, output_tokens)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _latency_alone(key: str, input_tokens: int, output_tokens: int) -> tuple[float, float]:
+    model = _MODELS[key]
     batcher = Batcher(model)
     sequence = Sequence(0, input_tokens, output_tokens, 0.0)
     batcher.add(sequence)
@@ -49,17 +65,19 @@ def feasible(md: ModelDeployment, requests: list[TraceRequest]) -> list[bool]:
     model = ReplicaModel.for_spec(md.spec)
     slo = md.spec.autoscaling.slo
     ttft, itl = slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3
-    return [_feasible(model, r.input_tokens, r.output_tokens, ttft, itl) for r in requests]
+    key = _key(model)
+    return [_feasible(key, r.input_tokens, r.output_tokens, ttft, itl) for r in requests]
 
 
 @functools.lru_cache(maxsize=200_000)
-def _feasible(model: ReplicaModel, input_tokens: int, output_tokens: int, ttft: float, itl: float) -> bool:
+def _feasible(key: str, input_tokens: int, output_tokens: int, ttft: float, itl: float) -> bool:
+    model = _MODELS[key]
     # A decode step takes longer the more context it reads, so when a step at the request's whole
     # length meets the ITL target, so does the mean of its steps: then only the prefill (the TTFT, the
     # same for any output length) needs stepping, not every decode step.
     if model.decode_seconds(1, input_tokens + output_tokens) <= itl:
-        return latency_alone(model, input_tokens, 1)[0] <= ttft
-    alone_ttft, alone_itl = latency_alone(model, input_tokens, output_tokens)
+        return _latency_alone(key, input_tokens, 1)[0] <= ttft
+    alone_ttft, alone_itl = _latency_alone(key, input_tokens, output_tokens)
     return alone_ttft <= ttft and alone_itl <= itl
 
 
@@ -74,25 +92,39 @@ def fixed(md: ModelDeployment, replicas: int) -> ModelDeployment:
         "autoscaling": md.spec.autoscaling.model_copy(update={"enabled": False}), "replicas": replicas})})
 
 
-def meets(md: ModelDeployment, requests: list[TraceRequest], replicas: int, goal: float) -> bool:
+def meets(md: ModelDeployment, requests: list[TraceRequest], replicas: int, goal: float,
+          scored_from: float = 0.0) -> bool:
+    """Whether ``replicas`` ready from the start meet the goal on the requests arriving from ``scored_from``
+    (those before only load the replicas)."""
     result = Simulator(fixed(md, replicas), requests, SimulationConfig(initial_replicas=replicas)).run()
-    return met(md, result) >= goal * sum(feasible(md, requests))
+    slo = md.spec.autoscaling.slo
+    ttft, itl = slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3
+    scored = [r for r in requests if r.arrival >= scored_from]
+    hits = sum(1 for c in result.completed if c.arrival >= scored_from and c.ttft <= ttft and c.itl <= itl)
+    return hits >= goal * sum(feasible(md, scored))
 
 
 def oracle(md: ModelDeployment, requests: list[TraceRequest], goal: float = 0.99,
-           progress: Callable[[int], None] | None = None) -> list[int]:
+           progress: Callable[[int], None] | None = None, lookback_minutes: int = 0) -> list[int]:
     """Fewest replicas per minute (up to maxReplicas) that meet the goal on that minute's requests;
-    ``progress`` is told each minute done."""
+    ``progress`` is told each minute done.
+
+    With ``lookback_minutes`` L, each minute is simulated from empty L minutes earlier (the count held from
+    then, only the minute's own requests scored), so answers that outlast a minute load it as they would
+    in a fleet: a reasoning answer of 3,700 tokens at 50 ms a token lasts 3 minutes, and a minute simulated
+    from empty would see a third of the requests in flight that a steady fleet holds."""
     per_minute = []
     end = requests[-1].arrival if requests else 0.0
     for minute in range(int(end // 60) + 1):
-        chunk = window(requests, minute * 60, 60)
+        start = max(0, minute - lookback_minutes)
+        chunk = window(requests, start * 60, (minute - start + 1) * 60)
+        scored_from = (minute - start) * 60.0
         low = 0
-        if chunk:
+        if any(r.arrival >= scored_from for r in chunk):
             low, high = 1, md.spec.autoscaling.max_replicas
             while low < high:
                 mid = (low + high) // 2
-                if meets(md, chunk, mid, goal):
+                if meets(md, chunk, mid, goal, scored_from):
                     high = mid
                 else:
                     low = mid + 1

@@ -61,6 +61,9 @@ class SimReplica:
     ends: list[float] = field(default_factory=list)  # end time of each repeat of the plan
     version: int = 0  # bumped when a fast-forward is cut short, to ignore the superseded STEP_END
     busy_seconds: float = 0.0  # time spent in iterations, for GPU utilisation
+    # What held requests in the queue when the iteration in flight was planned: "kv" (the next one's
+    # prompt plus output did not fit the KV cache's free reservation), "batch" (maxBatchSize reached) or "".
+    blocked: str = ""
 
     @property
     def serving(self) -> bool:
@@ -104,6 +107,11 @@ class SimulationResult:
     duration: float
     gpus_per_replica: int
     initial_replicas: int = 0  # serving at time 0, before the first entry of the timeline
+    # Engine iterations run, and of them those planned while a queued request waited for KV space or for
+    # a batch slot: which limit bound admission (0 when the queue was empty: nothing was limited).
+    iterations: int = 0
+    kv_bound_iterations: int = 0
+    batch_bound_iterations: int = 0
 
     @property
     def gpu_hours(self) -> float:
@@ -176,6 +184,7 @@ class Simulator:
         self.scale_events = 0
         self.timeline: list[tuple[float, int, int, float]] = []
         self.decisions: list[tuple[float, str, str]] = []
+        self.iterations: dict[str, int] = {"": 0, "kv": 0, "batch": 0}  # by what blocked admission
 
     # -- events ----------------------------------------------------------------------------
     def _push(self, at: float, kind: int, data: Any = None) -> None:
@@ -190,8 +199,12 @@ class Simulator:
     def _start_step(self, replica: SimReplica, now: float) -> None:
         if replica.plan is not None or replica.stopped_at is not None or now < replica.ready_at:
             return
-        replica.batcher.admit(now)
-        plan = replica.batcher.plan()
+        batcher = replica.batcher
+        batcher.admit(now)
+        # admit() stops at a full batch or at a reservation the KV cache cannot take; nothing else.
+        replica.blocked = "" if not batcher.waiting else \
+            "batch" if len(batcher.active) >= batcher.model.max_batch_size else "kv"
+        plan = batcher.plan()
         if plan is None:
             if replica.draining:
                 replica.stopped_at = now
@@ -221,6 +234,7 @@ class Simulator:
     def _step_end(self, replica: SimReplica, now: float) -> None:
         plan, replica.plan = replica.plan, None
         assert plan is not None
+        self.iterations[replica.blocked] += len(replica.ends)
         if len(replica.ends) > 1:
             batch = plan.step.decode_requests
             for end in replica.ends:
@@ -384,7 +398,8 @@ class Simulator:
                           for r in self.replicas)
         # Every request either completed or is still open here (never served): counted as dropped.
         return SimulationResult(self.completed, len(self.arrivals), gpu_seconds,
-                                self.scale_events, self.timeline, self.decisions, finish, gpus, initial)
+                                self.scale_events, self.timeline, self.decisions, finish, gpus, initial,
+                                sum(self.iterations.values()), self.iterations["kv"], self.iterations["batch"])
 
 
 @dataclass
