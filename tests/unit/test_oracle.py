@@ -99,3 +99,15 @@ def test_no_policy_that_reaches_the_oracles_attainment_uses_fewer_gpu_hours(trac
             reached.append(policy.name)
             assert result.gpu_hours >= oracle_gpu_hours, (policy.name, result.gpu_hours, oracle_gpu_hours)
     assert "static" in reached, "static at the oracle's peak reaches the goal, so the check is not vacuous"
+
+
+def test_a_lookback_loads_each_minute_with_the_answers_still_decoding_from_before() -> None:
+    md = deployment(max_replicas=16)
+    # Minute 0: 240 requests whose 6,000-token answers last minutes; minute 1: 12 more.
+    requests = [TraceRequest(i * 0.25, 500, 6000) for i in range(240)]
+    requests += [TraceRequest(60.0 + i * 5, 500, 6000) for i in range(12)]
+    plain = oracle(md, requests)
+    loaded = oracle(md, requests, lookback_minutes=1)
+    assert loaded[0] == plain[0]  # nothing before the first minute
+    assert plain[1] == 1  # 12 requests alone fit one replica
+    assert loaded[1] > plain[1]  # behind minute 0's answers they do not

@@ -148,3 +148,25 @@ def test_bad_traces_fail_the_cli_clearly_and_write_nothing(tmp_path: Path) -> No
     assert result.exit_code == 2
     assert "t.csv:3: timestamps go backwards" in result.output
     assert not out.exists()
+
+
+def test_the_report_counts_iterations_whose_queue_waits_for_kv_space_or_a_batch_slot() -> None:
+    # One replica, 40 requests at once of 1,000 + 2,000 tokens: 120,000 tokens reserved in all.
+    burst = [TraceRequest(0.0, 1000, 2000) for _ in range(40)]
+
+    def bound(engine: dict[str, Any]) -> SimulationResult:
+        raw = deployment().model_dump(by_alias=True)
+        raw["spec"]["engine"].update(engine)
+        raw["spec"]["autoscaling"]["enabled"] = False
+        return Simulator(ModelDeployment.model_validate(raw), burst, SimulationConfig(initial_replicas=1)).run()
+
+    roomy = bound({"maxBatchSize": 64})
+    assert roomy.iterations > 2000 and roomy.kv_bound_iterations == roomy.batch_bound_iterations == 0
+    batch = bound({"maxBatchSize": 8})
+    assert batch.batch_bound_iterations > 0 and batch.kv_bound_iterations == 0
+    # 6% of the HBM left after the FP8 weights: 67,629 tokens, under the 120,000 the burst reserves.
+    assert ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM", precision="fp8",
+                                     kv_cache_fraction=0.06).kv_capacity_tokens < 120_000
+    kv = bound({"maxBatchSize": 64, "precision": "fp8", "kvCacheFreeGpuMemFraction": 0.06})
+    assert kv.kv_bound_iterations > 0 and kv.batch_bound_iterations == 0
+    assert kv.kv_bound_iterations < kv.iterations  # the last ones run with the queue empty
