@@ -104,6 +104,39 @@ def meets(md: ModelDeployment, requests: list[TraceRequest], replicas: int, goal
     return hits >= goal * sum(feasible(md, scored))
 
 
+def _meets_with(md: ModelDeployment, requests: list[TraceRequest], goal: float, scored_from: float,
+                replicas: int) -> bool:
+    return meets(md, requests, replicas, goal, scored_from)
+
+
+def fewest(ok: Callable[[int], bool], high: int, guess: int | None = None) -> int:
+    """The smallest n in [1, high] with ``ok(n)``, ``ok`` taken as monotone and ``ok(high)`` as true (never
+    called). Without ``guess``, bisection of [1, high]; with one (last minute's count), a search outwards
+    from it: two calls when the count holds, instead of log2(high)."""
+    low = 1
+    if guess is not None:
+        guess = min(max(guess, 1), high)
+        if guess == high or ok(guess):
+            if guess == 1 or not ok(guess - 1):
+                return guess
+            high = guess - 1
+        else:
+            step = 1
+            while True:
+                probe = min(guess + step, high)
+                if probe == high or ok(probe):
+                    low, high = guess + step // 2 + 1, probe
+                    break
+                step *= 2
+    while low < high:
+        mid = (low + high) // 2
+        if ok(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
 def oracle(md: ModelDeployment, requests: list[TraceRequest], goal: float = 0.99,
            progress: Callable[[int], None] | None = None, lookback_minutes: int = 0) -> list[int]:
     """Fewest replicas per minute (up to maxReplicas) that meet the goal on that minute's requests;
@@ -112,23 +145,20 @@ def oracle(md: ModelDeployment, requests: list[TraceRequest], goal: float = 0.99
     With ``lookback_minutes`` L, each minute is simulated from empty L minutes earlier (the count held from
     then, only the minute's own requests scored), so answers that outlast a minute load it as they would
     in a fleet: a reasoning answer of 3,700 tokens at 50 ms a token lasts 3 minutes, and a minute simulated
-    from empty would see a third of the requests in flight that a steady fleet holds."""
-    per_minute = []
+    from empty would see a third of the requests in flight that a steady fleet holds. Each such minute
+    costs L + 1 minutes of simulation, so its search starts from the minute before's count."""
+    per_minute: list[int] = []
     end = requests[-1].arrival if requests else 0.0
     for minute in range(int(end // 60) + 1):
         start = max(0, minute - lookback_minutes)
         chunk = window(requests, start * 60, (minute - start + 1) * 60)
         scored_from = (minute - start) * 60.0
-        low = 0
+        need = 0
         if any(r.arrival >= scored_from for r in chunk):
-            low, high = 1, md.spec.autoscaling.max_replicas
-            while low < high:
-                mid = (low + high) // 2
-                if meets(md, chunk, mid, goal, scored_from):
-                    high = mid
-                else:
-                    low = mid + 1
-        per_minute.append(low)
+            guess = next((n for n in reversed(per_minute) if n), None) if lookback_minutes else None
+            need = fewest(functools.partial(_meets_with, md, chunk, goal, scored_from),
+                          md.spec.autoscaling.max_replicas, guess)
+        per_minute.append(need)
         if progress:
             progress(minute + 1)
     return per_minute

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from controllers.simulation.baselines import DynamoPlannerPolicy, HpaPolicy, KpaPolicy, StaticPolicy, in_flight_per_pod
-from controllers.simulation.oracle import feasible, fixed, latency_alone, met, oracle
+from controllers.simulation.oracle import feasible, fewest, fixed, latency_alone, met, oracle
 from controllers.simulation.simulator import ScalingPolicy, SimulationConfig, Simulator, TokenworksPolicy
 from controllers.simulation.trace import TraceRequest, load, multiply, window
 from crds.models import ModelDeployment
@@ -111,3 +111,21 @@ def test_a_lookback_loads_each_minute_with_the_answers_still_decoding_from_befor
     assert loaded[0] == plain[0]  # nothing before the first minute
     assert plain[1] == 1  # 12 requests alone fit one replica
     assert loaded[1] > plain[1]  # behind minute 0's answers they do not
+
+
+@pytest.mark.parametrize("answer", [1, 2, 5, 16, 17, 31, 32])
+def test_the_search_from_a_guess_finds_what_bisection_finds(answer: int) -> None:
+    calls: list[int] = []
+
+    def ok(n: int) -> bool:
+        assert 1 <= n < 32  # the top is taken as enough, never simulated
+        calls.append(n)
+        return n >= answer
+
+    assert fewest(ok, 32) == answer
+    for guess in (None, 1, 4, answer, 20, 32):
+        calls.clear()
+        assert fewest(ok, 32, guess) == answer, guess
+    calls.clear()
+    fewest(ok, 32, answer)
+    assert len(calls) <= 2  # an unchanged count costs two simulations
