@@ -207,7 +207,7 @@ def run(configs: list[ReasoningConfig], names: list[str], minutes: float | None,
     def report(config: ReasoningConfig, need: list[int], rows: list[dict[str, Any]]) -> None:
         gpus = config.deployment(1).spec.gpus_per_replica
         small = f" (**below {ORACLE_MINIMUM}**: too small a fleet to judge)" if max(need) < ORACLE_MINIMUM else ""
-        out(f"#### {config.key}\n\n{limits(config)}. Oracle peak {max(need)} replicas{small}.\n\n"
+        out(f"### {config.key}\n\n{limits(config)}. Oracle peak {max(need)} replicas{small}.\n\n"
             + table(config, need, rows, len(config.requests(minutes)), gpus) + "\n\n" + binding(config, rows) + "\n")
         results[config] = rows
 

@@ -88,7 +88,7 @@ def test_a_tiny_configuration_runs_end_to_end(tmp_path: Path, monkeypatch: pytes
         assert 0 <= row["kv_bound"] <= 1 and 0 <= row["batch_bound"] <= 1
         assert 0 < row["attainment"] <= 1 and row["gpu_hours"] > 0
     text = "\n".join(printed)
-    assert "#### nemotron-h200/nemotron" in text
+    assert "### nemotron-h200/nemotron" in text
     assert "| tokenworks |" in text and "| static |" in text
     assert "binds first" in text
     assert list(tmp_path.glob("reasoning-nemotron-h200-nemotron-*.json"))  # the oracle was cached
