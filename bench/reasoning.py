@@ -56,10 +56,10 @@ PAIRS = [("r1-h200", "production"), ("r1-h200", "mlperf"), ("r1-b200", "producti
          ("nemotron-h200", "nemotron")]
 # Replicas the model's steady-state capacity (at the ITL target, 80% headroom) needs at the arrival's peak.
 # What the oracle needs differs: TTFT under long prompts may need more, a minute's burst fewer.
-FLEET = 8
+FLEET = 6
 DIURNAL_AMPLITUDE = 0.5  # rate from 0.5x to 1.5x the mean over the window
 SEED = 1
-MINUTES = 30.0
+MINUTES = 20.0
 ORACLE_MINIMUM = 4  # a configuration whose oracle peak is below this is flagged: too small a fleet to judge
 
 
@@ -168,16 +168,17 @@ def limits(config: ReasoningConfig) -> str:
     kv = replica.kv_capacity_tokens // per_request
     itl = md.spec.autoscaling.slo.inter_token_latency_milliseconds / 1e3
     at_itl = replica.concurrency_at_slo(itl, round(prompt), round(answer))
-    budget = int(replica.max_num_tokens / (1 + prompt / answer))
-    bounds = {"the KV cache": kv, "maxBatchSize": replica.max_batch_size, "the step's token budget": budget}
+    # The engine's limits (per rank with attention data-parallel: batch_limit and token_budget are the node's).
+    budget = int(replica.token_budget / (1 + prompt / answer))
+    bounds = {"the KV cache": kv, "maxBatchSize": replica.batch_limit, "the step's token budget": budget}
     first = min(bounds, key=lambda k: bounds[k])
     binds = "the ITL target" if at_itl < bounds[first] else first
     step = replica.steady_step_seconds(at_itl, round(prompt), round(answer))
     return (f"One replica at the mean request ({prompt:,.0f} prompt + {answer:,.0f} answer tokens, "
             f"{per_request * replica.kv_bytes_per_token / 2**20:,.0f} MiB of KV at "
             f"{replica.kv_bytes_per_token / 1024:.1f} KiB per token): the KV cache "
-            f"({replica.kv_capacity_tokens:,} tokens) holds {kv:,} requests, maxBatchSize is "
-            f"{replica.max_batch_size:,}, the ITL target ({itl * 1e3:.0f} ms) allows {at_itl:,} (a steady step of "
+            f"({replica.kv_capacity_tokens:,} tokens) holds {kv:,} requests, maxBatchSize allows "
+            f"{replica.batch_limit:,}, the ITL target ({itl * 1e3:.0f} ms) allows {at_itl:,} (a steady step of "
             f"{step * 1e3:.1f} ms): **{binds} binds first**; {per_replica_rate(config.model, config.traffic):.3f} "
             f"req/s per replica at 80%, so {config.rate:.3f} req/s on average, peak "
             f"{config.arrival().peak():.3f}, is {FLEET} replicas' worth at the peak; the oracle's minutes start "
