@@ -89,7 +89,8 @@ class Architecture(ApiModel):
     moe: MixtureOfExperts | None = Field(None, description="Mixture-of-experts layers; unset: dense.")
     mla: MultiHeadLatentAttention | None = Field(None, description="Multi-head latent attention; unset: GQA.")
     sliding_window: SlidingWindow | None = Field(None, description="Sliding-window attention layers.")
-    blocks: list[BlockGroup] | None = Field(None, max_length=64, description="Heterogeneous blocks, by shape; "
+    # A tuple, so an architecture (and the ReplicaModel holding it) is hashable: the oracle caches by model.
+    blocks: tuple[BlockGroup, ...] | None = Field(None, max_length=64, description="Heterogeneous blocks, by shape; "
                                             "their counts add up to `layers`. Unset: every layer alike.")
 
     @model_validator(mode="after")

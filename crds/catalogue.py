@@ -27,14 +27,14 @@ def decilm_ffn_size(ffn_mult: float, hidden_size: int) -> int:
 
 
 def _nemotron(hidden: int, attention_blocks: int, ffn_mults: list[tuple[float, int]], empty: int,
-              attention_with_ffn: bool) -> list[BlockGroup]:
+              attention_with_ffn: bool) -> tuple[BlockGroup, ...]:
     groups = [BlockGroup(count=n, attention=attention_with_ffn and i == 0, ffn_size=decilm_ffn_size(m, hidden))
               for i, (m, n) in enumerate(ffn_mults)]
     if not attention_with_ffn:
         groups.insert(0, BlockGroup(count=attention_blocks, attention=True, ffn_size=0))
     if empty:
         groups.append(BlockGroup(count=empty, attention=False, ffn_size=0))
-    return groups
+    return tuple(groups)
 
 
 LLAMA_VOCAB = 128_256

@@ -299,7 +299,7 @@ def _decilm(r: _Reader) -> Architecture:
         r.notes.append(f"{windowed} blocks set attention.window_length: left out, their KV is counted in full")
     shape.pop("kv_heads")
     return Architecture(**shape, kv_heads=kv_heads.pop() if kv_heads else heads, ffn_size=0,
-                        blocks=[BlockGroup(count=n, attention=a, ffn_size=w) for (a, w), n in groups.items()])
+                        blocks=tuple(BlockGroup(count=n, attention=a, ffn_size=w) for (a, w), n in groups.items()))
 
 
 FAMILIES: dict[str, Callable[[_Reader], Architecture]] = {

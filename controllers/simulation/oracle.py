@@ -20,25 +20,13 @@ from inference_pods.batching import Batcher, Sequence
 from inference_pods.performance import ReplicaModel
 
 
-def _key(model: ReplicaModel) -> str:
-    """A cache key for ``model``: its repr, since a heterogeneous architecture's ``blocks`` is a list and
-    makes the ReplicaModel itself unhashable (Llama-Nemotron's)."""
-    key = repr(model)
-    _MODELS.setdefault(key, model)
-    return key
-
-
-_MODELS: dict[str, ReplicaModel] = {}
-
-
 def latency_alone(model: ReplicaModel, input_tokens: int, output_tokens: int) -> tuple[float, float]:
     """(TTFT, mean ITL) of one request on an idle replica: the best any fleet can do for it."""
-    return _latency_alone(_key(model), input_tokens, output_tokens)
+    return _latency_alone(model, input_tokens, output_tokens)
 
 
 @functools.lru_cache(maxsize=200_000)
-def _latency_alone(key: str, input_tokens: int, output_tokens: int) -> tuple[float, float]:
-    model = _MODELS[key]
+def _latency_alone(model: ReplicaModel, input_tokens: int, output_tokens: int) -> tuple[float, float]:
     batcher = Batcher(model)
     sequence = Sequence(0, input_tokens, output_tokens, 0.0)
     batcher.add(sequence)
@@ -65,19 +53,17 @@ def feasible(md: ModelDeployment, requests: list[TraceRequest]) -> list[bool]:
     model = ReplicaModel.for_spec(md.spec)
     slo = md.spec.autoscaling.slo
     ttft, itl = slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3
-    key = _key(model)
-    return [_feasible(key, r.input_tokens, r.output_tokens, ttft, itl) for r in requests]
+    return [_feasible(model, r.input_tokens, r.output_tokens, ttft, itl) for r in requests]
 
 
 @functools.lru_cache(maxsize=200_000)
-def _feasible(key: str, input_tokens: int, output_tokens: int, ttft: float, itl: float) -> bool:
-    model = _MODELS[key]
+def _feasible(model: ReplicaModel, input_tokens: int, output_tokens: int, ttft: float, itl: float) -> bool:
     # A decode step takes longer the more context it reads, so when a step at the request's whole
     # length meets the ITL target, so does the mean of its steps: then only the prefill (the TTFT, the
     # same for any output length) needs stepping, not every decode step.
     if model.decode_seconds(1, input_tokens + output_tokens) <= itl:
-        return _latency_alone(key, input_tokens, 1)[0] <= ttft
-    alone_ttft, alone_itl = _latency_alone(key, input_tokens, output_tokens)
+        return _latency_alone(model, input_tokens, 1)[0] <= ttft
+    alone_ttft, alone_itl = _latency_alone(model, input_tokens, output_tokens)
     return alone_ttft <= ttft and alone_itl <= itl
 
 
