@@ -75,10 +75,10 @@ def test_the_oracle_sizes_each_minute_to_the_fewest_replicas_that_meet_the_goal(
 
 
 @pytest.mark.parametrize("trace", [pytest.param("conv", marks=pytest.mark.xfail(strict=True, reason=(
-    "known regression since the recalibrated performance model (issue 15): the Dynamo planner meets the "
-    "attainment with 0.337 GPU-hours against the oracle's 0.350 on this trace, so the per-minute oracle, which "
-    "ignores work carried across minutes, is no lower bound here; strict: a fix makes this fail until the "
-    "marker goes"))), "code"])
+    "known since the recalibrated performance model (issue 15): the Dynamo planner meets the attainment with "
+    "0.337 GPU-hours against the oracle's 0.350 on this trace. The oracle asks 99% of every minute, the policies "
+    "are scored on 99% of the whole trace, so a policy that misses more in a few minutes can undercut it: the "
+    "oracle is no lower bound here. Strict: a fix makes this fail until the marker goes"))), "code"])
 def test_no_policy_that_reaches_the_oracles_attainment_uses_fewer_gpu_hours(trace: str) -> None:
     md = deployment(max_replicas=16)
     requests = multiply(window(load(TRACES / f"AzureLLMInferenceTrace_{trace}.csv"), 0, 600),
