@@ -513,8 +513,10 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
     stuck = deployment_conditions.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded"
     seen = observed.get("observedGeneration")
     if seen is None and (deployment or {}).get("kind") == LEADER_WORKER_SET:
-        # A LeaderWorkerSet's status has no observedGeneration (v0.8.0); its conditions carry one each.
-        seen = max((c.get("observedGeneration") or 0 for c in deployment_conditions.values()), default=None)
+        # A LeaderWorkerSet's status has no observedGeneration (v0.8.0), and its controller writes its
+        # conditions without one: its updatedReplicas (groups on the current revision) is the only word on
+        # the rollout, so it is taken alone (a status not yet caught up with a new spec reads as done).
+        seen = (deployment.get("metadata") or {}).get("generation") if deployment else None
     rolled_out = (
         deployment is not None
         and seen == (deployment.get("metadata") or {}).get("generation")

@@ -75,6 +75,10 @@ def cache_key(spec: ModelDeploymentSpec, registry: str = "") -> str:
         "maxBatchSize": engine.max_batch_size, "maxNumTokens": engine.max_num_tokens,
         "maxInputLength": engine.max_input_length, "maxOutputLength": engine.max_output_length,
         "gpu": spec.gpu.product,
+        # Added with issue 15, only where set: the keys of specs without them (and their cached engines) stay.
+        **({"kvCachePrecision": engine.kv_cache_precision} if engine.kv_cache_precision != "auto" else {}),
+        **({"expert": spec.parallelism.expert} if spec.parallelism.expert != 1 else {}),
+        **({"attentionDataParallel": True} if spec.parallelism.attention_data_parallel else {}),
     })
 
 

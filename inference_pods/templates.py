@@ -520,8 +520,11 @@ def leader_worker_set(md: ModelDeployment, replicas: int, config_hash: str, regi
             # No surge: a surge group needs `size` whole nodes spare; one group at a time goes down.
             "rolloutStrategy": {"type": "RollingUpdate",
                                 "rollingUpdateConfiguration": {"maxSurge": 0, "maxUnavailable": 1}},
-            # One headless Service `m`: pods are `m-<group>.m.<ns>` and `m-<group>-<i>.m.<ns>`.
-            "networkConfig": {"subdomainPolicy": "Shared"},
+            # A headless Service per group, `m-<group>`: pods are `m-<group>.m-<group>.<ns>` and
+            # `m-<group>-<i>.m-<group>.<ns>`. `Shared` would name its one headless Service `m`, which is the
+            # operator's own model Service: the LWS controller creates it only where none exists, so worker
+            # names would never resolve (or the two selectors would merge).
+            "networkConfig": {"subdomainPolicy": "UniquePerReplica"},
             "leaderWorkerTemplate": {
                 "size": group_size(spec),
                 # A lost rank breaks the NCCL communicator of the whole group: restart it whole.

@@ -166,11 +166,11 @@ def learned_capacity(inputs: Inputs, state: PolicyState) -> PolicyState:
     """The capacity per replica to plan with: the performance model's figure times a learned scale.
 
     The model is a prior for an average request mix; latency says what this traffic allows. Latency
-    over target while loaded replicas carry less than the planned capacity, seen at two decisions in a row,
-    cuts the scale to 90% of what they carry (once per settle period, never while a scale-up settles): at
-    the first tick of a step in demand the latency rises before the served tokens do and before a backlog
-    shows, so one reading is no evidence of slow replicas; comfortable latency recovers
-    3% a minute, at any load, up to the model's figure, so one bad minute is not remembered forever.
+    over target while loaded replicas carry less than the planned capacity, seen again at the next decision
+    outside a scale-up's settling, cuts the scale to 90% of what they carry (once per settle period): at the
+    first tick of a step in demand the latency rises before the served tokens do and before a backlog shows,
+    so one reading is no evidence of slow replicas. Comfortable latency recovers 3% a minute, at any load,
+    up to the model's figure, so one bad minute is not remembered forever.
     """
     obs, now = inputs.obs, inputs.now
     scale = state.capacity_scale
@@ -181,15 +181,20 @@ def learned_capacity(inputs: Inputs, state: PolicyState) -> PolicyState:
     per_replica = out / obs.ready_replicas
     capacity = inputs.model_capacity * scale
     cut_allowed = now >= (state.capacity_learned_at or -math.inf) + inputs.load_seconds + SETTLE_SECONDS
-    if pressure > 1 + TOLERANCE and not _settling(inputs, state) and cut_allowed and calm(inputs, state) \
+    over = pressure > 1 + TOLERANCE
+    if over and not _settling(inputs, state) and cut_allowed and calm(inputs, state) \
             and LEARN_LOAD * capacity <= per_replica < capacity:
-        if state.slow_since is None or state.slow_since >= now:
+        # A first reading (or one older than a scale-up takes to show: a state restored by a new leader, an
+        # episode long over) is remembered; the cut comes when the miss is still there at the next decision
+        # outside a scale-up's settling, so the scale-up the first reading ordered has had its say.
+        horizon = inputs.lead + SETTLE_SECONDS + 2 * inputs.spec.tick_seconds
+        if state.slow_since is None or state.slow_since >= now or now - state.slow_since > horizon:
             return state.model_copy(update={"slow_since": now})
         return state.model_copy(update={"capacity_scale": round(max(MIN_CAPACITY_SCALE, 0.9 * per_replica
                                                                     / inputs.model_capacity), 4),
                                         "capacity_learned_at": now, "slow_since": None})
-    if state.slow_since is not None:
-        state = state.model_copy(update={"slow_since": None})
+    if not over and state.slow_since is not None:
+        state = state.model_copy(update={"slow_since": None})  # latency recovered: no evidence left
     if pressure < COMFORTABLE and scale < 1.0:
         return state.model_copy(update={"capacity_scale": round(min(1.0, scale * (1 + RECOVERY_PER_MINUTE)
                                                                     ** (elapsed / 60)), 4)})

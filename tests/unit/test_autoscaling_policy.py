@@ -310,14 +310,18 @@ def test_capacity_is_learned_from_latency_and_recovers() -> None:
     assert first.state.capacity_scale == 1.0 and first.state.slow_since == 400.0
     assert first.replicas > 4 and first.rule == "latency"
     assert decision(obs(3200, ttft=0.5), state=first.state, now=415.0).state.slow_since is None
-    # Still missing it with the same load once that scale-up has settled: this traffic's real capacity is
-    # under 800, so the plan uses 90% of it (720) and asks for 5.
-    d = decision(obs(3200, ttft=3.0), state=first.state)
+    # While that scale-up settles the reading is kept, not used.
+    assert decision(obs(3200, ttft=3.0), state=first.state, now=540.0).state.slow_since == 400.0
+    # Still missing it with the same load once it has settled (one lead and 60 s later): this traffic's real
+    # capacity is under 800, so the plan uses 90% of it (720) and asks for 5.
+    d = decision(obs(3200, ttft=3.0), state=first.state, now=560.0)
     assert d.state.capacity_scale == pytest.approx(0.72) and d.state.slow_since is None
+    # A reading older than a scale-up takes to show (a state a new leader restored, say) starts over.
+    assert decision(obs(3200, ttft=3.0), state=first.state, now=700.0).state.slow_since == 700.0
     throughput = next(r for r in d.recommendations if r.signal == "throughput")
     assert throughput.replicas == 5 and "learned from latency" in throughput.note
     # One cut per settle period: a second miss right after leaves the scale alone.
-    again = decision(obs(3200, current=5, ttft=3.0), state=d.state, now=1015.0)
+    again = decision(obs(3200, current=5, ttft=3.0), state=d.state, now=575.0)
     assert again.state.capacity_scale == pytest.approx(0.72)
     # Comfortable latency recovers 3% a minute at any load: one bad minute is not remembered forever.
     easy = decision(obs(900, current=5, ttft=0.2, itl=0.01),

@@ -144,7 +144,7 @@ def test_group_policies_are_spelled_out() -> None:
     assert spec["leaderWorkerTemplate"]["restartPolicy"] == "RecreateGroupOnPodRestart"
     assert spec["rolloutStrategy"] == {"type": "RollingUpdate",
                                        "rollingUpdateConfiguration": {"maxSurge": 0, "maxUnavailable": 1}}
-    assert spec["networkConfig"] == {"subdomainPolicy": "Shared"}
+    assert spec["networkConfig"] == {"subdomainPolicy": "UniquePerReplica"}
 
 
 def test_an_nvl72_group_is_kept_in_one_nvlink_domain() -> None:
@@ -235,9 +235,9 @@ def test_with_the_api_the_group_is_applied_and_counted_through_scale() -> None:
 
     # Status counts groups: the LeaderWorkerSet's ready groups are the ready replicas.
     lws = kube.objects[("LeaderWorkerSet", "ns", "m")]
+    # As the LWS controller writes it: its conditions carry no observedGeneration.
     lws["status"] = {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3,
-                     "conditions": [{"type": "Available", "status": "True", "observedGeneration":
-                                     lws["metadata"]["generation"]}]}
+                     "conditions": [{"type": "Available", "status": "True"}]}
     kube.store(lws)
     reconcile(kube, reconciler)
     status = kube.objects[(KIND, "ns", "m")]["status"]
@@ -251,13 +251,15 @@ def test_with_the_api_the_group_is_applied_and_counted_through_scale() -> None:
     assert placed["message"] == "every replica has its 2 nodes with 8 GPUs each"
 
 
-def test_an_lws_status_of_an_older_generation_is_not_rolled_out() -> None:
+def test_an_lws_with_groups_on_an_older_revision_is_not_rolled_out() -> None:
+    # No observedGeneration anywhere in a LeaderWorkerSet's status: its updatedReplicas says the rollout.
     md = md_of(raw())
     lws = {"kind": "LeaderWorkerSet", "metadata": {"generation": 4}, "spec": {"replicas": 2},
-           "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
-                      "conditions": [{"type": "Available", "status": "True", "observedGeneration": 3}]}}
-    status = derive_status(md, lws, 2, [])
-    assert status["conditions"][1]["reason"] == "RollingOut"
+           "status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 1,
+                      "conditions": [{"type": "Available", "status": "True"}]}}
+    assert derive_status(md, lws, 2, [])["conditions"][1]["reason"] == "RollingOut"
+    lws["status"]["updatedReplicas"] = 2
+    assert derive_status(md, lws, 2, [])["conditions"][1]["reason"] == "Complete"
 
 
 @pytest.mark.parametrize(("spec", "reason"), [

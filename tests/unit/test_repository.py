@@ -124,10 +124,13 @@ def test_cache_key_changes_with_what_changes_the_artefacts() -> None:
     for change in ({"engine": {"maxBatchSize": 32}}, {"engine": {"precision": "fp8"}},
                    {"parallelism": {"tensor": 4}}, {"gpu": {"product": "H200-SXM"}},
                    {"model": {"revision": "abc"}},
-                   {"engine": {"image": "nvidia/tritonserver:26.08-trtllm-python-py3"}}):
+                   {"engine": {"image": "nvidia/tritonserver:26.08-trtllm-python-py3"}},
+                   {"engine": {"kvCachePrecision": "bf16"}}):
         assert cache_key(md(**change).spec) != base, change
     assert cache_key(md(replicas=5).spec) == base
     assert cache_key(md(autoscaling={"enabled": True}).spec) == base
+    # The fields issue 15 added leave the key of a spec that does not set them as it was.
+    assert cache_key(md(engine={"kvCachePrecision": "auto"}).spec) == base
 
 
 def test_images_get_the_registry_only_when_they_name_none() -> None:
