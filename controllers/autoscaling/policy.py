@@ -566,10 +566,15 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
     if not usable:
         fallback = inputs.spec.missing_metrics_replicas
         if fallback is not None and fallback > current:
-            return StageResult(Proposal(fallback, "fallback", f"no usable metrics ({', '.join(missing)}): up to "
-                                        f"the fallback of {fallback} replicas"), state)
-        return StageResult(Proposal(current, "hold", f"no usable metrics ({', '.join(missing)}): holding "
-                                    f"{current} replicas"), state)
+            blind = Proposal(fallback, "fallback", f"no usable metrics ({', '.join(missing)}): up to the fallback "
+                             f"of {fallback} replicas")
+        else:
+            blind = Proposal(current, "hold", f"no usable metrics ({', '.join(missing)}): holding {current} replicas")
+        # Recorded like any hold: the stabilisation window runs from the last blind decision, so the first
+        # readings after an outage longer than the window cannot cut at once.
+        history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
+                   (inputs.now, float(blind.replicas)))
+        return StageResult(blind, state.model_copy(update={"history": history}))
     winner = max(usable, key=lambda r: r.replicas or 0)
     proposal = Proposal(winner.replicas or 0, winner.signal, f"{winner.signal} asks for {winner.replicas}: "
                         f"{winner.note}")

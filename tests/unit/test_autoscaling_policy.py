@@ -133,6 +133,20 @@ def test_missing_metrics_hold_and_are_reported() -> None:
     assert condition(blind, "ScalingActive") == (False, "FailedGetMetrics")
 
 
+def test_after_an_outage_longer_than_the_window_the_count_holds_a_whole_window() -> None:
+    # 5 replicas, blind from 1000 s to 1400 s (longer than the 300 s window), then readings that ask for 1:
+    # the blind decisions are recorded as holds at 5, so the first readings cannot cut at once.
+    blind = obs(None, ttft=None, itl=None, queue=None, current=5, wait=None)
+    state = PolicyState(history=((700.0, 5.0),))
+    for now in (1000.0, 1200.0, 1400.0):
+        _, rule, state = run(blind, state=state, now=now)
+        assert rule == "hold"
+    low = obs(100, current=5)
+    replicas, rule, state = run(low, state=state, now=1415.0)
+    assert (replicas, rule) == (5, "stabilization")
+    assert run(low, state=state, now=1715.0)[0] < 5, "down once the window after the outage has passed"
+
+
 def test_a_configured_fallback_applies_when_blind_but_never_scales_down() -> None:
     blind = obs(None, ttft=None, itl=None, queue=None, current=2, wait=None)
     assert run(blind, spec(missingMetricsReplicas=5))[:2] == (5, "fallback")
