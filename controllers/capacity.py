@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crds.models import ModelDeployment
+from inference_pods.groups import gpus_per_pod, group_size, whole_nodes
 from inference_pods.performance import profiles_for
-from inference_pods.templates import gpus_per_pod, group_size, pod_tolerations
+from inference_pods.templates import pod_tolerations
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -48,14 +49,15 @@ class Placement:
     products: tuple[str, ...]
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
-    pods_per_replica: int = 1  # a LeaderWorkerSet group's size: that many nodes with ``gpus`` free each
+    pods_per_replica: int = 1  # a LeaderWorkerSet group's size: that many pods with ``gpus`` free each
+    whole_nodes: bool = True  # each pod of a group takes a whole node; smaller pods (TP4 x PP3: 4 GPUs) may share one
 
     @classmethod
     def of(cls, md: ModelDeployment) -> Placement:
         _, gpu = profiles_for(md.spec.model, md.spec.gpu.product)
         return cls(gpus_per_pod(md.spec), tuple(gpu.node_labels),
                    dict(md.spec.scheduling.node_selector), tuple(pod_tolerations(md.spec)),
-                   group_size(md.spec))
+                   group_size(md.spec), whole_nodes(md.spec))
 
     def where(self) -> str:
         selector = "".join(f" and {k}={v}" for k, v in sorted(self.node_selector.items()))
@@ -217,8 +219,9 @@ def shortfall(placement: Placement, replicas: int, pods: list[Manifest], nodes: 
     if pending <= 0:
         return None
     # A group is served only with all its pods placed: pods are counted, and named as pods of groups.
+    each = "one per node" if placement.whole_nodes else f"{placement.gpus} GPUs each"
     head = f"{pending} of {replicas} replicas pending" if size == 1 else \
-        f"{pending} of {replicas * size} pods pending ({replicas} replicas of {size} pods, one per node)"
+        f"{pending} of {replicas * size} pods pending ({replicas} replicas of {size} pods, {each})"
     said = scheduler_message(pods)
     scheduler = f"; scheduler: {said}" if said else ""
     labelled = [n for n in nodes if placement.labelled(n)]

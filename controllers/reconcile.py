@@ -42,6 +42,7 @@ from controllers.capacity import (
 from controllers.kube import FIELD_MANAGER, KindNotServed, KubeApi, ManifestT
 from controllers.telemetry import FleetTelemetry
 from crds.models import API_VERSION, KIND, ModelDeployment
+from inference_pods.groups import split_advice, whole_nodes
 from inference_pods.performance import ReplicaModel, profiles_for, weights_fit
 from inference_pods.repository import PREPARE_REASONS, cache_key
 from inference_pods.templates import (
@@ -111,7 +112,7 @@ def cache_bytes_needed(md: ModelDeployment) -> float:
 def multi_node_problems(md: ModelDeployment, lws_served: bool) -> list[Problem]:
     """Why a replica larger than one node cannot be served here (pure): no LeaderWorkerSet API (nothing is
     applied then: no group can exist, and a Deployment would hold pods that can never start), a frontend
-    that runs in one process, or GPUs that do not split evenly over the nodes."""
+    that runs in one process, or GPUs that do not split into pods along the parallelism (``replica_split``)."""
     spec = md.spec
     if not needs_multi_node(spec):
         return []
@@ -127,12 +128,13 @@ def multi_node_problems(md: ModelDeployment, lws_served: bool) -> list[Problem]:
         # "currently only works for single node deployments" (tensorrtllm_backend:README.md@0b9d7d5a).
         problems.append(Problem("MultiNodeFrontendUnsupported", (
             f"serving.frontend openai runs on one node only, and each replica needs {gpus} GPUs over {size} "
-            f"{spec.gpu.product} nodes: use serving.frontend triton, or at most {per_node} GPUs per replica")))
+            f"{spec.gpu.product} pods: use serving.frontend triton, or at most {per_node} GPUs per replica")))
     if not group_splits(spec):
         problems.append(Problem("ReplicaDoesNotSplit", (
             f"{gpus} GPUs per replica (tensor {spec.parallelism.tensor} x pipeline {spec.parallelism.pipeline}) do "
-            f"not split evenly over {size} nodes of {per_node} {spec.gpu.product}: make tensor x pipeline a "
-            f"multiple of {per_node}")))
+            f"not split into pods that keep each tensor-parallel group inside one {spec.gpu.product} node "
+            f"({per_node} GPUs) or over whole nodes: use {split_advice(per_node)}, e.g. tensor "
+            f"{per_node} x pipeline {-(-gpus // per_node)}")))
     return problems
 
 
@@ -564,6 +566,8 @@ def derive_status(md: ModelDeployment, deployment: ManifestT | None, replicas: i
         gpu_capacity = _condition(GPU_CAPACITY, False, capacity[0].reason, short, generation)
     else:
         placed = (f"every replica has its {group_size(md.spec)} nodes with {gpus_per_pod(md.spec)} GPUs each"
+                  if needs_multi_node(md.spec) and whole_nodes(md.spec) else
+                  f"every replica has room for its {group_size(md.spec)} pods of {gpus_per_pod(md.spec)} GPUs each"
                   if needs_multi_node(md.spec) else
                   f"every replica has a node with its {md.spec.gpus_per_replica} GPUs")
         gpu_capacity = _condition(GPU_CAPACITY, True, "Sufficient", placed if replicas else "no replica desired",

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from crds.gpus import GPU_PRODUCTS
 from crds.models import DEFAULT_IMAGES, OPENAI_FRONTEND_DIR, ModelDeploymentSpec
+from inference_pods.groups import gpus_per_pod, needs_multi_node
 
 MODEL_CACHE_PATH = "/model-cache"
 CONFIG_PATH = "/etc/tokenworks"  # the ConfigMap: repository files, prepare script, engine.json
@@ -227,9 +226,8 @@ def llmapi_model_yaml(spec: ModelDeploymentSpec, paths: CachePaths) -> str:
         values["moe_expert_parallel_size"] = parallelism.expert
     if parallelism.attention_data_parallel:
         values["enable_attention_dp"] = True
-    per_node = GPU_PRODUCTS[spec.gpu.product].gpus_per_node
-    if spec.gpus_per_replica > per_node:
-        values["gpus_per_node"] = spec.gpus_per_replica // math.ceil(spec.gpus_per_replica / per_node)
+    if needs_multi_node(spec):
+        values["gpus_per_node"] = gpus_per_pod(spec)
     values |= {
         "max_batch_size": engine.max_batch_size,
         "max_num_tokens": engine.max_num_tokens,
@@ -510,25 +508,28 @@ def group_ranks(spec: ModelDeploymentSpec, registry: str = "") -> list[str]:
     return contexts
 
 
-def leader_launch_script(spec: ModelDeploymentSpec, registry: str = "", gpus_per_pod: int = 8) -> str:
+def leader_launch_script(spec: ModelDeploymentSpec, registry: str = "") -> str:
     """The leader's command: wait for every worker's sshd, then one ``mpirun`` over the group's pods,
-    ``<pod>:<GPUs>`` each (host:slots as in kubernetes-sigs/lws:docs/examples/tensorrt-llm/build/server.py
-    @4aaf9d50), logging in over ssh on port 2222 with the group's key (Dynamo's TensorRT-LLM launch,
-    backend_trtllm.go@02b3bad0). Pod names follow LWS: the leader is ``LWS_LEADER_ADDRESS``
-    (``<lws>-<group>.<subdomain>.<namespace>``), worker ``i`` is ``<lws>-<group>-<i>`` in the same
-    subdomain; ``LWS_GROUP_SIZE`` counts the leader. mpirun is run by its full path, which Open MPI takes
-    as ``--prefix`` so that the remote daemons are found through ssh's bare environment."""
+    ``<pod>:<GPUs of one pod>`` each (``groups.gpus_per_pod``: ranks fill each pod's slots in order, so each
+    pod holds whole tensor-parallel groups; host:slots as in
+    kubernetes-sigs/lws:docs/examples/tensorrt-llm/build/server.py@4aaf9d50), logging in over ssh on port
+    2222 with the group's key (Dynamo's TensorRT-LLM launch, backend_trtllm.go@02b3bad0). Pod names follow
+    LWS: the leader is ``LWS_LEADER_ADDRESS`` (``<lws>-<group>.<subdomain>.<namespace>``), worker ``i`` is
+    ``<lws>-<group>-<i>`` in the same subdomain; ``LWS_GROUP_SIZE`` counts the leader. mpirun is run by
+    its full path, which Open MPI takes as ``--prefix`` so that the remote daemons are found through ssh's
+    bare environment."""
     ssh_options = (f"-p {MPI_SSH_PORT} -i {MPI_SSH_RUN}/id -o StrictHostKeyChecking=no "
                    "-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR")
     forwarded = " ".join(f"-x {name}" for name in MPI_FORWARDED_ENV)
     ranks = " ".join(shlex.quote(arg) for arg in group_ranks(spec, registry))
+    slots = gpus_per_pod(spec)
     return "\n".join([
         "set -euo pipefail",
         f'install -m 600 {MPI_SSH_KEYS}/private.key "{MPI_SSH_RUN}/id"',
         'leader="${LWS_LEADER_ADDRESS%%.*}"; domain="${LWS_LEADER_ADDRESS#*.}"',
-        f'hosts="$LWS_LEADER_ADDRESS:{gpus_per_pod}"; workers=""',
+        f'hosts="$LWS_LEADER_ADDRESS:{slots}"; workers=""',
         'for i in $(seq 1 $((LWS_GROUP_SIZE - 1))); do',
-        f'  hosts="$hosts,$leader-$i.$domain:{gpus_per_pod}"; workers="$workers $leader-$i.$domain"',
+        f'  hosts="$hosts,$leader-$i.$domain:{slots}"; workers="$workers $leader-$i.$domain"',
         "done",
         "# Workers start with the leader (startupPolicy LeaderCreated): wait for each sshd; the startup",
         "# probe bounds the wait.",
@@ -601,7 +602,7 @@ def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
              f"--use_paged_context_fmha {'enable' if engine.enable_chunked_prefill else 'disable'} "
              # One build worker per GPU of this pod: a pod of a multi-node replica builds every rank's
              # engine on its own GPUs.
-             f"--workers {min(spec.gpus_per_replica, GPU_PRODUCTS[spec.gpu.product].gpus_per_node)}")
+             f"--workers {gpus_per_pod(spec)}")
     return [convert, build, 'rm -rf "$PREPARED/checkpoint"']
 
 

@@ -23,6 +23,11 @@ from typing import Any
 
 from crds.gpus import GPU_PRODUCTS
 from crds.models import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
+from inference_pods.groups import gpus_per_node as gpus_per_node
+from inference_pods.groups import gpus_per_pod as gpus_per_pod
+from inference_pods.groups import group_size as group_size
+from inference_pods.groups import group_splits as group_splits
+from inference_pods.groups import needs_multi_node as needs_multi_node
 from inference_pods.performance import engine_load_seconds, prepare_seconds, profiles_for
 from inference_pods.repository import (
     CONFIG_PATH,
@@ -121,31 +126,6 @@ MPI_SSH_SECRET = "tokenworks-mpi-ssh"
 
 def child_kind(kind: str) -> ChildKind:
     return next(k for k in CHILD_KINDS if k.kind == kind)
-
-
-def gpus_per_node(spec: ModelDeploymentSpec) -> int:
-    return GPU_PRODUCTS[spec.gpu.product].gpus_per_node
-
-
-def needs_multi_node(spec: ModelDeploymentSpec) -> bool:
-    """A replica with more GPUs than one node of its product has (8 on HGX, 4 on a GB200/GB300 compute
-    tray): a LeaderWorkerSet group instead of one pod."""
-    return spec.gpus_per_replica > gpus_per_node(spec)
-
-
-def group_size(spec: ModelDeploymentSpec) -> int:
-    """Pods per replica, one per node: TP16 on H100 (8 per node) -> 2; TP8 on GB200 (4 per tray) -> 2."""
-    return math.ceil(spec.gpus_per_replica / gpus_per_node(spec))
-
-
-def gpus_per_pod(spec: ModelDeploymentSpec) -> int:
-    """Each pod's share of the replica's GPUs (the whole replica on a single node). A replica that does
-    not split evenly (``group_splits``) keeps the floor; the reconciler refuses it as Degraded."""
-    return spec.gpus_per_replica // group_size(spec)
-
-
-def group_splits(spec: ModelDeploymentSpec) -> bool:
-    return spec.gpus_per_replica % group_size(spec) == 0
 
 
 def wanted(kind: ChildKind, spec: ModelDeploymentSpec) -> bool:
@@ -466,7 +446,7 @@ def _group_pod(md: ModelDeployment, config_hash: str, registry: str, leader: boo
     container["ports"] = [*container["ports"], {"name": "mpi-ssh", "containerPort": MPI_SSH_PORT, "protocol": "TCP"}]
     labels_ = dict(template["metadata"]["labels"])
     if leader:
-        container["command"] = ["bash", "-c", leader_launch_script(spec, registry, gpus_per_pod(spec))]
+        container["command"] = ["bash", "-c", leader_launch_script(spec, registry)]
         # The leader waits for the workers' sshd inside its startup probe, and a worker's sshd starts only
         # after its own prepare step, which may finish well after the leader's (a cold cache on a new node):
         # twice the first-start preparation on top, or the probe would restart the group mid-download, and

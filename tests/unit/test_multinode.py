@@ -16,10 +16,10 @@ from controllers.autoscaling.loop import AutoscalerLoop
 from controllers.capacity import Placement, shortfall
 from controllers.kube import ManifestT
 from controllers.metrics import FakeMetricSource, Target
-from controllers.reconcile import Reconciler, derive_status
+from controllers.reconcile import Reconciler, derive_status, multi_node_problems
 from crds.gpus import GPU_PRODUCTS
 from crds.models import API_VERSION, KIND, ModelDeployment
-from inference_pods import templates
+from inference_pods import groups, templates
 from inference_pods.performance import profiles_for, weights_fit
 from inference_pods.repository import engine_build_commands
 from tests.support.fake_kube import GPU_NODE, FakeKube
@@ -56,8 +56,12 @@ def lws_of(md: ModelDeployment, replicas: int = 2) -> ManifestT:
     ("H100-SXM", 8, 4, 4, 8),
     ("GB200", 8, 1, 2, 4),       # TP8 over two 4-GPU compute trays
     ("GB200", 16, 2, 8, 4),
+    # Pods of whole tensor-parallel groups: 12 GPUs as 2 x 6 would put ranks 4-7 (one TP group) on two pods.
+    ("H100-SXM", 4, 3, 3, 4),
+    ("GB200", 2, 4, 2, 4),       # two pipeline stages per tray
+    ("H100-SXM", 1, 9, 3, 3),    # no tensor parallelism: three stages per pod
 ])
-def test_a_replica_larger_than_a_node_is_a_group_of_one_pod_per_node(
+def test_a_replica_larger_than_a_node_is_a_group_of_pods_of_whole_tensor_groups(
         product: str, tensor: int, pipeline: int, pods: int, gpus: int) -> None:
     md = md_of(raw(product, tensor, pipeline))
     assert templates.needs_multi_node(md.spec)
@@ -266,14 +270,60 @@ def test_an_lws_with_groups_on_an_older_revision_is_not_rolled_out() -> None:
     ({"serving": {"frontend": "openai"}, "engine": {"precision": "fp8", "backend": "tensorrt-engine",
                                                 "image": "tokenworks/triton-openai:1"}},
      "MultiNodeFrontendUnsupported"),
-    ({"parallelism": {"tensor": 1, "pipeline": 9}, "model": {"name": "m", "profile": "Llama-3.1-8B",
-                                                             "huggingFace": "x/y"}}, "ReplicaDoesNotSplit"),
 ])
 def test_multi_node_specs_that_cannot_work_are_degraded(spec: dict[str, Any], reason: str) -> None:
     kube = FakeKube(raw(**spec), copy.deepcopy(GPU_NODE), served=("LeaderWorkerSet",))
     reconcile(kube, Reconciler(kube, image_registry=""))
     assert conditions(kube)["Degraded"]["reason"] == reason
     assert ("LeaderWorkerSet", "ns", "m") not in kube.objects
+
+
+@pytest.mark.parametrize(("tensor", "pipeline", "per_node", "split"), [
+    (4, 3, 8, (3, 4)), (8, 2, 8, (2, 8)), (2, 4, 4, (2, 4)), (16, 1, 8, (2, 8)), (8, 1, 4, (2, 4)),
+    (2, 5, 8, (5, 2)),  # 4, 6 and 8 do not divide 10: a pod per tensor group
+    (4, 2, 8, (1, 8)),  # one node
+    (12, 1, 8, None), (12, 2, 8, None),  # a tensor group over one and a half nodes
+])
+def test_a_split_follows_the_parallelism(tensor: int, pipeline: int, per_node: int,
+                                         split: tuple[int, int] | None) -> None:
+    assert groups.replica_split(tensor, pipeline, per_node) == split
+    if split is not None:
+        pods, per_pod = split
+        assert pods * per_pod == tensor * pipeline and per_pod <= per_node
+        # Each pod holds whole tensor-parallel groups, or is a whole node of a larger one.
+        assert per_pod % tensor == 0 or (per_pod == per_node and tensor % per_node == 0)
+
+
+def test_a_tensor_group_over_part_of_a_node_is_degraded_with_the_values_that_work() -> None:
+    # The API takes powers of two only; a spec from before that rule (or an older CRD) is still refused.
+    md = md_of(raw("H100-SXM", 8))
+    bad = md.model_copy(update={"spec": md.spec.model_copy(update={
+        "parallelism": md.spec.parallelism.model_copy(update={"tensor": 12})})})
+    assert not templates.group_splits(bad.spec)
+    (problem,) = multi_node_problems(bad, lws_served=True)
+    assert problem.reason == "ReplicaDoesNotSplit"
+    assert "parallelism.tensor at most 8" in problem.message and "or a multiple of 8" in problem.message
+    assert "tensor 8 x pipeline 2" in problem.message
+
+
+def test_pods_of_part_of_a_node_launch_and_count_their_own_gpus() -> None:
+    # TP4 x PP3 on H100: 3 pods of 4 GPUs, and everything sized per pod follows (slots, LLM-API mapping,
+    # build workers, capacity).
+    md = md_of(raw("H100-SXM", 4, 3, profile="Llama-3.3-70B", engine={"precision": "bf16"}))
+    template = lws_of(md)["spec"]["leaderWorkerTemplate"]
+    script = template["leaderTemplate"]["spec"]["containers"][0]["command"][2]
+    assert 'hosts="$LWS_LEADER_ADDRESS:4"' in script and "$leader-$i.$domain:4" in script
+    assert "-n 12 trtllm-llmapi-launch" in script
+    assert model_yaml(md)["gpus_per_node"] == 4
+    engine = md_of(raw("H100-SXM", 4, 3, profile="Llama-3.3-70B", engine={
+        "precision": "bf16", "backend": "tensorrt-engine"}))
+    assert engine_build_commands(engine.spec)[1].endswith("--workers 4")
+    placement = Placement.of(md)
+    assert (placement.gpus, placement.pods_per_replica, placement.whole_nodes) == (4, 3, False)
+    found = shortfall(placement, 1, [], [], [])
+    assert found is not None and found.message.startswith("3 of 3 pods pending (1 replicas of 3 pods, 4 GPUs each)")
+    placed = {c["type"]: c for c in derive_status(md, None, 1, [])["conditions"]}["GPUCapacity"]
+    assert placed["message"] == "every replica has room for its 3 pods of 4 GPUs each"
 
 
 def test_a_model_that_fits_no_node_says_how_many_nodes_and_what_is_missing() -> None:
