@@ -43,7 +43,7 @@ from controllers.kube import FIELD_MANAGER, KindNotServed, KubeApi, ManifestT
 from controllers.telemetry import FleetTelemetry
 from crds.models import API_VERSION, KIND, ModelDeployment
 from inference_pods.groups import split_advice, whole_nodes
-from inference_pods.performance import ReplicaModel, profiles_for, weights_fit
+from inference_pods.performance import ReplicaModel, profiles_for, spec_fit, weights_fit
 from inference_pods.repository import PREPARE_REASONS, cache_key
 from inference_pods.templates import (
     CACHE_KEY_ANNOTATION,
@@ -140,10 +140,14 @@ def multi_node_problems(md: ModelDeployment, lws_served: bool) -> list[Problem]:
 
 def fewest_gpus(md: ModelDeployment) -> int | None:
     """The fewest GPUs (a power of two, as tensor x pipeline usually is) the weights fit with room for a KV
-    cache; None beyond 1,024. DeepSeek-R1 BF16 (1,342 GB) on H100: 32."""
+    cache; None beyond 1,024. DeepSeek-R1 BF16 (1,342 GB) on H100: 32. Counted as the suggestion reads
+    (tensor up to a node, pipeline beyond), which matters with attention DP: only tensor leaves the
+    non-expert weights whole on every rank."""
     model, gpu = profiles_for(md.spec.model, md.spec.gpu.product)
+    per_node, adp = gpus_per_node(md.spec), md.spec.parallelism.attention_data_parallel
     return next((g for g in (2**i for i in range(11))
-                 if weights_fit(model, gpu, md.spec.engine.precision, g).fits), None)
+                 if weights_fit(model, gpu, md.spec.engine.precision, min(g, per_node), max(1, g // per_node),
+                                adp).fits), None)
 
 
 def engine_limit_problems(md: ModelDeployment) -> list[Problem]:
@@ -158,7 +162,7 @@ def engine_limit_problems(md: ModelDeployment) -> list[Problem]:
             f"engine.maxInputLength + engine.maxOutputLength = {sequence} tokens exceeds {model.name}'s "
             f"context of {model.context_length} tokens")))
     replica = ReplicaModel.for_spec(spec)
-    if weights_fit(model, replica.gpu, engine.precision, spec.gpus_per_replica).fits \
+    if spec_fit(spec).fits \
             and replica.kv_capacity_tokens < sequence:
         need = sequence * replica.kv_bytes_per_token / 1e9
         have = replica.kv_capacity_tokens * replica.kv_bytes_per_token / 1e9
@@ -706,12 +710,12 @@ class Reconciler:
     def problems(self, md: ModelDeployment) -> list[Problem]:
         """Why a schema-valid spec cannot work here, whatever the nodes; empty when it can."""
         spec = md.spec
-        model, gpu = profiles_for(spec.model, spec.gpu.product)
+        _, gpu = profiles_for(spec.model, spec.gpu.product)
         problems = []
         if spec.engine.precision == "fp8" and gpu.fp8_tflops is None:
             problems.append(Problem("PrecisionUnsupported",
                                     f"{gpu.name} has no FP8 tensor cores; use bf16 or fp16"))
-        fit = weights_fit(model, gpu, spec.engine.precision, spec.gpus_per_replica)
+        fit = spec_fit(spec)
         lws_served = self.kube.has_kind(LWS_API_VERSION, LEADER_WORKER_SET,
                                         recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)
         if not fit.fits:

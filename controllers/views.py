@@ -12,7 +12,7 @@ from rich.text import Text
 
 from controllers.kube import KubeApi, ManifestT
 from crds.models import ModelDeployment
-from inference_pods.performance import ReplicaModel, prepare_seconds, weights_fit
+from inference_pods.performance import ReplicaModel, prepare_seconds, spec_fit
 from inference_pods.repository import CachePaths, cache_key, model_repository
 from inference_pods.templates import CHILD_KINDS
 
@@ -133,7 +133,7 @@ def plan(md: ModelDeployment, children: list[ManifestT], replicas: int) -> Group
     """A dry run: the children, and what one replica of this engine can serve per the model."""
     spec = md.spec
     replica = ReplicaModel.for_spec(spec)
-    fit = weights_fit(replica.model, replica.gpu, spec.engine.precision, replica.gpus)
+    fit = spec_fit(spec)
     load = replica.load_seconds()
     prepare = prepare_seconds(replica.model, spec.engine.precision, spec.engine.backend)
     first_start = prepare + load

@@ -59,20 +59,43 @@ class Fit:
     message: str
 
 
-def weights_fit(model: ModelProfile, gpu: GpuProfile, precision: str, gpus_per_replica: int) -> Fit:
-    """Do the weights fit in the replica's GPUs with room left for a KV cache?
+def weight_bytes_per_gpu(model: ModelProfile, precision: str, tp: int, pp: int = 1,
+                         attention_dp: bool = False) -> float:
+    """Weights one GPU holds: its pipeline stage's share, split over the stage's ``tp`` ranks. With attention
+    data-parallel every rank runs attention (and the rest of the non-expert layers) for its own requests, so
+    those weights are whole on every rank of the stage and only the routed experts split.
+
+    DeepSeek-R1 FP8 (671.0 GB, 653.9 GB of them routed experts) on TP8 x PP2: 671.0 / 16 = 41.9 GB per GPU;
+    with attention DP (17.1 + 653.9 / 8) / 2 = 49.4 GB."""
+    experts = model.architecture.expert_parameters * bytes_per_value(precision)
+    rest = model.weight_bytes(precision) - experts
+    return (rest / (1 if attention_dp else tp) + experts / tp) / pp
+
+
+def weights_fit(model: ModelProfile, gpu: GpuProfile, precision: str, tp: int, pp: int = 1,
+                attention_dp: bool = False) -> Fit:
+    """Do the weights fit in the replica's ``tp x pp`` GPUs with room left for a KV cache?
 
     Llama-3.1-405B in BF16 on 8 x H100: 405.9e9 x 2 B / 8 = 101.5 GB per GPU > 79.8 GB usable, so no.
     """
-    per_gpu = model.weight_bytes(precision) / gpus_per_replica
+    per_gpu = weight_bytes_per_gpu(model, precision, tp, pp, attention_dp)
     usable = gpu.usable_hbm_bytes - RUNTIME_RESERVED_BYTES
     fits = per_gpu < usable
+    copies = " (attention DP: the non-expert weights whole on every rank)" if attention_dp and tp > 1 else ""
     message = (
         f"{model.name} in {precision} needs {per_gpu / 1e9:.1f} GB of weights per GPU across "
-        f"{gpus_per_replica} GPU(s); a {gpu.name} offers {usable / 1e9:.1f} GB after the runtime's "
+        f"{tp * pp} GPU(s){copies}; a {gpu.name} offers {usable / 1e9:.1f} GB after the runtime's "
         f"reserve"
     )
     return Fit(fits, per_gpu, usable, message)
+
+
+def spec_fit(spec: ModelDeploymentSpec) -> Fit:
+    """``weights_fit`` of a ModelDeployment's model, GPU, precision and parallelism."""
+    model, gpu = profiles_for(spec.model, spec.gpu.product)
+    parallelism = spec.parallelism
+    return weights_fit(model, gpu, spec.engine.precision, parallelism.tensor, parallelism.pipeline,
+                       parallelism.attention_data_parallel)
 
 
 def engine_load_seconds(model: ModelProfile, precision: str, gpus_per_replica: int,
@@ -225,11 +248,7 @@ class ReplicaModel:
     def weight_bytes_per_gpu(self) -> float:
         """Weights one GPU holds: its stage's share; with attention DP the non-expert weights are whole on
         every rank of the stage, the experts split."""
-        arch = self.model.architecture
-        width = bytes_per_value(self.precision)
-        experts = arch.expert_parameters * width
-        rest = self.model.weight_bytes(self.precision) - experts
-        return (rest / (1 if self.attention_dp else self.tp) + experts / self.tp) / self.pp
+        return weight_bytes_per_gpu(self.model, self.precision, self.tp, self.pp, self.attention_dp)
 
     @property
     def kv_capacity_tokens(self) -> int:

@@ -341,6 +341,17 @@ def test_a_model_that_fits_no_node_says_how_many_nodes_and_what_is_missing() -> 
     assert not [k for k, _, _ in kube.objects if k not in (KIND, "Node")]
 
 
+def test_attention_dp_copies_count_against_the_fit() -> None:
+    # DeepSeek-R1 BF16 on 8 x B200 fits split eight ways (167.8 GB per GPU), not with attention DP (197.7 GB).
+    body = raw("B200", 8, profile="DeepSeek-R1", engine={"precision": "bf16"},
+               parallelism={"tensor": 8, "expert": 8, "attentionDataParallel": True})
+    kube = FakeKube(body, copy.deepcopy(GPU_NODE))
+    reconcile(kube, Reconciler(kube, image_registry=""))
+    degraded = conditions(kube)["Degraded"]
+    assert degraded["reason"] == "ModelDoesNotFit"
+    assert "197.7 GB of weights per GPU" in degraded["message"] and "attention DP" in degraded["message"]
+
+
 def test_pending_groups_are_counted_in_pods_of_one_node_each() -> None:
     placement = Placement.of(md_of(raw()))
     assert (placement.gpus, placement.pods_per_replica) == (8, 2)

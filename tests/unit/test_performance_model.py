@@ -183,6 +183,19 @@ def test_load_time_and_fit() -> None:
     assert weights_fit(MODELS["Llama-3.1-405B"], GPUS["H100-SXM"], "fp8", 8).fits
 
 
+def test_attention_data_parallel_weights_are_copied_in_the_fit_as_in_the_model() -> None:
+    # DeepSeek-R1 BF16 on 8 x B200: split eight ways its 1,342 GB are 167.8 GB per GPU, under the 187.2 GB usable;
+    # with attention DP the 34 GB of non-expert weights are whole on every rank: 197.7 GB, which does not fit.
+    model, gpu = MODELS["DeepSeek-R1"], GPUS["B200"]
+    split, copied = weights_fit(model, gpu, "bf16", 8), weights_fit(model, gpu, "bf16", 8, attention_dp=True)
+    assert split.fits and not copied.fits
+    assert copied.weight_bytes_per_gpu == pytest.approx(197.7e9, rel=1e-3)
+    assert "attention DP" in copied.message
+    for adp in (False, True):
+        replica = ReplicaModel.for_profiles("DeepSeek-R1", "B200", tp=8, pp=2, ep=8, attention_dp=adp)
+        assert weights_fit(model, gpu, "bf16", 8, 2, adp).weight_bytes_per_gpu == replica.weight_bytes_per_gpu
+
+
 def test_an_empty_step_takes_no_time() -> None:
     assert ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM").step_seconds(Step()) == 0
 
