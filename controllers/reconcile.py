@@ -162,15 +162,19 @@ def engine_limit_problems(md: ModelDeployment) -> list[Problem]:
             f"engine.maxInputLength + engine.maxOutputLength = {sequence} tokens exceeds {model.name}'s "
             f"context of {model.context_length} tokens")))
     replica = ReplicaModel.for_spec(spec)
+    # With attention DP a request's KV lives on one rank (each keeps its own requests'): one rank's share counts.
     if spec_fit(spec).fits \
-            and replica.kv_capacity_tokens < sequence:
+            and replica.request_kv_capacity_tokens < sequence:
         need = sequence * replica.kv_bytes_per_token / 1e9
-        have = replica.kv_capacity_tokens * replica.kv_bytes_per_token / 1e9
+        have = replica.request_kv_capacity_tokens * replica.kv_bytes_per_token / 1e9
+        holder = (f"each attention-DP rank of the replica's {spec.gpus_per_replica} x {spec.gpu.product} keeps "
+                  f"{have:.1f} GB for its own requests" if spec.parallelism.attention_data_parallel else
+                  f"the replica's {spec.gpus_per_replica} x {spec.gpu.product} keep {have:.1f} GB for it")
+        fix = "lower the limits, add pipeline stages or turn attention DP off" \
+            if spec.parallelism.attention_data_parallel else "lower the limits or add GPUs"
         problems.append(Problem("EngineLimitTooLarge", (
             f"one request of maxInputLength + maxOutputLength = {sequence} tokens needs {need:.1f} GB of KV "
-            f"cache; the replica's {spec.gpus_per_replica} x {spec.gpu.product} keep {have:.1f} GB for it "
-            f"(kvCacheFreeGpuMemFraction {engine.kv_cache_free_gpu_mem_fraction}): lower the limits or add "
-            "GPUs")))
+            f"cache; {holder} (kvCacheFreeGpuMemFraction {engine.kv_cache_free_gpu_mem_fraction}): {fix}")))
     if not engine.enable_chunked_prefill and engine.max_input_length > engine.max_num_tokens:
         problems.append(Problem("EngineLimitTooLarge", (
             f"prompts of up to maxInputLength {engine.max_input_length} tokens do not fit one step of "

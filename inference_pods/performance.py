@@ -265,6 +265,13 @@ class ReplicaModel:
         per_gpu = self.kv_bytes_per_token / (self.pp * self._kv_shards)
         return max(0, int(free * self.kv_cache_fraction / per_gpu))
 
+    @property
+    def request_kv_capacity_tokens(self) -> int:
+        """Tokens of KV one request can hold: the whole cache, or with attention DP one rank's share of it, since
+        each rank keeps the KV of its own requests (``_kv_shards``) and a request never spans ranks. DeepSeek-R1
+        FP8 with attention DP on 8 x H200: one eighth of the group's tokens."""
+        return self.kv_capacity_tokens // (self.tp if self.attention_dp else 1)
+
     def _link(self, ranks: int) -> float:
         """One-way bytes/s per GPU of a collective over ``ranks`` GPUs: NVLink within one NVLink domain
         (a node, or a whole NVL72 rack), the network beyond."""
@@ -429,9 +436,12 @@ class ReplicaModel:
 
     def max_concurrency(self, input_tokens: int, output_tokens: int) -> int:
         """Requests in flight at once: the batch limit, or the KV cache when TensorRT-LLM's default
-        scheduler (GUARANTEED_NO_EVICT) reserves input + output tokens per request."""
+        scheduler (GUARANTEED_NO_EVICT) reserves input + output tokens per request (per rank's cache with
+        attention DP)."""
         per_request = input_tokens + output_tokens
-        return max(1, min(self.batch_limit, self.kv_capacity_tokens // per_request))
+        # With attention DP each rank admits into its own cache: whole requests per rank, times the ranks.
+        ranks = self.tp if self.attention_dp else 1
+        return max(1, min(self.batch_limit, ranks * (self.request_kv_capacity_tokens // per_request)))
 
     def saturation_throughput(self, input_tokens: int, output_tokens: int) -> float:
         """Output tokens per second at an infinite request rate, fixed lengths (as trtllm-bench): the steady

@@ -16,7 +16,7 @@ from controllers.autoscaling.loop import AutoscalerLoop
 from controllers.capacity import Placement, shortfall
 from controllers.kube import ManifestT
 from controllers.metrics import FakeMetricSource, Target
-from controllers.reconcile import Reconciler, derive_status, multi_node_problems
+from controllers.reconcile import Reconciler, derive_status, engine_limit_problems, multi_node_problems
 from crds.gpus import GPU_PRODUCTS
 from crds.models import API_VERSION, KIND, ModelDeployment
 from inference_pods import groups, templates
@@ -350,6 +350,22 @@ def test_attention_dp_copies_count_against_the_fit() -> None:
     degraded = conditions(kube)["Degraded"]
     assert degraded["reason"] == "ModelDoesNotFit"
     assert "197.7 GB of weights per GPU" in degraded["message"] and "attention DP" in degraded["message"]
+
+
+def test_with_attention_dp_a_request_must_fit_one_ranks_kv_cache() -> None:
+    # DeepSeek-R1 FP8, DEP8 on H200 with a 10% KV fraction: the group holds ~474k tokens, one rank ~59k; a
+    # 160k-token request lives on one rank, so it cannot be admitted.
+    engine = {"precision": "fp8", "maxNumTokens": 4096, "maxInputLength": 100_000, "maxOutputLength": 60_000,
+              "kvCacheFreeGpuMemFraction": 0.1}
+    parallelism = {"tensor": 8, "expert": 8, "attentionDataParallel": True}
+    md = md_of(raw("H200-SXM", 8, profile="DeepSeek-R1", engine=engine, parallelism=parallelism))
+    (problem,) = [p for p in engine_limit_problems(md) if "KV" in p.message]
+    assert problem.reason == "EngineLimitTooLarge"
+    assert "each attention-DP rank" in problem.message and "160000 tokens" in problem.message
+    # Without attention DP the same request's KV is split over the ranks and fits (the group's cache).
+    split = md_of(raw("H200-SXM", 8, profile="DeepSeek-R1", engine=engine,
+                      parallelism={"tensor": 8, "expert": 8}))
+    assert not [p for p in engine_limit_problems(split) if "KV" in p.message]
 
 
 def test_pending_groups_are_counted_in_pods_of_one_node_each() -> None:

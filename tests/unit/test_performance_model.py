@@ -161,6 +161,16 @@ def test_attention_data_parallel_limits_are_per_rank() -> None:
     assert (dep.batch_limit, dep.token_budget) == (1024, 9208)
 
 
+def test_attention_data_parallel_kv_is_per_rank_for_one_request() -> None:
+    dep = ReplicaModel.for_profiles("DeepSeek-R1", "H200-SXM", precision="fp8", tp=8, ep=8, attention_dp=True,
+                                    max_num_tokens=4096, kv_cache_fraction=0.1)
+    assert dep.request_kv_capacity_tokens == dep.kv_capacity_tokens // 8
+    # Requests are whole on a rank: 8 ranks of 59,236 tokens each hold 8 x 5 requests of 11,000, not 43.
+    assert dep.max_concurrency(10_000, 1_000) == 8 * (dep.request_kv_capacity_tokens // 11_000) == 40
+    tp = replace(dep, attention_dp=False)
+    assert tp.request_kv_capacity_tokens == tp.kv_capacity_tokens
+
+
 def test_kv_capacity_and_concurrency_limits() -> None:
     replica = ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM", precision="fp8")
     activations = 8192 * 4096 * 2 * performance.ACTIVATION_RESERVE_WIDTHS
