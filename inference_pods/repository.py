@@ -591,6 +591,15 @@ def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
         convert = ('python3 "$TRTLLM_EXAMPLES/quantization/quantize.py" --model_dir "$WEIGHTS" --dtype bfloat16 '
                    f'--qformat {qformat}{kv} --output_dir "$PREPARED/checkpoint" --calib_size 512 '
                    f"--tp_size {tp} --pp_size {pp}")
+    elif engine.kv_cache_precision == "fp8":
+        # 16-bit weights over an FP8 KV cache: quantize.py with --qformat full_prec (ModelOpt's EMPTY_CFG, no
+        # weight quantiser) and --kv_cache_dtype fp8 (FP8_KV_CFG) calibrates only the KV scales
+        # (NVIDIA/TensorRT-LLM:tensorrt_llm/quantization/quantize_by_modelopt.py@042c510d); convert_checkpoint.py
+        # has no FP8 KV option (only --int8_kv_cache).
+        dtype = "bfloat16" if engine.precision == "bf16" else "float16"
+        convert = ('python3 "$TRTLLM_EXAMPLES/quantization/quantize.py" --model_dir "$WEIGHTS" '
+                   f'--dtype {dtype} --qformat full_prec --kv_cache_dtype fp8 --output_dir "$PREPARED/checkpoint" '
+                   f"--calib_size 512 --tp_size {tp} --pp_size {pp}")
     else:
         dtype = "bfloat16" if engine.precision == "bf16" else "float16"
         convert = ('python3 "$TRTLLM_EXAMPLES/models/core/llama/convert_checkpoint.py" --model_dir "$WEIGHTS" '

@@ -16,9 +16,11 @@ from inference_pods.emulator.pod import materialize, parse_model_config
 from inference_pods.repository import (
     CachePaths,
     cache_key,
+    engine_build_commands,
     first_response_buckets,
     launch_command,
     model_repository,
+    prepare_script,
     resolved_image,
 )
 
@@ -162,6 +164,22 @@ def test_the_engine_is_built_with_the_spec_limits(tmp_path: Path) -> None:
     for flag in ("--max_batch_size 64", "--max_num_tokens 4096", "--max_input_len 2048", "--max_seq_len 3072",
                  "--use_paged_context_fmha enable", "--workers 2"):
         assert flag in engine["build_args"], flag
+
+
+def test_an_fp8_kv_cache_over_16_bit_weights_is_quantised_into_the_engine(tmp_path: Path) -> None:
+    # kvCachePrecision fp8 with bf16 weights: quantize.py calibrates only the KV scales (full_prec weights);
+    # convert_checkpoint.py would build a 16-bit cache whatever model.yaml says.
+    fp8_kv = md("tensorrt-engine", engine={"precision": "bf16", "kvCachePrecision": "fp8"})
+    convert = engine_build_commands(fp8_kv.spec)[0]
+    assert "quantization/quantize.py" in convert and "convert_checkpoint.py" not in convert
+    assert "--dtype bfloat16 --qformat full_prec --kv_cache_dtype fp8" in convert
+    assert "--tp_size 2 --pp_size 1" in convert
+    assert convert in prepare_script(fp8_kv.spec)
+    plain = md("tensorrt-engine", engine={"precision": "bf16"})
+    assert "--kv_cache_dtype" not in engine_build_commands(plain.spec)[0]
+    assert cache_key(fp8_kv.spec) != cache_key(plain.spec), "a different engine: a different cache key"
+    _, prepared = materialize(fp8_kv, tmp_path)
+    assert prepared.returncode == 0, prepared.output
 
 
 @pytest.mark.parametrize(("hub", "reason"), [
