@@ -859,8 +859,9 @@ class Reconciler:
         status = derive_status(md, deployment, replicas, result.problems, pods, self.image_registry, routing)
         # The autoscaler's conditions live beside the reconciler's (its own field manager).
         derived = {c["type"] for c in status["conditions"]}
+        # Every pod of the groups: a group whose worker waits for a node is a pending replica.
         self.telemetry.record(md, {**status, "conditions": status["conditions"] + [
-            c for c in current_status.get("conditions") or [] if c.get("type") not in derived]}, pods)
+            c for c in current_status.get("conditions") or [] if c.get("type") not in derived]}, group_pods)
         if status_changed(status, current_status):
             merge_transition_times(status, current_status.get("conditions") or [], self.clock())
             self.kube.patch_status(API_VERSION, KIND, namespace, name, status)

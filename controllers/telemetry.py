@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from controllers.capacity import GPU_PRODUCT_LABEL, allocatable_gpus, ready_condition
 from crds.models import GPU_PRODUCT_NODE_LABELS, ModelDeployment
+from inference_pods.templates import LWS_GROUP_KEY_LABEL
 
 Manifest = dict[str, Any]
 REPLICA_STATES = ("desired", "current", "updated", "ready", "loading", "pending")
@@ -55,19 +56,32 @@ def _pod_ready(pod: Manifest) -> bool:
                for c in (pod.get("status") or {}).get("conditions") or [])
 
 
+def _replica_key(pod: Manifest) -> str:
+    """The replica a pod belongs to: its LeaderWorkerSet group (leader and workers share the group key), or
+    the pod itself."""
+    metadata = pod.get("metadata") or {}
+    return str((metadata.get("labels") or {}).get(LWS_GROUP_KEY_LABEL) or metadata.get("name") or "")
+
+
 def replica_states(status: dict[str, Any], pods: Iterable[Manifest]) -> dict[str, int]:
     """Replicas by state: ``loading`` is scheduled and not ready (weights loading, engine starting),
-    ``pending`` has no node yet; pods being deleted or finished count in neither."""
+    ``pending`` has no node yet; pods being deleted or finished count in neither. ``pods`` are every pod of
+    the replicas: a LeaderWorkerSet group is one replica, pending while any of its pods has no node (it
+    cannot serve without all of them), loading while all are placed and one is not ready."""
     live = [p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")
             and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
-    scheduled = [p for p in live if (p.get("spec") or {}).get("nodeName")]
+    replicas: dict[str, list[Manifest]] = {}
+    for pod in live:
+        replicas.setdefault(_replica_key(pod), []).append(pod)
+    pending = [r for r in replicas.values() if any(not (p.get("spec") or {}).get("nodeName") for p in r)]
+    loading = [r for r in replicas.values() if r not in pending and not all(_pod_ready(p) for p in r)]
     return {
         "desired": int(status.get("desiredReplicas") or 0),
         "current": int(status.get("replicas") or 0),
         "updated": int(status.get("updatedReplicas") or 0),
         "ready": int(status.get("readyReplicas") or 0),
-        "loading": sum(1 for p in scheduled if not _pod_ready(p)),
-        "pending": len(live) - len(scheduled),
+        "loading": len(loading),
+        "pending": len(pending),
     }
 
 

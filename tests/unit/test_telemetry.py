@@ -1,5 +1,6 @@
-"""The operator's own series: per-ModelDeployment replicas, GPUs, conditions and SLO from a reconcile, the
-cluster's GPUs by product, and the autoscaler's series ending with the deployment."""
+"""The operator's own series: per-ModelDeployment replicas, GPUs, conditions and SLO from a reconcile (a
+multi-node replica's whole group), the cluster's GPUs by product, and the autoscaler's series ending with the
+deployment."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from controllers.reconcile import Reconciler
 from controllers.telemetry import FleetTelemetry, gpu_capacity, replica_states
 from crds.models import KIND
 from inference_pods.repository import first_response_buckets
-from inference_pods.templates import INSTANCE_LABEL
+from inference_pods.templates import GROUP_LABEL, INSTANCE_LABEL, LWS_GROUP_KEY_LABEL
 from tests.support.fake_kube import GPU_NODE, FakeKube
 from tests.unit.test_autoscaler_status import Clock, load, model, running
+from tests.unit.test_multinode import raw
 from tests.unit.test_reconcile_requests import model_deployment
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -79,6 +81,36 @@ def test_a_reconcile_exports_replicas_gpus_conditions_and_the_slo() -> None:
     del kube.objects[(KIND, "ns", "m")]
     Reconciler(kube, image_registry="", telemetry=telemetry).reconcile("ns", "m")
     assert not [k for k in samples(telemetry) if ("name", "m") in k[1]]
+
+
+
+def test_a_multi_node_replica_counts_every_gpu_and_every_pod_of_its_group() -> None:
+    # Llama-3.1-405B FP8 TP16 on H100: 2 groups of a leader and a worker, 8 GPUs each: 16 GPUs per replica.
+    kube = FakeKube(raw(), copy.deepcopy(GPU_NODE), served=("LeaderWorkerSet",))
+    telemetry = FleetTelemetry()
+    reconciler = Reconciler(kube, image_registry="", telemetry=telemetry)
+    reconciler.reconcile("ns", "m")
+    lws = kube.objects[("LeaderWorkerSet", "ns", "m")]
+    lws["status"] = {"replicas": 2, "readyReplicas": 1, "updatedReplicas": 2}
+    kube.store(lws)
+
+    def group_pod(name: str, group: str, leader: bool, node: str | None, ready: bool) -> dict[str, Any]:
+        body = pod(name, node, ready)
+        labels = {GROUP_LABEL: "m", LWS_GROUP_KEY_LABEL: group, **({INSTANCE_LABEL: "m"} if leader else {})}
+        body["metadata"] = {"name": name, "namespace": "ns", "labels": labels}
+        return body
+
+    # Group 0 serves; group 1's leader is placed and loading, its worker waits for a node.
+    for body in (group_pod("m-0", "g0", True, "gpu-1", True), group_pod("m-0-1", "g0", False, "gpu-2", True),
+                 group_pod("m-1", "g1", True, "gpu-3", False), group_pod("m-1-1", "g1", False, None, False)):
+        kube.store({"apiVersion": "v1", "kind": "Pod", **body})
+    reconciler.reconcile("ns", "m")
+    found = samples(telemetry)
+    assert value(found, "tokenworks_modeldeployment_gpus", gpu_product="H100-SXM", state="requested") == 32
+    assert value(found, "tokenworks_modeldeployment_gpus", gpu_product="H100-SXM", state="ready") == 16
+    # The half-placed group is one pending replica (it cannot serve without its worker), not a loading one.
+    assert value(found, "tokenworks_modeldeployment_replicas", state="pending") == 1
+    assert value(found, "tokenworks_modeldeployment_replicas", state="loading") == 0
 
 
 def test_replicas_by_state_from_the_pods() -> None:
