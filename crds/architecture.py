@@ -164,8 +164,9 @@ class Architecture(ApiModel):
 
     @property
     def compute_parameters(self) -> int:
-        """Weights a token multiplies (2 FLOPs each): the active ones less the input embedding, a lookup."""
-        return self.active_parameters - self.vocab_size * self.hidden_size
+        """Weights a token multiplies (2 FLOPs each): the active ones less the input embedding, a lookup. A tied
+        matrix is still the LM head's, which multiplies: only an untied model has a second copy to leave out."""
+        return self.active_parameters - (0 if self.tied_embeddings else self.vocab_size * self.hidden_size)
 
     @property
     def expert_parameters(self) -> int:

@@ -92,6 +92,8 @@ def test_tied_embeddings_count_one_matrix() -> None:
     untied = CATALOGUE["Llama-3.1-8B"]
     tied = untied.model_copy(update={"tied_embeddings": True})
     assert untied.total_parameters - tied.total_parameters == 128_256 * 4096
+    # One matrix, but the LM head still multiplies by it: a token's FLOPs are the untied model's.
+    assert tied.compute_parameters == untied.compute_parameters
 
 
 def test_blocks_sum_their_ffns_and_attention() -> None:

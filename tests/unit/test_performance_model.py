@@ -206,6 +206,17 @@ def test_attention_data_parallel_weights_are_copied_in_the_fit_as_in_the_model()
         assert weights_fit(model, gpu, "bf16", 8, 2, adp).weight_bytes_per_gpu == replica.weight_bytes_per_gpu
 
 
+def test_a_tied_lm_head_is_costed_as_an_untied_one() -> None:
+    # Llama-3.1-8B with its head tied to the embedding: the same layers and the same head matmul per sampled
+    # token, and the same weights read (the untied model's second copy is its input embedding, a lookup).
+    untied = MODELS["Llama-3.1-8B"]
+    tied = replace(untied, architecture=untied.architecture.model_copy(update={"tied_embeddings": True}))
+    a, b = (ReplicaModel(m, GPUS["H100-SXM"]) for m in (untied, tied))
+    assert b.prefill_seconds(8192) == a.prefill_seconds(8192)
+    assert b.decode_seconds(64, 2000) == a.decode_seconds(64, 2000)
+    assert b.weight_bytes_per_gpu < a.weight_bytes_per_gpu  # HBM holds one matrix fewer
+
+
 def test_an_empty_step_takes_no_time() -> None:
     assert ReplicaModel.for_profiles("Llama-3.1-8B", "H100-SXM").step_seconds(Step()) == 0
 
