@@ -799,6 +799,12 @@ class Reconciler:
                 workload_kind.api_version, workload_kind.kind, recheck_seconds=OPTIONAL_API_RECHECK_SECONDS) else None
         live = (deployment or {}).get("spec", {}).get("replicas")
         live = live if isinstance(live, int) else None
+        if deployment is None:
+            # A switch between single-node and multi-node (a spec edit, so any decision is stale): the new
+            # kind starts at the count the old one serves, not at spec.replicas, or the autoscaler (which reads
+            # the new kind's count once it exists) would hold that and the old one would be retired down to it.
+            old_count = ((self._other_workload(md, workload_kind.kind) or {}).get("spec") or {}).get("replicas")
+            live = old_count if isinstance(old_count, int) and old_count > 0 else None
         handover = handover_replicas(md, live)
         if handover is not None:
             # Before anything is applied, even while Degraded: no reconcile may cut to a stale count.
@@ -899,21 +905,30 @@ class Reconciler:
         return [f"{LEADER_WORKER_SET}/{workload['metadata']['name']}: spec.replicas changed by {', '.join(writers)} "
                 f"({live}, not {replicas})"]
 
+    def _other_workload(self, md: ModelDeployment, kind: str) -> ManifestT | None:
+        """This model's workload of the other kind than ``kind`` (Deployment or LeaderWorkerSet), where it
+        exists and this ModelDeployment owns it."""
+        other = child_kind("Deployment" if kind == LEADER_WORKER_SET else LEADER_WORKER_SET)
+        if other.optional and not self.kube.has_kind(other.api_version, other.kind,
+                                                     recheck_seconds=OPTIONAL_API_RECHECK_SECONDS):
+            return None
+        try:
+            old = self.kube.get(other.api_version, other.kind, md.namespace, md.name)
+        except KindNotServed:
+            return None
+        owners = ((old or {}).get("metadata") or {}).get("ownerReferences") or []
+        if old is None or not any(o.get("uid") == md.metadata.get("uid") for o in owners):
+            return None
+        return old
+
     def _retire_other_workload(self, obj: ManifestT, md: ModelDeployment, kind: str, workload: ManifestT | None,
                                replicas: int, result: ReconcileResult) -> None:
         """After a switch between a single-node and a multi-node replica: the other kind's object of this
         model is scaled to zero once the new workload has every replica ready (make before break: the Service
         selects both meanwhile), and left in place with an Event (the operator deletes nothing)."""
         other = child_kind("Deployment" if kind == LEADER_WORKER_SET else LEADER_WORKER_SET)
-        if other.optional and not self.kube.has_kind(other.api_version, other.kind,
-                                                     recheck_seconds=OPTIONAL_API_RECHECK_SECONDS):
-            return
-        try:
-            old = self.kube.get(other.api_version, other.kind, md.namespace, md.name)
-        except KindNotServed:
-            return
-        owners = ((old or {}).get("metadata") or {}).get("ownerReferences") or []
-        if old is None or not any(o.get("uid") == md.metadata.get("uid") for o in owners):
+        old = self._other_workload(md, kind)
+        if old is None:
             return
         if not ((old.get("spec") or {}).get("replicas") or 0):
             return

@@ -418,3 +418,35 @@ def test_a_switch_to_multi_node_retires_the_deployment_only_once_the_groups_are_
     (event,) = [e for e in kube.events if e[0] == "WorkloadReplaced"]
     assert "kubectl delete deployment m -n ns" in event[1]
     assert reconcile(kube, reconciler)["scale Deployment"] == 0
+
+
+def test_a_switch_to_multi_node_under_the_autoscaler_starts_at_the_count_being_served() -> None:
+    # Five single-node replicas under the autoscaler; a spec edit (generation 2) makes each one multi-node.
+    # spec.replicas is frozen at 1 and the decision (generation 1) is stale: the groups must start at 5.
+    autoscaling = {"enabled": True, "minReplicas": 1, "maxReplicas": 8, "tokensPerSecondPerReplica": 1000.0,
+                   "scaleDownStabilizationSeconds": 120}
+    body = raw(replicas=1, autoscaling=autoscaling)
+    body["metadata"]["generation"] = 2
+    body["status"] = {"autoscaler": {"desiredReplicas": 5, "generation": 1}}
+    old = {"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [{"uid": "u", "name": "m"}]},
+           "spec": {"replicas": 5}, "status": {"replicas": 5, "readyReplicas": 5}}
+    kube = FakeKube(body, copy.deepcopy(GPU_NODE), old, served=("LeaderWorkerSet",))
+    reconciler = Reconciler(kube, image_registry="")
+    reconcile(kube, reconciler)
+    assert kube.objects[("LeaderWorkerSet", "ns", "m")]["spec"]["replicas"] == 5
+
+    # The autoscaler now reads the groups' count: it holds 5, not spec.replicas' 1.
+    source = FakeMetricSource()
+    source.set(Target("ns", "m", 0.95), outputTokensPerSecond=4000, outputTokensPerSecondShort=4000,
+               inputTokensPerSecond=4000, requestsPerSecond=20, requestSeconds=15.5, firstResponseSeconds=0.5,
+               ttftSeconds=0.4, kvCacheUtilization=0.5)
+    decision = AutoscalerLoop(kube, source, clock=lambda: 1_000_000.0, namespaces=["ns"]).tick()[("ns", "m")]
+    assert decision.replicas == 5
+
+    # One group ready is not five: the Deployment keeps serving until all are.
+    lws = kube.objects[("LeaderWorkerSet", "ns", "m")]
+    lws["status"] = {"replicas": 5, "readyReplicas": 1, "updatedReplicas": 5}
+    kube.store(lws)
+    assert reconcile(kube, reconciler)["scale Deployment"] == 0
+    assert kube.objects[("Deployment", "ns", "m")]["spec"]["replicas"] == 5
