@@ -399,10 +399,15 @@ def test_the_autoscaler_counts_a_multi_node_model_from_its_groups() -> None:
     assert decision.replicas == 3
 
 
+def serving_deployment(replicas: int) -> dict[str, Any]:
+    """The single-node Deployment a ModelDeployment ran before a spec edit made it multi-node."""
+    return {"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [{"uid": "u", "name": "m"}]},
+            "spec": {"replicas": replicas}, "status": {"replicas": replicas, "readyReplicas": replicas}}
+
+
 def test_a_switch_to_multi_node_retires_the_deployment_only_once_the_groups_are_ready() -> None:
-    old = {"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [{"uid": "u", "name": "m"}]},
-           "spec": {"replicas": 2}, "status": {"readyReplicas": 2}}
+    old = serving_deployment(2)
     kube = FakeKube(raw(), copy.deepcopy(GPU_NODE), old, served=("LeaderWorkerSet",))
     reconciler = Reconciler(kube, image_registry="")
     first = reconcile(kube, reconciler)
@@ -428,9 +433,7 @@ def test_a_switch_to_multi_node_under_the_autoscaler_starts_at_the_count_being_s
     body = raw(replicas=1, autoscaling=autoscaling)
     body["metadata"]["generation"] = 2
     body["status"] = {"autoscaler": {"desiredReplicas": 5, "generation": 1}}
-    old = {"apiVersion": "apps/v1", "kind": "Deployment",
-           "metadata": {"name": "m", "namespace": "ns", "ownerReferences": [{"uid": "u", "name": "m"}]},
-           "spec": {"replicas": 5}, "status": {"replicas": 5, "readyReplicas": 5}}
+    old = serving_deployment(5)
     kube = FakeKube(body, copy.deepcopy(GPU_NODE), old, served=("LeaderWorkerSet",))
     reconciler = Reconciler(kube, image_registry="")
     reconcile(kube, reconciler)
