@@ -81,3 +81,10 @@ GPU_PRODUCT_NAMES: tuple[str, ...] = tuple(GPU_PRODUCTS)
 GPUS_PER_NODE: dict[str, int] = {p.name: p.gpus_per_node for p in GPU_PRODUCTS.values()}
 GPU_PRODUCT_NODE_LABELS: dict[str, list[str]] = {p.name: list(p.node_labels) for p in GPU_PRODUCTS.values()}
 FP4_PRODUCTS: tuple[str, ...] = tuple(p.name for p in GPU_PRODUCTS.values() if p.has_fp4)
+
+
+def known_product(product: str, field: str = "gpu.product") -> str:
+    """``product`` if the table has it, else a ValueError naming the field and every product."""
+    if product not in GPU_PRODUCTS:
+        raise ValueError(f"{field} {product!r} is not one of {', '.join(GPU_PRODUCT_NAMES)}")
+    return product

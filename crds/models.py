@@ -17,7 +17,7 @@ from crds.architecture import Architecture
 from crds.base import ApiModel as ApiModel  # re-exported: its readers import it from here
 from crds.base import rule as rule
 from crds.catalogue import CATALOGUE, PROFILE_NAMES
-from crds.gpus import FP4_PRODUCTS, GPU_PRODUCT_NAMES, GPU_PRODUCTS
+from crds.gpus import FP4_PRODUCTS, GPU_PRODUCT_NAMES, known_product
 from crds.gpus import GPU_PRODUCT_NODE_LABELS as GPU_PRODUCT_NODE_LABELS
 from crds.gpus import GPUS_PER_NODE as GPUS_PER_NODE
 
@@ -255,9 +255,7 @@ class GpuSpec(ApiModel):
     @field_validator("product")
     @classmethod
     def _known_product(cls, product: str) -> str:
-        if product not in GPU_PRODUCTS:
-            raise ValueError(f"gpu.product {product!r} is not one of {', '.join(GPU_PRODUCT_NAMES)}")
-        return product
+        return known_product(product)
 
 
 class SloSpec(ApiModel):

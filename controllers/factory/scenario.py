@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controllers.simulation.trace import TraceRequest, compress, load, multiply, require_window
-from crds.gpus import GPU_PRODUCTS
+from crds.gpus import GPU_PRODUCTS, known_product
 
 
 class Strict(BaseModel):
@@ -55,9 +55,7 @@ class NodePlan(Strict):
     @field_validator("product")
     @classmethod
     def _known(cls, product: str) -> str:
-        if product not in GPU_PRODUCTS:
-            raise ValueError(f"unknown GPU product {product!r}; one of {', '.join(GPU_PRODUCTS)}")
-        return product
+        return known_product(product, "product")
 
     @property
     def product_label(self) -> str:

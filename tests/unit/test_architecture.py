@@ -194,3 +194,15 @@ def test_the_catalogue_and_gpu_tables_of_docs_models_md_are_the_codes() -> None:
         assert f"({gpu.usable_hbm_bytes:,.0f} B)" in rows[name][4], name
         assert rows[name][3] == " / ".join("—" if t is None else f"{t:,.0f}"
                                            for t in (gpu.bf16_tflops, gpu.fp8_tflops, gpu.fp4_tflops)), name
+
+
+def test_an_unknown_gpu_product_is_refused_alike_in_the_api_and_in_a_scenario() -> None:
+    from pydantic import ValidationError
+
+    from controllers.factory.scenario import NodePlan
+    from crds.models import GpuSpec
+
+    for build, field in ((lambda: GpuSpec(product="H300"), "gpu.product"),
+                         (lambda: NodePlan(name="n", product="H300"), "product")):
+        with pytest.raises(ValidationError, match=f"{field} 'H300' is not one of H100-SXM, H200-SXM, B200"):
+            build()
