@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Protocol
 from controllers.simulation.trace import GENERIC_COLUMNS, TraceRequest
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
 
@@ -311,6 +311,16 @@ def _positive(value: float, what: str) -> None:
         raise WorkloadError(f"{what} must be a positive number, got {value:g}")
 
 
+def _renewal(duration: float, gap: Callable[[], float]) -> list[float]:
+    """Arrival times of a renewal process with independent ``gap()`` draws, up to ``duration``."""
+    out: list[float] = []
+    t = gap()
+    while t < duration:
+        out.append(t)
+        t += gap()
+    return out
+
+
 @dataclass(frozen=True)
 class Poisson:
     """Exponential gaps of mean ``1 / rate`` (memoryless; the gaps' CV is 1), drawn by inversion,
@@ -322,12 +332,7 @@ class Poisson:
         _positive(self.rate, "the rate")
 
     def times(self, duration: float, rng: random.Random) -> list[float]:
-        out: list[float] = []
-        t = -math.log(1.0 - rng.random()) / self.rate
-        while t < duration:
-            out.append(t)
-            t += -math.log(1.0 - rng.random()) / self.rate
-        return out
+        return _renewal(duration, lambda: -math.log(1.0 - rng.random()) / self.rate)
 
     def rate_at(self, t: float) -> float:
         return self.rate
@@ -354,12 +359,7 @@ class Gamma:
 
     def times(self, duration: float, rng: random.Random) -> list[float]:
         shape, scale = 1 / self.cv**2, self.cv**2 / self.rate
-        out: list[float] = []
-        t = rng.gammavariate(shape, scale)
-        while t < duration:
-            out.append(t)
-            t += rng.gammavariate(shape, scale)
-        return out
+        return _renewal(duration, lambda: rng.gammavariate(shape, scale))
 
     def rate_at(self, t: float) -> float:
         return self.rate
