@@ -719,6 +719,10 @@ class Reconciler:
         if spec.engine.precision == "fp8" and gpu.fp8_tflops is None:
             problems.append(Problem("PrecisionUnsupported",
                                     f"{gpu.name} has no FP8 tensor cores; use bf16 or fp16"))
+        elif spec.engine.kv_cache_precision == "fp8" and gpu.fp8_tflops is None:
+            problems.append(Problem("PrecisionUnsupported",
+                                    f"{gpu.name} has no FP8 support for an FP8 KV cache; set engine.kvCachePrecision "
+                                    "auto"))
         fit = spec_fit(spec)
         lws_served = self.kube.has_kind(LWS_API_VERSION, LEADER_WORKER_SET,
                                         recheck_seconds=OPTIONAL_API_RECHECK_SECONDS)

@@ -67,8 +67,17 @@ def weights_key(spec: ModelDeploymentSpec) -> str:
 def cache_key(spec: ModelDeploymentSpec, registry: str = "") -> str:
     """Everything that changes what the prepare step produces: a restart or a new replica with the same
     key finds it ready and skips the download and the engine build."""
+    return _digest(cache_inputs(spec, registry))
+
+
+def cache_inputs(spec: ModelDeploymentSpec, registry: str = "") -> dict[str, object]:
+    """What ``cache_key`` hashes."""
     engine = spec.engine
-    return _digest({
+    # An FP8 cache over 16-bit weights is built by ModelOpt since it was first honoured on the engine path;
+    # engines built before under the same fields hold a 16-bit cache, so the recipe is part of the key.
+    fp8_kv_build = engine.backend == "tensorrt-engine" and engine.kv_cache_precision == "fp8" \
+        and engine.precision in ("bf16", "fp16")
+    return {
         "weights": weights_key(spec), "backend": engine.backend, "image": resolved_image(spec, registry),
         "precision": engine.precision, "tp": spec.parallelism.tensor, "pp": spec.parallelism.pipeline,
         "maxBatchSize": engine.max_batch_size, "maxNumTokens": engine.max_num_tokens,
@@ -78,7 +87,8 @@ def cache_key(spec: ModelDeploymentSpec, registry: str = "") -> str:
         **({"kvCachePrecision": engine.kv_cache_precision} if engine.kv_cache_precision != "auto" else {}),
         **({"expert": spec.parallelism.expert} if spec.parallelism.expert != 1 else {}),
         **({"attentionDataParallel": True} if spec.parallelism.attention_data_parallel else {}),
-    })
+        **({"kvCacheBuild": "modelopt-full-prec"} if fp8_kv_build else {}),
+    }
 
 
 @dataclass(frozen=True)

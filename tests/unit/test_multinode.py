@@ -362,7 +362,8 @@ def test_with_attention_dp_a_request_must_fit_one_ranks_kv_cache() -> None:
     (problem,) = [p for p in engine_limit_problems(md) if "KV" in p.message]
     assert problem.reason == "EngineLimitTooLarge"
     assert "each attention-DP rank" in problem.message and "160000 tokens" in problem.message
-    # Without attention DP the same request's KV is split over the ranks and fits (the group's cache).
+    # Without attention DP it fits: MLA's KV is copied to every TP rank either way, but each rank then holds
+    # an eighth of the attention weights too (83.9 GB per GPU, not 98.9), leaving ~166k tokens of cache.
     split = md_of(raw("H200-SXM", 8, profile="DeepSeek-R1", engine=engine,
                       parallelism={"tensor": 8, "expert": 8}))
     assert not [p for p in engine_limit_problems(split) if "KV" in p.message]
@@ -453,3 +454,10 @@ def test_a_switch_to_multi_node_under_the_autoscaler_starts_at_the_count_being_s
     kube.store(lws)
     assert reconcile(kube, reconciler)["scale Deployment"] == 0
     assert kube.objects[("Deployment", "ns", "m")]["spec"]["replicas"] == 5
+
+
+def test_an_fp8_kv_cache_on_a_gpu_without_fp8_is_refused() -> None:
+    body = raw("A100-80GB", 8, profile="Llama-3.1-8B", engine={"precision": "bf16", "kvCachePrecision": "fp8"})
+    problems = Reconciler(FakeKube(body), image_registry="").problems(md_of(body))
+    (problem,) = [p for p in problems if p.reason == "PrecisionUnsupported"]
+    assert "FP8 KV cache" in problem.message and "kvCachePrecision auto" in problem.message

@@ -15,6 +15,7 @@ from crds.models import ModelDeployment
 from inference_pods.emulator.pod import materialize, parse_model_config
 from inference_pods.repository import (
     CachePaths,
+    cache_inputs,
     cache_key,
     engine_build_commands,
     first_response_buckets,
@@ -178,6 +179,11 @@ def test_an_fp8_kv_cache_over_16_bit_weights_is_quantised_into_the_engine(tmp_pa
     plain = md("tensorrt-engine", engine={"precision": "bf16"})
     assert "--kv_cache_dtype" not in engine_build_commands(plain.spec)[0]
     assert cache_key(fp8_kv.spec) != cache_key(plain.spec), "a different engine: a different cache key"
+    # Engines built before the FP8 cache was honoured here hold a 16-bit one under the same spec fields:
+    # the build recipe is in the key, so they are rebuilt, not reused.
+    assert cache_inputs(fp8_kv.spec)["kvCacheBuild"] == "modelopt-full-prec"
+    on_llmapi = md("llmapi", engine={"precision": "bf16", "kvCachePrecision": "fp8"})
+    assert "kvCacheBuild" not in cache_inputs(on_llmapi.spec)
     _, prepared = materialize(fp8_kv, tmp_path)
     assert prepared.returncode == 0, prepared.output
 
