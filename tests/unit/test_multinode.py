@@ -391,13 +391,17 @@ def test_the_autoscaler_counts_a_multi_node_model_from_its_groups() -> None:
         kube.store({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": f"m-{i}", "namespace": "ns", "labels": {templates.INSTANCE_LABEL: "m"}},
                     "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})
-    source = FakeMetricSource()
-    source.set(Target("ns", "m", 0.95), outputTokensPerSecond=500, outputTokensPerSecondShort=500,
-               inputTokensPerSecond=500, requestsPerSecond=2.5, requestSeconds=15.5, firstResponseSeconds=0.5,
-               ttftSeconds=0.4, kvCacheUtilization=0.2)
-    decision = AutoscalerLoop(kube, source, clock=lambda: 1_000_000.0, namespaces=["ns"]).tick()[("ns", "m")]
     # A first look holds the current count for one window: 3 groups, not spec.replicas' 1.
-    assert decision.replicas == 3
+    assert first_decision(kube, tokens=500, requests=2.5, kv=0.2) == 3
+
+
+def first_decision(kube: FakeKube, *, tokens: float, requests: float, kv: float) -> int:
+    """The autoscaler's first decision for ns/m, with a fresh state, under a steady load."""
+    source = FakeMetricSource()
+    source.set(Target("ns", "m", 0.95), outputTokensPerSecond=tokens, outputTokensPerSecondShort=tokens,
+               inputTokensPerSecond=tokens, requestsPerSecond=requests, requestSeconds=15.5, firstResponseSeconds=0.5,
+               ttftSeconds=0.4, kvCacheUtilization=kv)
+    return AutoscalerLoop(kube, source, clock=lambda: 1_000_000.0, namespaces=["ns"]).tick()[("ns", "m")].replicas
 
 
 def serving_deployment(replicas: int) -> dict[str, Any]:
@@ -441,12 +445,7 @@ def test_a_switch_to_multi_node_under_the_autoscaler_starts_at_the_count_being_s
     assert kube.objects[("LeaderWorkerSet", "ns", "m")]["spec"]["replicas"] == 5
 
     # The autoscaler now reads the groups' count: it holds 5, not spec.replicas' 1.
-    source = FakeMetricSource()
-    source.set(Target("ns", "m", 0.95), outputTokensPerSecond=4000, outputTokensPerSecondShort=4000,
-               inputTokensPerSecond=4000, requestsPerSecond=20, requestSeconds=15.5, firstResponseSeconds=0.5,
-               ttftSeconds=0.4, kvCacheUtilization=0.5)
-    decision = AutoscalerLoop(kube, source, clock=lambda: 1_000_000.0, namespaces=["ns"]).tick()[("ns", "m")]
-    assert decision.replicas == 5
+    assert first_decision(kube, tokens=4000, requests=20, kv=0.5) == 5
 
     # One group ready is not five: the Deployment keeps serving until all are.
     lws = kube.objects[("LeaderWorkerSet", "ns", "m")]
