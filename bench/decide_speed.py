@@ -48,10 +48,9 @@ def main() -> None:
     for _ in range(args.models):
         states.append(PolicyState(
             demand=tuple((float(t), rng.uniform(1, 20)) for t in range(3450, 3600, 15)),
-            peaks=tuple((float(t), rng.uniform(1, 20)) for t in range(0, 3600, 60)),
-            growth=tuple((float(t), rng.uniform(1, 3)) for t in range(0, 3480, 60)),
+            growth=tuple((float(t), rng.uniform(1, 20), rng.uniform(1, 3)) for t in range(0, 3480, 60)),
             history=tuple((float(t), 8.0) for t in range(3300, 3600, 15)),
-            tokens_per_request=200.0, last_decision=3585.0))
+            tokens_per_request=200.0, last_decision=3585.0, watching_since=0.0))
     currents = [rng.randint(1, 32) for _ in range(args.models)]
     times = []
     for tick in range(args.ticks):

@@ -5,13 +5,14 @@ condition it owns; ``Decision.stages`` is the trace `tokenworks explain` prints.
 the arithmetic with worked numbers.
 
 1. **signals**, each on its own ratio: *throughput* (completions times the tokens a request carries,
-   projected one start-up lead ahead while it keeps rising, over the per-replica capacity at the SLO;
+   projected one start-up lead (and the rate window's lag) ahead while it keeps rising, over the
+   per-replica capacity at the SLO;
    no tolerance band, so the settled count does not depend on the start), *latency* (TTFT and ITL
    percentiles over their targets, 10% tolerance; a scale-up on latency that does not bring it down
    marks it infeasible, and throughput decides), *queue* (demand from how fast the wait for the first
    token grows, and the backlog once a scale-up has settled), and *headroom* (the attainment target:
-   the demand growth seen within one start-up lead, at the ``slo.attainment`` quantile of the last
-   hour, bounded by the recent peak, which decays);
+   the measured demand times its growth within one start-up lead, at the ``slo.attainment`` quantile
+   of the last hour's growth from about the same level, older growth fading);
 2. **combine**: the largest recommendation, as HPA does across metrics; missing signals never allow
    less than the current count, and with none readable the count is held (or raised to the fallback);
 3. **panic**: a burst (the 30 s demand alone needs twice the ready replicas) is sized in one decision
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from controllers.autoscaling.signals import Observations, Quality, Reading
-from controllers.autoscaling.state import PolicyState, Sample, per_minute, within
+from controllers.autoscaling.state import Growth, PolicyState, Sample, per_minute, within
 from crds.models import AutoscalingSpec
 
 TOLERANCE = 0.10
@@ -42,6 +43,9 @@ MAX_DOWN_FRACTION = 0.5
 SCALE_TO_ZERO_IDLE_SECONDS = 300.0
 SETTLE_SECONDS = 60.0  # after new replicas serve, for the latency window and the backlog to show them
 TREND_SECONDS = 90.0  # the throughput samples a rising trend is fitted over
+# A rate over a window measures the demand at the window's middle, one scrape late on average: while it
+# rises, the 2 m rate trails it by 60 s + 7.5 s and the 30 s rate by 15 s + 7.5 s.
+RATE_LAG_SECONDS, SHORT_LAG_SECONDS = 67.5, 22.5
 # Beyond the engine load time, until a replica ordered now serves: metrics up to one scrape (15 s)
 # old, and pod scheduling and container start (5 to 15 s).
 LEAD_EXTRA_SECONDS = 30.0
@@ -56,6 +60,8 @@ COMFORTABLE = 0.7  # latency under this share of its targets is comfortable
 GROWTH_SECONDS = 30.0  # the wait-for-first-token samples the backlog's growth rate is measured over
 MIN_GROWTH = 0.05  # s/s: slower growth is noise in a 30 s window
 CALM_SECONDS = 150.0  # the stable window (120 s) and a scrape: how long a backlog's times stay in it
+LEVEL_SHARE = 0.8  # growth is read from demand at least this share of today's (see ``conditional``)
+REACH = 2.0  # ...and from no lower than 1/REACH of it, where no demand was that high
 MAX_GROWTH = 0.8  # demand at most 5x what is served; faster growth is queues of different ages mixed
 
 
@@ -221,14 +227,27 @@ def short_demand(inputs: Inputs, capacity: float) -> float | None:
 
 
 def growth_quantile(demand: tuple[Sample, ...], lead: float, attainment: float, now: float,
-                    half_life: float) -> float:
+                    half_life: float, level: float = 0.0) -> float:
     """Headroom for the attainment target: for each past decision, the most the demand grew within one
     start-up lead after it (what a replica ordered then could not have been in time for), as a ratio
     to the demand then (at least one replica's worth); the ``attainment`` quantile of those ratios,
-    each weighted by 2^(-age / half-life) so old surprises fade. 1.0 with no history. The live signal
-    composes the same two steps, keeping each minute's highest growth (``headroom_signal``)."""
+    each weighted by 2^(-age / half-life) so old surprises fade, over the decisions whose demand was
+    about ``level`` or more (``conditional``). 1.0 with no history. The live signal composes the same
+    steps, keeping each minute's highest growth (``headroom_signal``)."""
     growths = new_growths(demand, (), lead, now)
-    return weighted_quantile([(g, 0.5 ** ((now - t) / half_life)) for t, g in growths], attainment)
+    return weighted_quantile(conditional(growths, level, lambda t: 0.5 ** ((now - t) / half_life)), attainment)
+
+
+def conditional(growths: tuple[Growth, ...], level: float,
+                weight: Callable[[float], float]) -> list[tuple[float, float]]:
+    """(growth, weight) of the samples whose demand was at least ``LEVEL_SHARE`` of ``level``: from the top
+    of a burst the demand was never seen to grow by the burst again, from its foot it was. Above every
+    sample's demand, those from at least that share of the highest: a new high grows as the highest did."""
+    highest = max((d for _, d, _ in growths), default=0.0)
+    if highest < level / REACH:
+        return []
+    floor = LEVEL_SHARE * min(level, highest)
+    return [(g, weight(t)) for t, d, g in growths if d >= floor]
 
 
 def weighted_quantile(growths: list[tuple[float, float]], attainment: float) -> float:
@@ -245,11 +264,12 @@ def weighted_quantile(growths: list[tuple[float, float]], attainment: float) -> 
     return growths[-1][0]
 
 
-def new_growths(demand: tuple[Sample, ...], done: tuple[Sample, ...], lead: float, now: float) -> tuple[Sample, ...]:
-    """Growth samples for the demand samples that have become a lead old since the last decision; each
-    is final then (no later sample falls within its lead), so they are kept rather than recomputed."""
+def new_growths(demand: tuple[Sample, ...], done: tuple[Growth, ...], lead: float, now: float) -> tuple[Growth, ...]:
+    """Growth samples (time, demand then, growth) for the demand samples that have become a lead old since
+    the last decision; each is final then (no later sample falls within its lead), so they are kept
+    rather than recomputed."""
     last = done[-1][0] if done else -math.inf
-    out: list[Sample] = []
+    out: list[Growth] = []
     n = len(demand)
     i = n - 1
     while i >= 0 and demand[i][0] > last:  # newest first: only the samples since the last decision
@@ -264,13 +284,8 @@ def new_growths(demand: tuple[Sample, ...], done: tuple[Sample, ...], lead: floa
                 break
             ahead = max(ahead, demand[j][1])
         if k + 1 < n and demand[k + 1][0] <= t + lead:
-            out.append((t, max(1.0, ahead / max(d, 1.0))))
+            out.append((t, d, max(1.0, ahead / max(d, 1.0))))
     return tuple(out)
-
-
-def decayed_peak(demand: tuple[Sample, ...], now: float, half_life: float) -> float:
-    """The burst memory: the highest demand seen, each sample halved every ``half_life`` of age."""
-    return max((d * 0.5 ** ((now - t) / half_life) for t, d in demand), default=0.0)
 
 
 # -- stage 1: signals --------------------------------------------------------------------------------
@@ -291,7 +306,9 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     level = max(value, short) if short is not None else value
     # A backlog draining shows as a rising rate too: no trend is read until calm.
     settled = state.ready_changed_at is None or inputs.now - state.ready_changed_at > CALM_SECONDS
-    projected = level + (rising_slope(samples) * inputs.lead if calm(inputs, state) and settled else 0.0)
+    slope = rising_slope(samples) if calm(inputs, state) and settled else 0.0
+    projected = max(value + slope * (inputs.lead + RATE_LAG_SECONDS),
+                    (short if short is not None else value) + slope * (inputs.lead + SHORT_LAG_SECONDS))
     replicas = _ceil(projected / capacity)
     note = f"{value:.0f} tok/s" + (f", {projected:.0f} projected {inputs.lead:.0f} s ahead"
                                    if projected > value * 1.01 else "")
@@ -459,38 +476,64 @@ def queue_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, Po
 def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
                     measured: list[Recommendation]) -> tuple[Recommendation, PolicyState]:
     """The attainment target's headroom, from the history of demand (docs/autoscaling.md has worked
-    numbers). Demand, in replicas, is what the other signals asked for now, or the 30 s token demand
-    when it is more and no backlog distorts it: in replicas rather than tokens, so traffic whose work is
-    prefill the token model cannot see (2,048-token prompts for 28 output tokens) is remembered by what
-    its latency and queue asked for."""
+    numbers).
+
+    Demand, in replicas, is what is measured: the 30 s token demand while calm, the demand the backlog's
+    growth gives while requests queue, and what latency asks for (in replicas rather than tokens, so
+    traffic whose work is prefill the token model cannot see is remembered by its latency). Not the
+    other asks: the throughput's carries a projection and the queue's a drain already. The
+    recommendation is the demand now times the ``slo.attainment`` quantile of the growth seen from
+    demand at about this level (``conditional``): from the foot of a burst the bursts count, from its
+    top they do not. Well below the peak it is bounded by the peak, which fades."""
     now = inputs.now
     demand = within(state.demand, now, inputs.lead + RECENT_EXTRA_SECONDS)
-    tokens = short_demand(inputs, capacity) if calm(inputs, state) else None
+    quiet = calm(inputs, state)
+    tokens = short_demand(inputs, capacity) if quiet else None
+    seen = [x for x in (tokens, backlog_demand(inputs, state),
+                        *(float(r.replicas) for r in measured if r.signal == "latency" and r.replicas
+                          and not r.holds)) if x]
     asked = [float(r.replicas) for r in measured if r.replicas is not None and not r.holds]
-    if tokens is None and not asked:
+    if not seen and not asked:
         return Recommendation("headroom", None, inputs.spec.slo.attainment, None,
                               inputs.obs.output_tokens_per_second_short.describe()), \
             state.model_copy(update={"demand": demand})
-    d = max([tokens or 0.0, *asked])
-    demand = (*demand, (now, d))
+    # Nothing measured this decision (a backlog while the ready count changes): what the others ask.
+    base = max(seen) if seen else max(asked)
+    # The growth is learned only from calm demand, measured true (a backlog's estimate reads low while
+    # the ready count changes, and its recovery would read as growth), and once the rate windows have
+    # filled after the first decision (a window filling reads as demand growing).
+    if seen and quiet and state.watching_since is not None and now - state.watching_since >= CALM_SECONDS:
+        demand = (*demand, (now, base))
     # Memories fade with the scale-down window's half-life: a burst 300 s ago counts for half.
     half_life = max(15.0, float(inputs.spec.scale_down_stabilization_seconds))
     # Incremental: each decision finalises the growth of the samples that have just become a lead old,
     # kept as each minute's highest; the weights 2^(-age / half-life) share one factor, so only relative
     # ages count.
     growths = within(state.growth, now, DEMAND_MEMORY_SECONDS)
-    for t, g in new_growths(demand, state.growth, inputs.lead, now):
-        growths = per_minute(growths, t, g)
-    peaks = per_minute(within(state.peaks, now, DEMAND_MEMORY_SECONDS), now, d)
-    state = state.model_copy(update={"growth": growths, "peaks": peaks})
-    growth = weighted_quantile([(g, 2.0 ** ((t - now) / half_life)) for t, g in growths], inputs.spec.slo.attainment)
-    peak = decayed_peak(peaks, now, half_life)
-    target = min(d * growth, max(d, peak))
+    for sample in new_growths(demand, state.growth, inputs.lead, now):
+        growths = per_minute(growths, sample)
+    growth = weighted_quantile(conditional(growths, base, lambda t: 2.0 ** ((t - now) / half_life)),
+                               inputs.spec.slo.attainment)
+    target = base * growth
+    # Well below the highest demand reached (the foot of a burst, after a step), the headroom is bounded
+    # by that peak, halved every half-life: the memory of a burst fades. Near it (a rising trend) it is
+    # not, or no rising trend could be led.
+    peak = max((d * g * 2.0 ** ((t - now) / half_life) for t, d, g in growths), default=0.0)
+    bounded = base < LEVEL_SHARE * peak
+    if bounded:
+        target = min(target, max(base, peak))
     replicas = _ceil(target)
-    note = (f"demand {d:.1f} replicas now; within {inputs.lead:.0f} s it grew up to {growth:.2f}x at the "
-            f"{inputs.spec.slo.attainment:.2%} quantile of the last hour; recent peak {peak:.1f} (decaying)")
-    return Recommendation("headroom", growth, inputs.spec.slo.attainment, replicas, note), \
-        state.model_copy(update={"demand": demand})
+    # While requests queue, the demand read is a lagging estimate: read again while a scale-up settles,
+    # it would order on top of what is on its way (as the latency and queue signals hold, so does this).
+    holds = not quiet and _settling(inputs, state) and replicas > inputs.obs.current_replicas
+    if holds:
+        replicas = inputs.obs.current_replicas
+    note = (f"demand {base:.1f} replicas now; from about this level it grew up to {growth:.2f}x within "
+            f"{inputs.lead:.0f} s at the {inputs.spec.slo.attainment:.2%} quantile of the last hour"
+            + (f"; bounded by the decaying peak {peak:.1f}" if bounded else "")
+            + ("; requests queue and a scale-up is on its way: holding" if holds else ""))
+    return Recommendation("headroom", growth, inputs.spec.slo.attainment, replicas, note, holds=holds), \
+        state.model_copy(update={"demand": demand, "growth": growths})
 
 
 def backlogged(obs: Observations, spec: AutoscalingSpec) -> bool:
@@ -751,7 +794,8 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         "every signal was read" if metrics_available else
         "; ".join(f"{r.signal}: {r.note}" for r in recs if r.replicas is None)))
     current = obs.current_replicas
-    update: dict[str, float | None] = {"last_decision": now}
+    update: dict[str, float | None] = {"last_decision": now, "watching_since": state.watching_since
+                                       if state.watching_since is not None else now}
     if proposal.replicas > current:
         update["last_scale_up"] = now
         # Latency asked for more than there was: this scale-up is latency's test, whichever signal won

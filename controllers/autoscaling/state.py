@@ -10,19 +10,21 @@ stabilisation history holds the current count: nothing scales down within a wind
 from __future__ import annotations
 
 import bisect
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
-STATE_VERSION: Literal[2] = 2
+STATE_VERSION: Literal[3] = 3
 Sample = tuple[float, float]  # (time, value)
+Growth = tuple[float, float, float]  # (time, demand then in replicas, growth within a lead after it)
+Timed = TypeVar("Timed", Sample, Growth)
 
 
 class PolicyState(BaseModel):
     model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
-    version: Literal[2] = STATE_VERSION
+    version: Literal[3] = STATE_VERSION
     # Replicas the throughput and burst signals asked for, per decision (time, replicas).
     history: tuple[Sample, ...] = ()
     # Output tokens/s of the stable window, for the trend projected over the start-up lead.
@@ -30,10 +32,9 @@ class PolicyState(BaseModel):
     # Demand in replicas per decision, for the last few minutes: what the growth within a lead is read
     # from.
     demand: tuple[Sample, ...] = ()
-    # The highest demand of each minute of the last hour: the burst memory.
-    peaks: tuple[Sample, ...] = ()
-    # The highest growth within a lead of each minute of the last hour: what the headroom is learned from.
-    growth: tuple[Sample, ...] = ()
+    # The highest growth within a lead of each minute of the last hour, with the demand it grew from: what
+    # the headroom is learned from (the burst memory).
+    growth: tuple[Growth, ...] = ()
     # Mean time to the first token over the short window, for the backlog's growth rate.
     waits: tuple[Sample, ...] = ()
     # Output tokens per completed request, learned while no backlog distorts the token model.
@@ -44,6 +45,7 @@ class PolicyState(BaseModel):
     panic_until: float | None = None
     last_scale_up: float | None = None
     last_decision: float | None = None
+    watching_since: float | None = None  # the first decision: rate windows are full a window after it
     idle_since: float | None = None
     capacity_scale: float = 1.0
     capacity_learned_at: float | None = None
@@ -69,15 +71,17 @@ class PolicyState(BaseModel):
         return self.model_dump(by_alias=True, mode="json")
 
 
-def within(samples: tuple[Sample, ...], now: float, seconds: float) -> tuple[Sample, ...]:
+def within(samples: tuple[Timed, ...], now: float, seconds: float) -> tuple[Timed, ...]:
     """The samples of the last ``seconds`` (time-based trimming, whatever the tick); samples are kept in
     time order, so a binary search finds the first to keep."""
     return samples[bisect.bisect_left(samples, (now - seconds,)):]
 
 
-def per_minute(samples: tuple[Sample, ...], t: float, value: float) -> tuple[Sample, ...]:
-    """Append ``value`` at ``t``, keeping one sample a minute (the highest): an hour is 60 samples
-    whatever the tick."""
-    if samples and int(samples[-1][0] // 60) == int(t // 60):
-        return (*samples[:-1], (samples[-1][0], max(samples[-1][1], value)))
-    return (*samples, (t, value))
+def per_minute(samples: tuple[Growth, ...], sample: Growth) -> tuple[Growth, ...]:
+    """Append a growth sample, keeping one a minute (the highest growth, with the demand it grew from): an
+    hour is 60 samples whatever the tick."""
+    if samples and int(samples[-1][0] // 60) == int(sample[0] // 60):
+        if sample[2] > samples[-1][2]:
+            return (*samples[:-1], (samples[-1][0], sample[1], sample[2]))
+        return samples
+    return (*samples, sample)

@@ -17,7 +17,6 @@ from controllers.autoscaling.loop import fingerprint
 from controllers.autoscaling.policy import (
     SCALE_TO_ZERO_IDLE_SECONDS,
     Decision,
-    decayed_peak,
     decide,
     growth_quantile,
 )
@@ -232,15 +231,22 @@ def test_without_min_zero_an_idle_deployment_keeps_its_floor() -> None:
 
 def test_start_up_lead_scales_ahead_of_a_rising_load() -> None:
     state: PolicyState | None = None
-    for i, t in enumerate(range(0, 75, 15)):  # +100 tok/s every 15 s: ~6.7 tok/s per second
-        replicas, _, state = run(obs(3000 + 100 * i, current=4), state=state, now=t)
-    # Now 3,400 tok/s, projected 90 s ahead (60 s load + 30 s for the metrics' age and scheduling):
-    # 3,400 + 6.7 x 90 = 4,000: still 4; a steeper ramp orders more.
+    for i, t in enumerate(range(0, 75, 15)):  # +50 tok/s every 15 s: ~3.3 tok/s per second
+        replicas, _, state = run(obs(3000 + 50 * i, current=4), state=state, now=t)
+    # Now 3,200 tok/s on the 2 m rate, which trails the demand by 67.5 s (half its window and half a
+    # scrape), projected 90 s ahead (60 s load + 30 s for the metrics' age and scheduling) on top:
+    # 3,200 + 3.3 x 157.5 = 3,725: still 4; a steeper ramp orders more.
     assert replicas == 4
     state = None
+    for i, t in enumerate(range(0, 75, 15)):  # +200 tok/s every 15 s: ~13.3 tok/s per second
+        replicas, _, state = run(obs(3000 + 200 * i, current=4), state=state, now=t)
+    # 3,800 + 13.3 x 157.5 = 5,900: 6 (over the lead alone, 3,800 + 13.3 x 90 = 5,000 would say 5).
+    assert replicas == 6
+    state = None
     for i, t in enumerate(range(0, 75, 15)):  # +500 tok/s every 15 s
-        replicas, _, state = run(obs(3000 + 500 * i, current=4), state=state, now=t)
-    assert replicas == 8, "5,000 tok/s now, 8,000 projected 90 s ahead"
+        replicas, rule, state = run(obs(3000 + 500 * i, current=4), state=state, now=t)
+    # 5,000 tok/s now, 5,000 + 33.3 x 157.5 = 10,250 projected: 11, limited to twice the 4 this decision.
+    assert replicas == 8 and rule == "rate-limit"
     # A step that has levelled off is not a trend: no projection, so no overshoot.
     state = None
     for t, load in zip(range(0, 75, 15), (3000, 3000, 6000, 6000, 6000), strict=True):
@@ -368,8 +374,14 @@ def test_headroom_is_the_attainment_quantile_of_growth_within_the_lead() -> None
     high = growth_quantile(demand, 90.0, 0.99, now, half_life=1e9)
     low = growth_quantile(demand, 90.0, 0.80, now, half_life=1e9)
     assert (high, low) == (4.0, 1.0), "6 of 34 samples (18%) grew 4x: above the 99% quantile, under the 80%"
-    # The burst memory halves every half-life.
-    assert decayed_peak(((0.0, 8.0),), 300.0, half_life=300.0) == pytest.approx(4.0)
+    # Read from about the demand now: from the foot of the jump (2 replicas) it grew 4x, from its top
+    # (8) it never grew, and above every level seen (10) it grows as the highest did.
+    assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=2.0) == 4.0
+    assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=8.0) == 1.0
+    assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=10.0) == 1.0
+    # Weighted by age: with a 60 s half-life the 1x samples long before the jump weigh little, so the
+    # six 4x samples, recent, are a third of the weight and show at the 80% quantile.
+    assert growth_quantile(demand, 90.0, 0.80, now, half_life=60.0, level=2.0) == 4.0
 
 
 def test_the_state_is_typed_frozen_versioned_and_trimmed_by_time() -> None:
@@ -377,7 +389,7 @@ def test_the_state_is_typed_frozen_versioned_and_trimmed_by_time() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         d.state.capacity_scale = 0.5  # type: ignore[misc]
     saved = d.state.dump()
-    assert saved["version"] == 2 and "capacityScale" in saved
+    assert saved["version"] == 3 and "capacityScale" in saved
     assert PolicyState.restore(saved, 8, 15.0).history[:-1] == d.state.history
     # Another version or a hand-edited state: a fresh one that holds the current count for a window.
     fresh = PolicyState.restore({"version": 1, "history": "garbage"}, 6, 15.0)
