@@ -235,19 +235,20 @@ def growth_quantile(demand: tuple[Sample, ...], lead: float, attainment: float, 
     about ``level`` or more (``conditional``). 1.0 with no history. The live signal composes the same
     steps, keeping each minute's highest growth (``headroom_signal``)."""
     growths = new_growths(demand, (), lead, now)
-    return weighted_quantile(conditional(growths, level, lambda t: 0.5 ** ((now - t) / half_life)), attainment)
+    return weighted_quantile(conditional(growths, level, [0.5 ** ((now - t) / half_life) for t, _, _ in growths]),
+                             attainment)
 
 
-def conditional(growths: tuple[Growth, ...], level: float,
-                weight: Callable[[float], float]) -> list[tuple[float, float]]:
-    """(growth, weight) of the samples whose demand was at least ``LEVEL_SHARE`` of ``level``: from the top
-    of a burst the demand was never seen to grow by the burst again, from its foot it was. Above every
-    sample's demand, those from at least that share of the highest: a new high grows as the highest did."""
+def conditional(growths: tuple[Growth, ...], level: float, weights: list[float]) -> list[tuple[float, float]]:
+    """(growth, weight) of the samples (``weights``: one each) whose demand was at least ``LEVEL_SHARE`` of
+    ``level``: from the top of a burst the demand was never seen to grow by the burst again, from its foot
+    it was. Above every sample's demand, those from at least that share of the highest: a new high grows
+    as the highest did (none when the highest is under 1/REACH of ``level``)."""
     highest = max((d for _, d, _ in growths), default=0.0)
     if highest < level / REACH:
         return []
     floor = LEVEL_SHARE * min(level, highest)
-    return [(g, weight(t)) for t, d, g in growths if d >= floor]
+    return [(g, w) for (_, d, g), w in zip(growths, weights, strict=True) if d >= floor]
 
 
 def weighted_quantile(growths: list[tuple[float, float]], attainment: float) -> float:
@@ -512,13 +513,13 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     growths = within(state.growth, now, DEMAND_MEMORY_SECONDS)
     for sample in new_growths(demand, state.growth, inputs.lead, now):
         growths = per_minute(growths, sample)
-    growth = weighted_quantile(conditional(growths, base, lambda t: 2.0 ** ((t - now) / half_life)),
-                               inputs.spec.slo.attainment)
+    weights = [2.0 ** ((t - now) / half_life) for t, _, _ in growths]
+    growth = weighted_quantile(conditional(growths, base, weights), inputs.spec.slo.attainment)
     target = base * growth
     # Well below the highest demand reached (the foot of a burst, after a step), the headroom is bounded
     # by that peak, halved every half-life: the memory of a burst fades. Near it (a rising trend) it is
     # not, or no rising trend could be led.
-    peak = max((d * g * 2.0 ** ((t - now) / half_life) for t, d, g in growths), default=0.0)
+    peak = max((d * g * w for (_, d, g), w in zip(growths, weights, strict=True)), default=0.0)
     bounded = base < LEVEL_SHARE * peak
     if bounded:
         target = min(target, max(base, peak))
