@@ -26,10 +26,11 @@ from controllers.simulation import oracle as oracle_module
 from controllers.simulation.baselines import StaticPolicy
 from controllers.simulation.policies import make_policy
 from controllers.simulation.simulator import SimulationConfig, SimulationResult, Simulator, TokenworksPolicy
+from controllers.simulation.trace import TraceRequest
 
 
 def simulate(family: str, seed: int, minutes: float, policy: str, start: str,
-             static: int | None) -> tuple[SimulationResult, list[int], int, int]:
+             static: int | None) -> tuple[SimulationResult, list[int], list[TraceRequest], int]:
     md = model_for(family)
     requests = requests_for(family, seed, minutes, None, 1.0)
     need = oracle_for(family, requests)
@@ -42,7 +43,7 @@ def simulate(family: str, seed: int, minutes: float, policy: str, start: str,
     simulated = chosen.md if isinstance(chosen, TokenworksPolicy) else md
     result = Simulator(simulated, requests, SimulationConfig(initial_replicas=initial),
                        policy=chosen).run()  # type: ignore[arg-type]
-    return result, need, len(requests), sum(oracle_module.feasible(md, requests))
+    return result, need, requests, sum(oracle_module.feasible(md, requests))
 
 
 def main() -> None:
@@ -59,28 +60,34 @@ def main() -> None:
     md = model_for(args.family)
     slo = md.spec.autoscaling.slo
     ttft, itl = slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3
-    result, need, total, feasible = simulate(args.family, args.seed, args.minutes, args.policy, args.start,
-                                             args.static)
+    result, need, requests, feasible = simulate(args.family, args.seed, args.minutes, args.policy, args.start,
+                                                args.static)
+    total = len(requests)
 
+    # Arrivals from the trace, so a request never served (dropped) counts as a miss of its minute.
     arrived: dict[int, int] = defaultdict(int)
     met: dict[int, int] = defaultdict(int)
     worst: dict[int, float] = defaultdict(float)
+    for r in requests:
+        arrived[int(r.arrival // 60)] += 1
     for c in result.completed:
         minute = int(c.arrival // 60)
-        arrived[minute] += 1
         met[minute] += c.ttft <= ttft and c.itl <= itl
         worst[minute] = max(worst[minute], c.ttft)
-    closing: dict[int, tuple[int, int, str]] = {}
+    # A minute without a decision (a static count ticks hourly) carries the last one's counts.
+    closing: dict[int, tuple[str, str, str]] = {}
     for (at, desired, serving, _), (_, rule, _) in zip(result.timeline, result.decisions, strict=True):
-        closing[int(at // 60)] = (desired, serving, rule)
+        closing[int(at // 60)] = (str(desired), str(serving), rule)
     label = f"static {args.static}" if args.static is not None else f"{args.policy} {args.start}"
     print(f"{args.family} seed {args.seed}, {args.minutes:g} min, {label}: {total} requests, "
-          f"{feasible} feasible; served until {result.duration / 60:.1f} min")
+          f"{feasible} feasible, {total - len(result.completed)} never served; served until "
+          f"{result.duration / 60:.1f} min")
     print(f"{'min':>4} {'arrived':>8} {'oracle':>6} {'desired':>7} {'serving':>7} {'met':>7} "
           f"{'worst TTFT s':>12}  rule")
     last = max([*closing, *arrived, len(need) - 1])
+    carried = (str(result.initial_replicas), str(result.initial_replicas), "")
     for minute in range(last + 1):
-        desired, serving, rule = closing.get(minute, (0, 0, ""))
+        desired, serving, rule = carried = closing.get(minute, (*carried[:2], ""))
         share = f"{100 * met[minute] / arrived[minute]:6.1f}%" if arrived[minute] else "      -"
         oracle = str(need[minute]) if minute < len(need) else "-"
         print(f"{minute:>4} {arrived[minute]:>8} {oracle:>6} {desired:>7} {serving:>7} {share} "

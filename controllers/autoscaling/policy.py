@@ -311,7 +311,7 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     projected = max(value + slope * (inputs.lead + RATE_LAG_SECONDS),
                     (short if short is not None else value) + slope * (inputs.lead + SHORT_LAG_SECONDS))
     replicas = _ceil(projected / capacity)
-    note = f"{value:.0f} tok/s" + (f", {projected:.0f} projected {inputs.lead:.0f} s ahead"
+    note = f"{value:.0f} tok/s" + (f", {projected:.0f} projected {inputs.lead:.0f} s ahead of its lag"
                                    if projected > value * 1.01 else "")
     note += f" / {capacity:.0f} tok/s per replica"
     if capacity < inputs.model_capacity * 0.999:

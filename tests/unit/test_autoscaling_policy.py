@@ -9,7 +9,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -244,9 +244,10 @@ def test_start_up_lead_scales_ahead_of_a_rising_load() -> None:
     assert replicas == 6
     state = None
     for i, t in enumerate(range(0, 75, 15)):  # +500 tok/s every 15 s
-        replicas, rule, state = run(obs(3000 + 500 * i, current=4), state=state, now=t)
+        last = decision(obs(3000 + 500 * i, current=4), state=state, now=t)
+        state = last.state
     # 5,000 tok/s now, 5,000 + 33.3 x 157.5 = 10,250 projected: 11, limited to twice the 4 this decision.
-    assert replicas == 8 and rule == "rate-limit"
+    assert rec(last, "throughput") == 11 and (last.replicas, last.rule) == (8, "rate-limit")
     # A step that has levelled off is not a trend: no projection, so no overshoot.
     state = None
     for t, load in zip(range(0, 75, 15), (3000, 3000, 6000, 6000, 6000), strict=True):
@@ -405,20 +406,28 @@ def test_the_state_is_typed_frozen_versioned_and_trimmed_by_time() -> None:
 
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(st.floats(0, 50), min_size=1, max_size=60), lead=st.sampled_from([30.0, 90.0, 200.0]),
-       attainment=st.sampled_from([0.5, 0.95, 0.99]))
-def test_the_growth_quantile_matches_its_definition(values: list[float], lead: float, attainment: float) -> None:
-    """The sliding-window maximum gives what the definition gives, sample by sample."""
+       attainment=st.sampled_from([0.5, 0.95, 0.99]), level=st.sampled_from([0.0, 3.0, 20.0, 45.0, 60.0, 80.0]))
+# Above every level seen by more than twice: no growth is read (the highest, 30, grew 2x; the level is 70).
+@example(values=[10.0, 10.0, 10.0, 10.0, 30.0, 60.0, 60.0], lead=30.0, attainment=0.99, level=70.0)
+def test_the_growth_quantile_matches_its_definition(values: list[float], lead: float, attainment: float,
+                                                    level: float) -> None:
+    """The sliding-window maximum and the level's filter give what the definition gives, sample by sample."""
     demand = tuple((15.0 * i, v) for i, v in enumerate(values))
     now = demand[-1][0]
+    final = [(t, d) for t, d in demand if t <= now - lead and any(t < u <= t + lead for u, _ in demand)]
+    # From demand at least 0.8 of the level; above every level seen, from 0.8 of the highest, if that is
+    # at least half the level.
+    highest = max((d for _, d in final), default=0.0)
+    kept = [] if highest < level / 2 else [(t, d) for t, d in final if d >= 0.8 * min(level, highest)]
     growths = sorted((max(1.0, max(v for u, v in demand if t < u <= t + lead) / max(d, 1.0)), 0.5 ** ((now - t) / 600))
-                     for t, d in demand if t <= now - lead and any(t < u <= t + lead for u, _ in demand))
+                     for t, d in kept)
     total, running, expected = sum(w for _, w in growths), 0.0, 1.0 if not growths else growths[-1][0]
     for g, w in growths:
         running += w
         if running >= attainment * total - 1e-12:
             expected = g
             break
-    assert growth_quantile(demand, lead, attainment, now, half_life=600.0) == pytest.approx(expected)
+    assert growth_quantile(demand, lead, attainment, now, half_life=600.0, level=level) == pytest.approx(expected)
 
 
 def test_a_new_metric_source_is_worth_a_status_write() -> None:
