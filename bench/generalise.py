@@ -35,7 +35,7 @@ from controllers.simulation import oracle as oracle_module
 from controllers.simulation.baselines import StaticPolicy
 from controllers.simulation.families import BURSTY, PEAK_FACTOR, family, mean_output_tokens
 from controllers.simulation.policies import make_policy
-from controllers.simulation.simulator import SimulationConfig, Simulator, TokenworksPolicy, report
+from controllers.simulation.simulator import SimulationConfig, SimulationResult, Simulator, TokenworksPolicy, report
 from controllers.simulation.trace import TraceRequest, load, multiply
 from crds.models import ModelDeployment
 
@@ -83,10 +83,10 @@ def oracle_for(name: str, requests: list[TraceRequest]) -> list[int]:
     return need
 
 
-def run(name: str, seed: int, minutes: float, trace: str | None, rate: float, policy: str, start: str,
-        need: list[int], attainment: float = 0.99, static: int | None = None) -> dict[str, Any]:
-    md = model_for(name, attainment)
-    requests = requests_for(name, seed, minutes, trace, rate)
+def simulate(md: ModelDeployment, requests: list[TraceRequest], need: list[int], policy: str, start: str,
+             static: int | None = None) -> SimulationResult:
+    """One row's simulation: ``policy`` (or a ``static`` count) from a cold (1) or warm (the oracle's
+    first-minute count) start; static starts and stays at the oracle's peak."""
     peak = max(need)
     if static is not None:
         chosen: Any = StaticPolicy(static)
@@ -95,8 +95,15 @@ def run(name: str, seed: int, minutes: float, trace: str | None, rate: float, po
         chosen = make_policy(policy, md, peak)
         initial = peak if policy == "static" else (1 if start == "cold" else max(1, need[0]))
     simulated = chosen.md if isinstance(chosen, TokenworksPolicy) else md
+    return Simulator(simulated, requests, SimulationConfig(initial_replicas=initial), policy=chosen).run()
+
+
+def run(name: str, seed: int, minutes: float, trace: str | None, rate: float, policy: str, start: str,
+        need: list[int], attainment: float = 0.99, static: int | None = None) -> dict[str, Any]:
+    md = model_for(name, attainment)
+    requests = requests_for(name, seed, minutes, trace, rate)
     began = time.process_time()
-    result = Simulator(simulated, requests, SimulationConfig(initial_replicas=initial), policy=chosen).run()
+    result = simulate(md, requests, need, policy, start, static)
     slo = md.spec.autoscaling.slo
     summary = report(result, slo.ttft_milliseconds / 1e3, slo.inter_token_latency_milliseconds / 1e3, len(requests))
     feasible = sum(oracle_module.feasible(md, requests))

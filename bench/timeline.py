@@ -21,28 +21,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import generalise
 from bench.generalise import model_for, oracle_for, requests_for
 from controllers.simulation import oracle as oracle_module
-from controllers.simulation.baselines import StaticPolicy
-from controllers.simulation.policies import make_policy
-from controllers.simulation.simulator import SimulationConfig, SimulationResult, Simulator, TokenworksPolicy
+from controllers.simulation.simulator import SimulationResult
 from controllers.simulation.trace import TraceRequest
 
 
 def simulate(family: str, seed: int, minutes: float, policy: str, start: str,
              static: int | None) -> tuple[SimulationResult, list[int], list[TraceRequest], int]:
+    """``bench/generalise.py``'s row for this family, seed, policy and start: the result, the oracle's
+    per-minute counts, the requests and how many of them are feasible."""
     md = model_for(family)
     requests = requests_for(family, seed, minutes, None, 1.0)
     need = oracle_for(family, requests)
-    if static is not None:
-        chosen: object = StaticPolicy(static)
-        initial = static
-    else:
-        chosen = make_policy(policy, md, max(need))
-        initial = max(need) if policy == "static" else (1 if start == "cold" else max(1, need[0]))
-    simulated = chosen.md if isinstance(chosen, TokenworksPolicy) else md
-    result = Simulator(simulated, requests, SimulationConfig(initial_replicas=initial),
-                       policy=chosen).run()  # type: ignore[arg-type]
+    result = generalise.simulate(md, requests, need, policy, start, static)
     return result, need, requests, sum(oracle_module.feasible(md, requests))
 
 
