@@ -75,8 +75,7 @@ def cache_inputs(spec: ModelDeploymentSpec, registry: str = "") -> dict[str, obj
     engine = spec.engine
     # An FP8 cache over 16-bit weights is built by ModelOpt since it was first honoured on the engine path;
     # engines built before under the same fields hold a 16-bit cache, so the recipe is part of the key.
-    fp8_kv_build = engine.backend == "tensorrt-engine" and engine.kv_cache_precision == "fp8" \
-        and engine.precision in ("bf16", "fp16")
+    fp8_kv_build = engine.backend == "tensorrt-engine" and fp8_kv_over_16_bit(spec)
     return {
         "weights": weights_key(spec), "backend": engine.backend, "image": resolved_image(spec, registry),
         "precision": engine.precision, "tp": spec.parallelism.tensor, "pp": spec.parallelism.pipeline,
@@ -588,6 +587,11 @@ def fetch_command(spec: ModelDeploymentSpec) -> str:
     return 'ln -sfn "$SOURCE" "$WEIGHTS"'
 
 
+def fp8_kv_over_16_bit(spec: ModelDeploymentSpec) -> bool:
+    """16-bit weights with an FP8 KV cache: on the engine path, quantize.py's ``full_prec`` recipe builds it."""
+    return spec.engine.precision in ("bf16", "fp16") and spec.engine.kv_cache_precision == "fp8"
+
+
 def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
     """Checkpoint conversion and ``trtllm-build`` for the legacy backend, with the spec's limits
     (TensorRT-LLM ``examples/models/core/llama/README.md``; FP8 through ModelOpt's ``quantize.py``)."""
@@ -601,7 +605,7 @@ def engine_build_commands(spec: ModelDeploymentSpec) -> list[str]:
         convert = ('python3 "$TRTLLM_EXAMPLES/quantization/quantize.py" --model_dir "$WEIGHTS" --dtype bfloat16 '
                    f'--qformat {qformat}{kv} --output_dir "$PREPARED/checkpoint" --calib_size 512 '
                    f"--tp_size {tp} --pp_size {pp}")
-    elif engine.kv_cache_precision == "fp8":
+    elif fp8_kv_over_16_bit(spec):
         # 16-bit weights over an FP8 KV cache: quantize.py with --qformat full_prec (ModelOpt's EMPTY_CFG, no
         # weight quantiser) and --kv_cache_dtype fp8 (FP8_KV_CFG) calibrates only the KV scales
         # (NVIDIA/TensorRT-LLM:tensorrt_llm/quantization/quantize_by_modelopt.py@042c510d); convert_checkpoint.py
