@@ -231,12 +231,22 @@ def growth_quantile(demand: tuple[Sample, ...], lead: float, attainment: float, 
     """Headroom for the attainment target: for each past decision, the most the demand grew within one
     start-up lead after it (what a replica ordered then could not have been in time for), as a ratio
     to the demand then (at least one replica's worth); the ``attainment`` quantile of those ratios,
-    each weighted by 2^(-age / half-life) so old surprises fade, over the decisions whose demand was
-    about ``level`` or more (``conditional``). 1.0 with no history. The live signal composes the same
-    steps, keeping each minute's highest growth (``headroom_signal``)."""
+    each weighted by 2^(-age / half-life) and its excess over 1x faded alike (``faded``) so old surprises
+    fade, over the decisions whose demand was about ``level`` or more (``conditional``). 1.0 with no
+    history. The live signal composes the same steps, keeping each minute's highest growth
+    (``headroom_signal``)."""
     growths = new_growths(demand, (), lead, now)
-    return weighted_quantile(conditional(growths, level, [0.5 ** ((now - t) / half_life) for t, _, _ in growths]),
-                             attainment)
+    return weighted_quantile(faded(conditional(growths, level, [0.5 ** ((now - t) / half_life) for t, _, _ in growths]),
+                             lead, half_life), attainment)
+
+
+def faded(pairs: list[tuple[float, float]], lead: float, half_life: float) -> list[tuple[float, float]]:
+    """(growth, weight) pairs with each growth's excess over 1x faded as its weight, from the time it was
+    known (a lead after its decision): weighting alone fades only a surprise's share, so a 4x step seen
+    once stays at the 99% quantile for some 18 minutes of a 15 s tick; faded, it counts 1 + 3 x 0.5 =
+    2.5x one half-life after it was seen."""
+    shift = 2.0 ** (lead / half_life)
+    return [(1.0 + (g - 1.0) * min(1.0, w * shift), w) for g, w in pairs]
 
 
 def conditional(growths: tuple[Growth, ...], level: float, weights: list[float]) -> list[tuple[float, float]]:
@@ -514,7 +524,8 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     for sample in new_growths(demand, state.growth, inputs.lead, now):
         growths = per_minute(growths, sample)
     weights = [2.0 ** ((t - now) / half_life) for t, _, _ in growths]
-    growth = weighted_quantile(conditional(growths, base, weights), inputs.spec.slo.attainment)
+    growth = weighted_quantile(faded(conditional(growths, base, weights), inputs.lead, half_life),
+                               inputs.spec.slo.attainment)
     target = base * growth
     # Well below the highest demand reached (the foot of a burst, after a step), the headroom is bounded
     # by that peak, halved every half-life: the memory of a burst fades. Near it (a rising trend) it is
@@ -636,7 +647,15 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
     recorded = proposal.replicas if proposal.rule in ("hold", "fallback") else measured
     history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
                (inputs.now, float(recorded)))
-    return StageResult(proposal, state.model_copy(update={"history": history}))
+    # The headroom's asks are kept for one start-up lead instead: its 30 s demand swings a replica either
+    # way from one decision to the next, and a replica released on a dip and ordered back on the next
+    # rise serves nothing for a whole start-up. Kept for as long as a start-up, an idle replica costs at
+    # most what ordering it again would (the ski-rental bound); a burst's own memory is the headroom's.
+    headroom = within(state.headroom, inputs.now, inputs.lead)
+    ask = next((r.replicas for r in usable if r.signal == "headroom" and not r.holds), None)
+    if ask is not None and calm(inputs, state):
+        headroom = (*headroom, (inputs.now, float(ask)))
+    return StageResult(proposal, state.model_copy(update={"history": history, "headroom": headroom}))
 
 
 def panic(p: Proposal, inputs: Inputs, state: PolicyState, capacity: float) -> StageResult:
@@ -662,8 +681,15 @@ def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
         return StageResult(p, state)
     window = inputs.spec.scale_down_stabilization_seconds
     highest = int(max(h[1] for h in state.history))
-    if highest <= p.replicas:
+    kept = int(max((h[1] for h in within(state.headroom, inputs.now, inputs.lead)), default=0.0))
+    if max(highest, kept) <= p.replicas:
         return StageResult(p, state)
+    if kept > highest:
+        bound = min(kept, current)
+        return StageResult(
+            Proposal(bound, "stabilization", f"{p.reason}; the headroom asked for {kept} within the last "
+                     f"{inputs.lead:.0f} s (a start-up): scaling down to {bound} at most"), state,
+            changes=(f"the headroom asking for less for {inputs.lead:.0f} s would allow {p.replicas}",))
     bound = min(highest, current)
     return StageResult(
         Proposal(bound, "stabilization", f"{p.reason}; the highest recommendation of the last {window} s is "
@@ -795,8 +821,11 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         "every signal was read" if metrics_available else
         "; ".join(f"{r.signal}: {r.note}" for r in recs if r.replicas is None)))
     current = obs.current_replicas
-    update: dict[str, float | None] = {"last_decision": now, "watching_since": state.watching_since
-                                       if state.watching_since is not None else now}
+    # The rate windows fill a window after pods came from zero: demand is learned from a window after the
+    # last decision at zero pods (their series start then).
+    at_zero = current == 0 and obs.ready_replicas == 0
+    watching = None if at_zero else state.watching_since if state.watching_since is not None else now
+    update: dict[str, float | None] = {"last_decision": now, "watching_since": watching}
     if proposal.replicas > current:
         update["last_scale_up"] = now
         # Latency asked for more than there was: this scale-up is latency's test, whichever signal won

@@ -374,15 +374,46 @@ def test_headroom_is_the_attainment_quantile_of_growth_within_the_lead() -> None
     now = 15.0 * 39
     high = growth_quantile(demand, 90.0, 0.99, now, half_life=1e9)
     low = growth_quantile(demand, 90.0, 0.80, now, half_life=1e9)
-    assert (high, low) == (4.0, 1.0), "6 of 34 samples (18%) grew 4x: above the 99% quantile, under the 80%"
+    # 6 of 34 samples (18%) grew 4x: above the 99% quantile, under the 80%.
+    assert (high, low) == (pytest.approx(4.0), 1.0)
     # Read from about the demand now: from the foot of the jump (2 replicas) it grew 4x, from its top
     # (8) it never grew, and above every level seen (10) it grows as the highest did.
-    assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=2.0) == 4.0
+    assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=2.0) == pytest.approx(4.0)
     assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=8.0) == 1.0
     assert growth_quantile(demand, 90.0, 0.99, now, half_life=1e9, level=10.0) == 1.0
     # Weighted by age: with a 60 s half-life the 1x samples long before the jump weigh little, so the
-    # six 4x samples, recent, are a third of the weight and show at the 80% quantile.
-    assert growth_quantile(demand, 90.0, 0.80, now, half_life=60.0, level=2.0) == 4.0
+    # six 4x samples, recent, are a third of the weight and show at the 80% quantile. Their excess fades
+    # as they age, from when each was known (a lead after it): the newest, 150 s old and known 60 s ago,
+    # counts 1 + 3 x 0.5 = 2.5x; at the 80% quantile, the one known 90 s ago, 1 + 3 x 2^-1.5 = 2.06x.
+    assert growth_quantile(demand, 90.0, 0.99, now, half_life=60.0, level=2.0) == pytest.approx(2.5)
+    assert growth_quantile(demand, 90.0, 0.80, now, half_life=60.0, level=2.0) == pytest.approx(1 + 3 * 2 ** -1.5)
+
+
+def test_the_headroom_releases_a_replica_only_after_asking_for_less_for_a_start_up() -> None:
+    # The headroom asked for 10 replicas 30 s ago; now the 30 s demand dips and it asks for 4 with the
+    # others. Within the 90 s lead (60 s load and 30 s) the 10 are kept: released now, a replica ordered
+    # back on the next rise would serve nothing for a whole start-up.
+    calm = PolicyState(tokens_per_request=TOKENS_PER_REQUEST, history=((600.0, 4.0),), headroom=((970.0, 10.0),))
+    d = decision(obs(4000, current=10), state=calm)
+    assert (d.replicas, d.rule, rec(d, "headroom")) == (10, "stabilization", 4)
+    assert "the headroom asked for 10 within the last 90 s" in d.reason
+    # Asked 100 s ago, past a start-up: released (at the scale-down rate, half a decision).
+    d = decision(obs(4000, current=10), state=calm.model_copy(update={"headroom": ((900.0, 10.0),)}))
+    assert (d.replicas, d.rule) == (5, "rate-limit")
+    # Only a calm decision's ask is kept: a backlog's demand is an estimate, and its holds no ask at all.
+    assert decision(obs(4000, current=10), state=calm).state.headroom[-1] == (1000.0, 4.0)
+    queued = decision(obs(4000, current=10, wait=3.0), state=calm).state.headroom
+    assert queued == ((970.0, 10.0),)
+
+
+def test_demand_is_learned_only_a_window_after_pods_came_from_zero() -> None:
+    """The rate windows fill again after pods came from zero (their series start then): read while
+    filling, they would be learned as growth."""
+    watched = PolicyState(tokens_per_request=TOKENS_PER_REQUEST, watching_since=0.0)
+    assert decision(obs(4000), state=watched).state.watching_since == 0.0
+    at_zero = decision(obs(None, current=0, ready=0), state=watched).state
+    assert at_zero.watching_since is None
+    assert decision(obs(4000), state=at_zero, now=1015.0).state.watching_since == 1015.0
 
 
 def test_the_state_is_typed_frozen_versioned_and_trimmed_by_time() -> None:
@@ -419,8 +450,9 @@ def test_the_growth_quantile_matches_its_definition(values: list[float], lead: f
     # at least half the level.
     highest = max((d for _, d in final), default=0.0)
     kept = [] if highest < level / 2 else [(t, d) for t, d in final if d >= 0.8 * min(level, highest)]
-    growths = sorted((max(1.0, max(v for u, v in demand if t < u <= t + lead) / max(d, 1.0)), 0.5 ** ((now - t) / 600))
-                     for t, d in kept)
+    # Each growth's excess over 1x fades as its weight, counted from a lead after its decision.
+    growths = sorted((1 + (max(1.0, max(v for u, v in demand if t < u <= t + lead) / max(d, 1.0)) - 1)
+                      * min(1.0, 0.5 ** ((now - t - lead) / 600)), 0.5 ** ((now - t) / 600)) for t, d in kept)
     total, running, expected = sum(w for _, w in growths), 0.0, 1.0 if not growths else growths[-1][0]
     for g, w in growths:
         running += w
