@@ -242,9 +242,10 @@ def growth_quantile(demand: tuple[Sample, ...], lead: float, attainment: float, 
 
 def faded(pairs: list[tuple[float, float]], lead: float, half_life: float) -> list[tuple[float, float]]:
     """(growth, weight) pairs with each growth's excess over 1x faded as its weight, from the time it was
-    known (a lead after its decision): weighting alone fades only a surprise's share, so a 4x step seen
-    once stays at the 99% quantile for some 18 minutes of a 15 s tick; faded, it counts 1 + 3 x 0.5 =
-    2.5x one half-life after it was seen."""
+    known (a lead after its decision). Weighting alone fades only a surprise's share: with a sample a
+    minute and a 300 s half-life the weights sum to about 1 / (1 - 2^-0.2) = 7.7 newest-weights, so one
+    4x step keeps over 1% of the weight, and the 99% quantile, until 2^(-age / 300) < 0.077, some 1,100 s.
+    Faded, it counts 1 + 3 x 0.5 = 2.5x one half-life after it was known."""
     shift = 2.0 ** (lead / half_life)
     return [(1.0 + (g - 1.0) * min(1.0, w * shift), w) for g, w in pairs]
 
@@ -498,6 +499,11 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     top they do not. Well below the peak it is bounded by the peak, which fades."""
     now = inputs.now
     demand = within(state.demand, now, inputs.lead + RECENT_EXTRA_SECONDS)
+    # Its calm asks are kept for one start-up lead, for ``stabilise``: the 30 s demand swings a replica
+    # either way from one decision to the next, and a replica released on a dip and ordered back on the
+    # next rise serves nothing for a whole start-up. Kept for as long as a start-up, an idle replica
+    # costs at most what ordering it again would (the ski-rental bound).
+    asks = within(state.headroom, now, inputs.lead)
     quiet = calm(inputs, state)
     tokens = short_demand(inputs, capacity) if quiet else None
     seen = [x for x in (tokens, backlog_demand(inputs, state),
@@ -507,7 +513,7 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     if not seen and not asked:
         return Recommendation("headroom", None, inputs.spec.slo.attainment, None,
                               inputs.obs.output_tokens_per_second_short.describe()), \
-            state.model_copy(update={"demand": demand})
+            state.model_copy(update={"demand": demand, "headroom": asks})
     # Nothing measured this decision (a backlog while the ready count changes): what the others ask.
     base = max(seen) if seen else max(asked)
     # The growth is learned only from calm demand, measured true (a backlog's estimate reads low while
@@ -544,8 +550,10 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
             f"{inputs.lead:.0f} s at the {inputs.spec.slo.attainment:.2%} quantile of the last hour"
             + (f"; bounded by the decaying peak {peak:.1f}" if bounded else "")
             + ("; requests queue and a scale-up is on its way: holding" if holds else ""))
+    if quiet:
+        asks = (*asks, (now, float(replicas)))
     return Recommendation("headroom", growth, inputs.spec.slo.attainment, replicas, note, holds=holds), \
-        state.model_copy(update={"demand": demand, "growth": growths})
+        state.model_copy(update={"demand": demand, "growth": growths, "headroom": asks})
 
 
 def backlogged(obs: Observations, spec: AutoscalingSpec) -> bool:
@@ -647,15 +655,7 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
     recorded = proposal.replicas if proposal.rule in ("hold", "fallback") else measured
     history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
                (inputs.now, float(recorded)))
-    # The headroom's asks are kept for one start-up lead instead: its 30 s demand swings a replica either
-    # way from one decision to the next, and a replica released on a dip and ordered back on the next
-    # rise serves nothing for a whole start-up. Kept for as long as a start-up, an idle replica costs at
-    # most what ordering it again would (the ski-rental bound); a burst's own memory is the headroom's.
-    headroom = within(state.headroom, inputs.now, inputs.lead)
-    ask = next((r.replicas for r in usable if r.signal == "headroom" and not r.holds), None)
-    if ask is not None and calm(inputs, state):
-        headroom = (*headroom, (inputs.now, float(ask)))
-    return StageResult(proposal, state.model_copy(update={"history": history, "headroom": headroom}))
+    return StageResult(proposal, state.model_copy(update={"history": history}))
 
 
 def panic(p: Proposal, inputs: Inputs, state: PolicyState, capacity: float) -> StageResult:
@@ -685,16 +685,14 @@ def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     if max(highest, kept) <= p.replicas:
         return StageResult(p, state)
     if kept > highest:
-        bound = min(kept, current)
-        return StageResult(
-            Proposal(bound, "stabilization", f"{p.reason}; the headroom asked for {kept} within the last "
-                     f"{inputs.lead:.0f} s (a start-up): scaling down to {bound} at most"), state,
-            changes=(f"the headroom asking for less for {inputs.lead:.0f} s would allow {p.replicas}",))
-    bound = min(highest, current)
-    return StageResult(
-        Proposal(bound, "stabilization", f"{p.reason}; the highest recommendation of the last {window} s is "
-                 f"{highest}: scaling down to {bound} at most"), state,
-        changes=(f"load staying low for {window} s would allow {p.replicas}",))
+        why = f"the headroom asked for {kept} within the last {inputs.lead:.0f} s (a start-up)"
+        would = f"the headroom asking for less for {inputs.lead:.0f} s would allow {p.replicas}"
+    else:
+        why = f"the highest recommendation of the last {window} s is {highest}"
+        would = f"load staying low for {window} s would allow {p.replicas}"
+    bound = min(max(highest, kept), current)
+    return StageResult(Proposal(bound, "stabilization", f"{p.reason}; {why}: scaling down to {bound} at most"),
+                       state, changes=(would,))
 
 
 def rate_limit(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:

@@ -27,8 +27,8 @@ class PolicyState(BaseModel):
     version: Literal[3] = STATE_VERSION
     # Replicas the throughput and burst signals asked for, per decision (time, replicas).
     history: tuple[Sample, ...] = ()
-    # What the headroom asked for, per calm decision, for one start-up lead: it scales down only once it
-    # has asked for less for as long as a replica takes to start (see ``stabilise``).
+    # What the headroom asked for, per calm decision, for one start-up lead: the count falls below it only
+    # once it has asked for less for as long as a replica takes to start (``stabilise``).
     headroom: tuple[Sample, ...] = ()
     # Output tokens/s of the stable window, for the trend projected over the start-up lead.
     throughput: tuple[Sample, ...] = ()
@@ -48,8 +48,8 @@ class PolicyState(BaseModel):
     panic_until: float | None = None
     last_scale_up: float | None = None
     last_decision: float | None = None
-    # The first decision since one that read nothing (the first, at zero pods, metrics missing): rate
-    # windows are full a window after it.
+    # The first decision, or the first since one at zero pods (their series start then): rate windows
+    # are full a window after it.
     watching_since: float | None = None
     idle_since: float | None = None
     capacity_scale: float = 1.0
