@@ -28,8 +28,12 @@ the arithmetic with worked numbers.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import accumulate
+from operator import itemgetter
 
 from controllers.autoscaling.signals import Observations, Quality, Reading
 from controllers.autoscaling.state import Growth, PolicyState, Sample, per_minute, within
@@ -60,7 +64,7 @@ COMFORTABLE = 0.7  # latency under this share of its targets is comfortable
 GROWTH_SECONDS = 30.0  # the wait-for-first-token samples the backlog's growth rate is measured over
 MIN_GROWTH = 0.05  # s/s: slower growth is noise in a 30 s window
 CALM_SECONDS = 150.0  # the stable window (120 s) and a scrape: how long a backlog's times stay in it
-LEVEL_SHARE = 0.8  # growth is read from demand at least this share of today's (see ``conditional``)
+LEVEL_SHARE = 0.8  # growth is read from demand at least this share of today's (see ``weighted_growths``)
 REACH = 2.0  # ...and from no lower than 1/REACH of it, where no demand was that high
 MAX_GROWTH = 0.8  # demand at most 5x what is served; faster growth is queues of different ages mixed
 
@@ -113,6 +117,11 @@ class Inputs:
     def lead(self) -> float:
         return self.load_seconds + LEAD_EXTRA_SECONDS
 
+    @cached_property
+    def backlogged(self) -> bool:
+        """Requests queue past the TTFT target now (read by several stages: computed once)."""
+        return backlogged(self.obs, self.spec)
+
 
 @dataclass(frozen=True)
 class StageResult:
@@ -138,7 +147,10 @@ class Decision:
 
 
 def _value(reading: Reading) -> float | None:
-    return reading.value if reading.ok and reading.value is not None else None
+    return reading.value if reading.quality is Quality.OK else None
+
+
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _ceil(x: float) -> int:
@@ -195,15 +207,15 @@ def learned_capacity(inputs: Inputs, state: PolicyState) -> PolicyState:
         # outside a scale-up's settling, so the scale-up the first reading ordered has had its say.
         horizon = inputs.lead + SETTLE_SECONDS + 2 * inputs.spec.tick_seconds
         if state.slow_since is None or state.slow_since >= now or now - state.slow_since > horizon:
-            return state.model_copy(update={"slow_since": now})
-        return state.model_copy(update={"capacity_scale": round(max(MIN_CAPACITY_SCALE, 0.9 * per_replica
-                                                                    / inputs.model_capacity), 4),
-                                        "capacity_learned_at": now, "slow_since": None})
+            return state.updated(slow_since=now)
+        return state.updated(capacity_scale=round(max(MIN_CAPACITY_SCALE, 0.9 * per_replica
+                                                      / inputs.model_capacity), 4),
+                             capacity_learned_at=now, slow_since=None)
     if not over and state.slow_since is not None:
-        state = state.model_copy(update={"slow_since": None})  # latency recovered: no evidence left
+        state = state.updated(slow_since=None)  # latency recovered: no evidence left
     if pressure < COMFORTABLE and scale < 1.0:
-        return state.model_copy(update={"capacity_scale": round(min(1.0, scale * (1 + RECOVERY_PER_MINUTE)
-                                                                    ** (elapsed / 60)), 4)})
+        return state.updated(capacity_scale=round(min(1.0, scale * (1 + RECOVERY_PER_MINUTE)
+                                                      ** (elapsed / 60)), 4))
     return state
 
 
@@ -231,49 +243,50 @@ def growth_quantile(demand: tuple[Sample, ...], lead: float, attainment: float, 
     """Headroom for the attainment target: for each past decision, the most the demand grew within one
     start-up lead after it (what a replica ordered then could not have been in time for), as a ratio
     to the demand then (at least one replica's worth); the ``attainment`` quantile of those ratios,
-    each weighted by 2^(-age / half-life) and its excess over 1x faded alike (``faded``) so old surprises
-    fade, over the decisions whose demand was about ``level`` or more (``conditional``). 1.0 with no
+    each weighted by 2^(-age / half-life) and its excess over 1x faded alike so old surprises fade, over
+    the decisions whose demand was about ``level`` or more (``weighted_growths``). 1.0 with no
     history. The live signal composes the same steps, keeping each minute's highest growth
     (``headroom_signal``)."""
     growths = new_growths(demand, (), lead, now)
-    return weighted_quantile(faded(conditional(growths, level, [0.5 ** ((now - t) / half_life) for t, _, _ in growths]),
-                             lead, half_life), attainment)
+    return weighted_quantile(weighted_growths(growths, level, now, lead, half_life)[0], attainment)
 
 
-def faded(pairs: list[tuple[float, float]], lead: float, half_life: float) -> list[tuple[float, float]]:
-    """(growth, weight) pairs with each growth's excess over 1x faded as its weight, from the time it was
-    known (a lead after its decision). Weighting alone fades only a surprise's share: with a sample a
-    minute and a 300 s half-life the weights sum to about 1 / (1 - 2^-0.2) = 7.7 newest-weights, so one
-    4x step keeps over 1% of the weight, and the 99% quantile, until 2^(-age / 300) < 0.077, some 1,100 s.
-    Faded, it counts 1 + 3 x 0.5 = 2.5x one half-life after it was known."""
+def weighted_growths(growths: tuple[Growth, ...], level: float, now: float, lead: float,
+                     half_life: float) -> tuple[list[tuple[float, float]], float]:
+    """(growth, weight) pairs to take the quantile of, and the decaying peak (the highest demand x growth x
+    weight of all samples), in one pass (it runs for every ModelDeployment at every decision).
+
+    Weight: 2^(-age / half-life). Conditional: only the samples whose demand was at least ``LEVEL_SHARE``
+    of ``level``: from the top of a burst the demand was never seen to grow by the burst again, from its
+    foot it was. Above every sample's demand, those from at least that share of the highest: a new high
+    grows as the highest did (none when the highest is under 1/REACH of ``level``).
+
+    Faded: each growth's excess over 1x fades as its weight, from the time it was known (a lead after its
+    decision). Weighting alone fades only a surprise's share: with a sample a minute and a 300 s half-life
+    the weights sum to about 1 / (1 - 2^-0.2) = 7.7 newest-weights, so one 4x step keeps over 1% of the
+    weight, and the 99% quantile, until 2^(-age / 300) < 0.077, some 1,100 s. Faded, it counts
+    1 + 3 x 0.5 = 2.5x one half-life after it was known."""
+    weighted = [(d, g, 2.0 ** ((t - now) / half_life)) for t, d, g in growths]
+    highest = peak = 0.0
+    for d, g, w in weighted:
+        if d > highest:
+            highest = d
+        if d * g * w > peak:
+            peak = d * g * w
+    floor = LEVEL_SHARE * min(level, highest) if highest >= level / REACH else math.inf
     shift = 2.0 ** (lead / half_life)
-    return [(1.0 + (g - 1.0) * min(1.0, w * shift), w) for g, w in pairs]
-
-
-def conditional(growths: tuple[Growth, ...], level: float, weights: list[float]) -> list[tuple[float, float]]:
-    """(growth, weight) of the samples (``weights``: one each) whose demand was at least ``LEVEL_SHARE`` of
-    ``level``: from the top of a burst the demand was never seen to grow by the burst again, from its foot
-    it was. Above every sample's demand, those from at least that share of the highest: a new high grows
-    as the highest did (none when the highest is under 1/REACH of ``level``)."""
-    highest = max((d for _, d, _ in growths), default=0.0)
-    if highest < level / REACH:
-        return []
-    floor = LEVEL_SHARE * min(level, highest)
-    return [(g, w) for (_, d, g), w in zip(growths, weights, strict=True) if d >= floor]
+    return [(1.0 + (g - 1.0) * (w * shift if w * shift < 1.0 else 1.0), w) for d, g, w in weighted
+            if d >= floor], peak
 
 
 def weighted_quantile(growths: list[tuple[float, float]], attainment: float) -> float:
-    """The ``attainment`` quantile of (value, weight) pairs; 1.0 when empty."""
+    """The ``attainment`` quantile of (value, weight) pairs: the first value, in order, at which the running
+    weight reaches that share of the total; 1.0 when empty."""
     if not growths:
         return 1.0
-    growths = sorted(growths)
-    total = sum(w for _, w in growths)
-    running = 0.0
-    for g, w in growths:
-        running += w
-        if running >= attainment * total - 1e-12:
-            return g
-    return growths[-1][0]
+    growths = sorted(growths, key=_first)
+    running = list(accumulate(map(_second, growths)))
+    return growths[min(bisect_left(running, attainment * running[-1] - 1e-12), len(growths) - 1)][0]
 
 
 def new_growths(demand: tuple[Sample, ...], done: tuple[Growth, ...], lead: float, now: float) -> tuple[Growth, ...]:
@@ -283,10 +296,8 @@ def new_growths(demand: tuple[Sample, ...], done: tuple[Growth, ...], lead: floa
     last = done[-1][0] if done else -math.inf
     out: list[Growth] = []
     n = len(demand)
-    i = n - 1
-    while i >= 0 and demand[i][0] > last:  # newest first: only the samples since the last decision
-        i -= 1
-    for k in range(i + 1, n):
+    # Only the samples since the last kept one (time-ordered: a binary search finds the first).
+    for k in range(bisect_right(demand, (last, math.inf)), n):
         t, d = demand[k]
         if t > now - lead:
             break
@@ -294,7 +305,8 @@ def new_growths(demand: tuple[Sample, ...], done: tuple[Growth, ...], lead: floa
         for j in range(k + 1, n):
             if demand[j][0] > t + lead:
                 break
-            ahead = max(ahead, demand[j][1])
+            if demand[j][1] > ahead:
+                ahead = demand[j][1]
         if k + 1 < n and demand[k + 1][0] <= t + lead:
             out.append((t, d, max(1.0, ahead / max(d, 1.0))))
     return tuple(out)
@@ -310,7 +322,7 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     samples = within(state.throughput, inputs.now, TREND_SECONDS)
     if value is None:
         return Recommendation("throughput", None, capacity, None, out.describe()), \
-            state.model_copy(update={"throughput": samples})
+            state.updated(throughput=samples)
     samples = (*samples, (inputs.now, value))
     short = _value(obs.output_tokens_per_second_short)
     # Start-up lead: a replica ordered now serves only after scheduling and the engine load, so while
@@ -340,7 +352,7 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
             replicas = _ceil(level / capacity)
             note += ": requests queued, served is a floor of demand"
     return Recommendation("throughput", value, capacity, replicas, note), \
-        state.model_copy(update={"throughput": samples})
+        state.updated(throughput=samples)
 
 
 def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, PolicyState]:
@@ -349,7 +361,7 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
     out = _value(obs.output_tokens_per_second)
     if out == 0:
         return Recommendation("latency", 0.0, 1.0, 0, "no traffic: latency targets trivially met"), \
-            state.model_copy(update={"infeasible_since": None})
+            state.updated(infeasible_since=None)
     pressure = latency_pressure(obs, spec)
     if pressure is None:
         unread = ttft if not ttft.ok else itl
@@ -361,7 +373,7 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
     ready, current = obs.ready_replicas, obs.current_replicas
     if pressure <= 1 + TOLERANCE:
         return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), \
-            state.model_copy(update={"infeasible_since": None, "latency_scaled_at": None, "latency_pressure": None})
+            state.updated(infeasible_since=None, latency_scaled_at=None, latency_pressure=None)
     if _settling(inputs, state):
         until = (state.last_scale_up or 0) + inputs.lead + SETTLE_SECONDS - inputs.now
         return Recommendation("latency", pressure, 1.0, current,
@@ -389,9 +401,8 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
         return Recommendation("latency", pressure, 1.0, 0,
                               f"{said}: over target, and a scale-up on it did not bring it down: requests slow "
                               "even alone (infeasible at any count); throughput decides"), \
-            state.model_copy(update={"infeasible_since": since, "latency_scaled_at": None,
-                                     "latency_pressure": None})
-    state = state.model_copy(update={"infeasible_since": None})
+            state.updated(infeasible_since=since, latency_scaled_at=None, latency_pressure=None)
+    state = state.updated(infeasible_since=None)
     # How far over target says little about how many more replicas are needed once queueing sets in:
     # at most doubling per decision, and the stages after this one add the settle time.
     replicas = max(current + 1, _ceil(max(ready, 1) * min(pressure, MAX_UP_FACTOR)))
@@ -454,7 +465,7 @@ def queue_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, Po
     wait = _value(obs.wait_short)
     if wait is not None:
         waits = (*waits, (now, wait))
-    state = state.model_copy(update={"waits": waits})
+    state = state.updated(waits=waits)
     queue = obs.queue
     value = _value(queue)
     if value is None:
@@ -495,7 +506,7 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     traffic whose work is prefill the token model cannot see is remembered by its latency). Not the
     other asks: the throughput's carries a projection and the queue's a drain already. The
     recommendation is the demand now times the ``slo.attainment`` quantile of the growth seen from
-    demand at about this level (``conditional``): from the foot of a burst the bursts count, from its
+    demand at about this level (``weighted_growths``): from the foot of a burst the bursts count, from its
     top they do not. Well below the peak it is bounded by the peak, which fades."""
     now = inputs.now
     demand = within(state.demand, now, inputs.lead + RECENT_EXTRA_SECONDS)
@@ -513,7 +524,7 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     if not seen and not asked:
         return Recommendation("headroom", None, inputs.spec.slo.attainment, None,
                               inputs.obs.output_tokens_per_second_short.describe()), \
-            state.model_copy(update={"demand": demand, "headroom": asks})
+            state.updated(demand=demand, headroom=asks)
     # Nothing measured this decision (a backlog while the ready count changes): what the others ask.
     base = max(seen) if seen else max(asked)
     # The growth is learned only from calm demand, measured true (a backlog's estimate reads low while
@@ -529,14 +540,12 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     growths = within(state.growth, now, DEMAND_MEMORY_SECONDS)
     for sample in new_growths(demand, state.growth, inputs.lead, now):
         growths = per_minute(growths, sample)
-    weights = [2.0 ** ((t - now) / half_life) for t, _, _ in growths]
-    growth = weighted_quantile(faded(conditional(growths, base, weights), inputs.lead, half_life),
-                               inputs.spec.slo.attainment)
+    pairs, peak = weighted_growths(growths, base, now, inputs.lead, half_life)
+    growth = weighted_quantile(pairs, inputs.spec.slo.attainment)
     target = base * growth
     # Well below the highest demand reached (the foot of a burst, after a step), the headroom is bounded
     # by that peak, halved every half-life: the memory of a burst fades. Near it (a rising trend) it is
     # not, or no rising trend could be led.
-    peak = max((d * g * w for (_, d, g), w in zip(growths, weights, strict=True)), default=0.0)
     bounded = base < LEVEL_SHARE * peak
     if bounded:
         target = min(target, max(base, peak))
@@ -553,7 +562,7 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
     if quiet:
         asks = (*asks, (now, float(replicas)))
     return Recommendation("headroom", growth, inputs.spec.slo.attainment, replicas, note, holds=holds), \
-        state.model_copy(update={"demand": demand, "growth": growths, "headroom": asks})
+        state.updated(demand=demand, growth=growths, headroom=asks)
 
 
 def backlogged(obs: Observations, spec: AutoscalingSpec) -> bool:
@@ -564,7 +573,7 @@ def backlogged(obs: Observations, spec: AutoscalingSpec) -> bool:
 
 def calm(inputs: Inputs, state: PolicyState) -> bool:
     """No backlog now and none within the stable window: the windows hold no queued requests' times."""
-    return not backlogged(inputs.obs, inputs.spec) and (
+    return not inputs.backlogged and (
         state.last_backlog is None or inputs.now - state.last_backlog > CALM_SECONDS)
 
 
@@ -578,8 +587,8 @@ def served(inputs: Inputs, state: PolicyState) -> tuple[Inputs, PolicyState]:
     completions times them: 60 requests/s of 250 tokens read as 15,000 tok/s.
     """
     obs = inputs.obs
-    if backlogged(obs, inputs.spec):
-        state = state.model_copy(update={"last_backlog": inputs.now})
+    if inputs.backlogged:
+        state = state.updated(last_backlog=inputs.now)
     out, r = _value(obs.output_tokens_per_second), _value(obs.requests_per_second)
     learned = state.tokens_per_request
     # Learned only while calm and with the ready count unchanged over the window: the modelled tokens
@@ -588,18 +597,18 @@ def served(inputs: Inputs, state: PolicyState) -> tuple[Inputs, PolicyState]:
     if calm(inputs, state) and settled and out is not None and r is not None and r > 0:
         sample = out / r
         learned = sample if learned is None else 0.8 * learned + 0.2 * sample
-        state = state.model_copy(update={"tokens_per_request": round(learned, 3)})
+        state = state.updated(tokens_per_request=round(learned, 3))
     if learned is None:
         return inputs, state
     r_short = _value(obs.requests_per_second_short)
-    corrected = replace(
-        obs,
+    corrected = obs.replaced(
         output_tokens_per_second=Reading(r * learned, Quality.OK, f"{r:.1f} requests/s x {learned:.0f} tokens")
         if r is not None else obs.output_tokens_per_second,
         output_tokens_per_second_short=Reading(r_short * learned, Quality.OK,
                                                f"{r_short:.1f} requests/s x {learned:.0f} tokens")
         if r_short is not None else obs.output_tokens_per_second_short)
-    return replace(inputs, obs=corrected), state
+    return Inputs(corrected, inputs.spec, inputs.model_capacity, inputs.load_seconds,
+                  inputs.prefill_tokens_per_second, inputs.now), state
 
 
 def signals(inputs: Inputs, state: PolicyState) -> tuple[list[Recommendation], PolicyState, float, bool]:
@@ -607,7 +616,7 @@ def signals(inputs: Inputs, state: PolicyState) -> tuple[list[Recommendation], P
     if ready != state.ready:
         # The first look is no change: the count was not seen before.
         changed = inputs.now if state.last_decision is not None else state.ready_changed_at
-        state = state.model_copy(update={"ready": ready, "ready_changed_at": changed})
+        state = state.updated(ready=ready, ready_changed_at=changed)
     inputs, state = served(inputs, state)
     state = learned_capacity(inputs, state)
     capacity = inputs.model_capacity * state.capacity_scale
@@ -637,11 +646,11 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
         # readings after an outage longer than the window cannot cut at once.
         history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
                    (inputs.now, float(blind.replicas)))
-        return StageResult(blind, state.model_copy(update={"history": history}))
+        return StageResult(blind, state.updated(history=history))
     winner = max(usable, key=lambda r: r.replicas or 0)
     proposal = Proposal(winner.replicas or 0, winner.signal, f"{winner.signal} asks for {winner.replicas}: "
                         f"{winner.note}")
-    if proposal.replicas < current and backlogged(inputs.obs, inputs.spec):
+    if proposal.replicas < current and inputs.backlogged:
         proposal = Proposal(current, "hold", f"requests queued past the TTFT target: never scaling down; holding "
                             f"{current}")
     if missing and proposal.replicas < current:
@@ -655,7 +664,7 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
     recorded = proposal.replicas if proposal.rule in ("hold", "fallback") else measured
     history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
                (inputs.now, float(recorded)))
-    return StageResult(proposal, state.model_copy(update={"history": history}))
+    return StageResult(proposal, state.updated(history=history))
 
 
 def panic(p: Proposal, inputs: Inputs, state: PolicyState, capacity: float) -> StageResult:
@@ -664,7 +673,7 @@ def panic(p: Proposal, inputs: Inputs, state: PolicyState, capacity: float) -> S
     if d is not None:
         burst = _ceil(d)
         if burst >= PANIC_THRESHOLD * max(obs.ready_replicas, 1) and burst > obs.current_replicas:
-            state = state.model_copy(update={"panic_until": now + PANIC_SECONDS})
+            state = state.updated(panic_until=now + PANIC_SECONDS)
             if burst > p.replicas:
                 p = Proposal(burst, "panic", f"burst: the 30 s demand needs {burst} replicas, "
                              f"{obs.ready_replicas} ready; sized in one decision, no scale-down for "
@@ -741,8 +750,8 @@ def idle(obs: Observations) -> bool:
 def bounds(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     spec, obs, now = inputs.spec, inputs.obs, inputs.now
     quiet = idle(obs)
-    state = state.model_copy(update={"idle_since": (state.idle_since if state.idle_since is not None else now)
-                                     if quiet else None})
+    state = state.updated(idle_since=(state.idle_since if state.idle_since is not None else now)
+                          if quiet else None)
     floor = spec.min_replicas
     if spec.min_replicas == 0:
         idle_for = now - state.idle_since if state.idle_since is not None else 0.0
@@ -801,7 +810,7 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     proposal, state = result.proposal, result.state
     for name, stage in stages:
         result = stage(proposal, inputs, state)
-        if result.proposal != proposal:
+        if result.proposal is not proposal and result.proposal != proposal:
             trace.append(StageTrace(name, result.proposal.replicas, result.proposal.rule, result.proposal.reason))
         proposal, state = result.proposal, result.state
         conditions += result.conditions
@@ -832,7 +841,7 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         if asked is not None and asked > current and state.latency_scaled_at is None:
             update["latency_scaled_at"] = now
             update["latency_pressure"] = latency_pressure(obs, spec)
-    state = state.model_copy(update=update)
+    state = state.updated(**update)
     for r in usable:
         if r.replicas is not None and r.replicas > proposal.replicas and r.signal != proposal.rule:
             changes.append(f"{r.signal} alone would ask for {r.replicas}")

@@ -435,6 +435,32 @@ def test_the_state_is_typed_frozen_versioned_and_trimmed_by_time() -> None:
         assert max(h[0] for h in state.history) - min(h[0] for h in state.history) <= 300
 
 
+def test_a_state_update_is_model_copy_without_its_cost() -> None:
+    """``PolicyState.updated`` gives what ``model_copy(update=...)`` gives (fields, fields set, frozen, the
+    dump), returns the state itself when nothing changes, and refuses a name that is no field."""
+    state = PolicyState(history=((0.0, 4.0),), tokens_per_request=200.0)
+    changes: dict[str, Any] = {"last_decision": 15.0, "history": ((0.0, 4.0), (15.0, 5.0))}
+    fast, slow = state.updated(**changes), state.model_copy(update=changes)
+    assert fast == slow and fast.model_fields_set == slow.model_fields_set and fast.dump() == slow.dump()
+    assert state.last_decision is None and state.history == ((0.0, 4.0),)  # the original is untouched
+    with pytest.raises(ValidationError, match="frozen"):
+        fast.last_decision = 30.0  # type: ignore[misc]
+    assert state.updated(tokens_per_request=200.0, history=((0.0, 4.0),)) is state
+    with pytest.raises(KeyError):
+        state.updated(no_such_field=1.0)
+
+
+def test_observations_replaced_is_dataclasses_replace() -> None:
+    """The policy's cheap copy of the observations with corrected readings equals ``dataclasses.replace``,
+    and a name that is no field is an error, as it is there."""
+    seen = obs(4000.0, current=3)
+    corrected = Reading(5000.0, Quality.OK, "20 requests/s x 250 tokens")
+    assert seen.replaced(output_tokens_per_second=corrected) == replace(seen, output_tokens_per_second=corrected)
+    assert seen.output_tokens_per_second.value == 4000.0
+    with pytest.raises(TypeError, match="no field"):
+        seen.replaced(output_tokens=corrected)
+
+
 @settings(max_examples=100, deadline=None)
 @given(values=st.lists(st.floats(0, 50), min_size=1, max_size=60), lead=st.sampled_from([30.0, 90.0, 200.0]),
        attainment=st.sampled_from([0.5, 0.95, 0.99]), level=st.sampled_from([0.0, 3.0, 20.0, 45.0, 60.0, 80.0]))
