@@ -301,13 +301,14 @@ def new_growths(demand: tuple[Sample, ...], done: tuple[Growth, ...], lead: floa
         t, d = demand[k]
         if t > now - lead:
             break
-        ahead = 0.0
-        for j in range(k + 1, n):
-            if demand[j][0] > t + lead:
+        end, ahead, seen = t + lead, 0.0, False
+        for later, value in demand[k + 1:]:
+            if later > end:
                 break
-            if demand[j][1] > ahead:
-                ahead = demand[j][1]
-        if k + 1 < n and demand[k + 1][0] <= t + lead:
+            seen = True
+            if value > ahead:
+                ahead = value
+        if seen:  # a later sample within the lead: its growth is known
             out.append((t, d, max(1.0, ahead / max(d, 1.0))))
     return tuple(out)
 

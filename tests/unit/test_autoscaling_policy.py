@@ -448,6 +448,8 @@ def test_a_state_update_is_model_copy_without_its_cost() -> None:
     assert state.updated(tokens_per_request=200.0, history=((0.0, 4.0),)) is state
     with pytest.raises(KeyError):
         state.updated(no_such_field=1.0)
+    with pytest.raises(KeyError):  # after a field that changes, too
+        state.updated(last_decision=30.0, no_such_field=1.0)
 
 
 def test_observations_replaced_is_dataclasses_replace() -> None:
