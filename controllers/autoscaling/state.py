@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.alias_generators import to_camel
 
 STATE_VERSION: Literal[3] = 3
-_set = object.__setattr__  # pydantic's own way to set a frozen model's slots
+_set = object.__setattr__  # how pydantic itself sets a frozen model's attributes
 Sample = tuple[float, float]  # (time, value)
 Growth = tuple[float, float, float]  # (time, demand then in replicas, growth within a lead after it)
 Timed = TypeVar("Timed", Sample, Growth)
