@@ -102,7 +102,7 @@ def test_a_load_step_scales_up_after_the_configured_delays() -> None:
 
 
 def test_simulated_latencies_match_the_emulator_on_the_same_workload() -> None:
-    """The same small workload through the real-time emulator (20x faster) and the simulator with one
+    """The same small workload through the real-time emulator (4x faster) and the simulator with one
     fixed replica: per-request TTFT and mean ITL agree within 10% (plus 2 ms of timer jitter). The
     emulator runs 4x faster than the GPU: faster, and event-loop overhead becomes part of each step."""
     md = deployment()
@@ -133,11 +133,21 @@ def test_simulated_latencies_match_the_emulator_on_the_same_workload() -> None:
         await engine.stop()
         return [results[i] for i in range(len(workload))]
 
-    emulated = asyncio.run(emulate())
     by_arrival = sorted(simulated.completed, key=lambda c: c.arrival)
-    for (ttft, itl), sim in zip(emulated, by_arrival, strict=True):
-        assert sim.ttft == pytest.approx(ttft, rel=0.10, abs=0.002 * scale)
-        assert sim.itl == pytest.approx(itl, rel=0.10, abs=0.002)
+
+    def mismatches(emulated: list[tuple[float, float]]) -> list[str]:
+        return [f"request {i}: simulated TTFT {sim.ttft:.4f} s / ITL {sim.itl:.4f} s, emulated {ttft:.4f} / {itl:.4f}"
+                for i, ((ttft, itl), sim) in enumerate(zip(emulated, by_arrival, strict=True))
+                if sim.ttft != pytest.approx(ttft, rel=0.10, abs=0.002 * scale)
+                or sim.itl != pytest.approx(itl, rel=0.10, abs=0.002)]
+
+    # The emulator runs in wall time: a stall of the shared CI machine (not of the model) while requests
+    # are in flight is charged to them, once seen in a CI run (ITL 10.4 ms against 7.8). One more run
+    # tells the two apart: a model mismatch fails both.
+    missed = mismatches(asyncio.run(emulate()))
+    if missed:
+        missed = mismatches(asyncio.run(emulate()))
+    assert not missed, missed
 
 
 def test_bad_traces_fail_the_cli_clearly_and_write_nothing(tmp_path: Path) -> None:
