@@ -120,7 +120,9 @@ class Inputs:
     @cached_property
     def backlogged(self) -> bool:
         """Requests queue past the TTFT target now (read by several stages: computed once)."""
-        return backlogged(self.obs, self.spec)
+        wait, queue = _value(self.obs.wait_short), _value(self.obs.queue)
+        return (wait is not None and wait > self.spec.slo.ttft_milliseconds / 1e3) or \
+            (queue is not None and queue / max(self.obs.ready_replicas, 1) > self.spec.queue_per_replica)
 
 
 @dataclass(frozen=True)
@@ -564,12 +566,6 @@ def headroom_signal(inputs: Inputs, state: PolicyState, capacity: float,
         asks = (*asks, (now, float(replicas)))
     return Recommendation("headroom", growth, inputs.spec.slo.attainment, replicas, note, holds=holds), \
         state.updated(demand=demand, growth=growths, headroom=asks)
-
-
-def backlogged(obs: Observations, spec: AutoscalingSpec) -> bool:
-    wait, queue = _value(obs.wait_short), _value(obs.queue)
-    return (wait is not None and wait > spec.slo.ttft_milliseconds / 1e3) or \
-        (queue is not None and queue / max(obs.ready_replicas, 1) > spec.queue_per_replica)
 
 
 def calm(inputs: Inputs, state: PolicyState) -> bool:
