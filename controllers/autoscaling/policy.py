@@ -31,9 +31,10 @@ import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import lru_cache
 from itertools import accumulate
 from operator import itemgetter
+from typing import NamedTuple
 
 from controllers.autoscaling.signals import Observations, Quality, Reading
 from controllers.autoscaling.state import Growth, PolicyState, Sample, per_minute, within
@@ -87,8 +88,10 @@ class Condition:
     message: str
 
 
-@dataclass(frozen=True)
-class Proposal:
+class Proposal(NamedTuple):
+    """The count a stage proposes (a tuple: several are made every decision, and a frozen dataclass's
+    ``__init__`` costs three times as much)."""
+
     replicas: int
     rule: str
     reason: str
@@ -102,9 +105,8 @@ class StageTrace:
     note: str
 
 
-@dataclass(frozen=True)
-class Inputs:
-    """What every stage reads: never changed by a stage."""
+class Inputs(NamedTuple):
+    """What every stage reads: never changed by a stage. Made with ``Inputs.of``."""
 
     obs: Observations
     spec: AutoscalingSpec
@@ -112,21 +114,24 @@ class Inputs:
     load_seconds: float
     prefill_tokens_per_second: float | None
     now: float
+    # Requests queue past the TTFT target now: read by several stages, so computed once (in ``of``; a
+    # cached_property takes a lock on every first read, twice a decision).
+    backlogged: bool
+
+    @classmethod
+    def of(cls, obs: Observations, spec: AutoscalingSpec, model_capacity: float, load_seconds: float,
+           prefill_tokens_per_second: float | None, now: float) -> Inputs:
+        wait, queue = _value(obs.wait_short), _value(obs.queue)
+        backlogged = (wait is not None and wait > spec.slo.ttft_milliseconds / 1e3) or \
+            (queue is not None and queue / max(obs.ready_replicas, 1) > spec.queue_per_replica)
+        return cls(obs, spec, model_capacity, load_seconds, prefill_tokens_per_second, now, backlogged)
 
     @property
     def lead(self) -> float:
         return self.load_seconds + LEAD_EXTRA_SECONDS
 
-    @cached_property
-    def backlogged(self) -> bool:
-        """Requests queue past the TTFT target now (read by several stages: computed once)."""
-        wait, queue = _value(self.obs.wait_short), _value(self.obs.queue)
-        return (wait is not None and wait > self.spec.slo.ttft_milliseconds / 1e3) or \
-            (queue is not None and queue / max(self.obs.ready_replicas, 1) > self.spec.queue_per_replica)
 
-
-@dataclass(frozen=True)
-class StageResult:
+class StageResult(NamedTuple):
     proposal: Proposal
     state: PolicyState
     conditions: tuple[Condition, ...] = ()
@@ -268,17 +273,19 @@ def weighted_growths(growths: tuple[Growth, ...], level: float, now: float, lead
     the weights sum to about 1 / (1 - 2^-0.2) = 7.7 newest-weights, so one 4x step keeps over 1% of the
     weight, and the 99% quantile, until 2^(-age / 300) < 0.077, some 1,100 s. Faded, it counts
     1 + 3 x 0.5 = 2.5x one half-life after it was known."""
-    weighted = [(d, g, 2.0 ** ((t - now) / half_life)) for t, d, g in growths]
-    highest = peak = 0.0
-    for d, g, w in weighted:
-        if d > highest:
-            highest = d
-        if d * g * w > peak:
-            peak = d * g * w
+    highest = max(0.0, max(map(_second, growths), default=0.0))
     floor = LEVEL_SHARE * min(level, highest) if highest >= level / REACH else math.inf
     shift = 2.0 ** (lead / half_life)
-    return [(1.0 + (g - 1.0) * (w * shift if w * shift < 1.0 else 1.0), w) for d, g, w in weighted
-            if d >= floor], peak
+    out: list[tuple[float, float]] = []
+    peak = 0.0
+    for t, d, g in growths:
+        w = 2.0 ** ((t - now) / half_life)
+        if d * g * w > peak:
+            peak = d * g * w
+        if d >= floor:
+            faded = w * shift
+            out.append((1.0 + (g - 1.0) * (faded if faded < 1.0 else 1.0), w))
+    return out, peak
 
 
 def weighted_quantile(growths: list[tuple[float, float]], attainment: float) -> float:
@@ -604,8 +611,8 @@ def served(inputs: Inputs, state: PolicyState) -> tuple[Inputs, PolicyState]:
         output_tokens_per_second_short=Reading(r_short * learned, Quality.OK,
                                                f"{r_short:.1f} requests/s x {learned:.0f} tokens")
         if r_short is not None else obs.output_tokens_per_second_short)
-    return Inputs(corrected, inputs.spec, inputs.model_capacity, inputs.load_seconds,
-                  inputs.prefill_tokens_per_second, inputs.now), state
+    # Only the token readings change, so whether requests queue stays as it was read.
+    return inputs._replace(obs=corrected), state
 
 
 def signals(inputs: Inputs, state: PolicyState) -> tuple[list[Recommendation], PolicyState, float, bool]:
@@ -686,8 +693,8 @@ def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     if p.replicas >= current or not state.history:
         return StageResult(p, state)
     window = inputs.spec.scale_down_stabilization_seconds
-    highest = int(max(h[1] for h in state.history))
-    kept = int(max((h[1] for h in within(state.headroom, inputs.now, inputs.lead)), default=0.0))
+    highest = int(max(map(_second, state.history)))
+    kept = int(max(map(_second, within(state.headroom, inputs.now, inputs.lead)), default=0.0))
     if max(highest, kept) <= p.replicas:
         return StageResult(p, state)
     if kept > highest:
@@ -731,8 +738,7 @@ def pods(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
                      f"{current}"), state,
             (Condition("AbleToScale", False, "WaitingForPendingPods",
                        f"{obs.pending_replicas} pod(s) pending; no further scale-up until they start"),))
-    return StageResult(p, state, (Condition("AbleToScale", True, "ReadyForNewScale",
-                                            "the replica count can be changed"),))
+    return StageResult(p, state, _ABLE)
 
 
 def idle(obs: Observations) -> bool:
@@ -741,7 +747,9 @@ def idle(obs: Observations) -> bool:
     if obs.current_replicas == 0 and obs.ready_replicas == 0:
         return all(r.quality is Quality.EMPTY or (r.ok and r.value == 0)
                    for r in (obs.output_tokens_per_second, obs.in_flight, obs.queue))
-    return all(r.ok and r.value == 0 for r in (obs.output_tokens_per_second, obs.in_flight, obs.queue))
+    # Spelled out rather than all() over a generator: it runs at every decision, and the first reading
+    # with traffic settles it.
+    return _value(obs.output_tokens_per_second) == 0 and _value(obs.in_flight) == 0 and _value(obs.queue) == 0
 
 
 def bounds(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
@@ -779,7 +787,22 @@ def bounds(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     return StageResult(p, state)
 
 
+@lru_cache(maxsize=64)
+def _scaling_active(usable: tuple[str, ...]) -> Condition:
+    """ScalingActive for the signals read (few combinations: built once each)."""
+    if usable:
+        return Condition("ScalingActive", True, "ValidMetricFound", "scaling on " + ", ".join(usable))
+    return Condition("ScalingActive", False, "FailedGetMetrics", "no signal could be read")
+
+
 Stage = Callable[[Proposal, Inputs, PolicyState], StageResult]
+# After ``combine`` and ``panic`` (which also takes the capacity planned with).
+STAGES: tuple[tuple[str, Stage], ...] = (("stabilise", stabilise), ("rate-limit", rate_limit), ("pods", pods),
+                                         ("bounds", bounds))
+# The conditions most decisions set, built once (decide runs for every ModelDeployment at every tick).
+_ABLE = (Condition("AbleToScale", True, "ReadyForNewScale", "the replica count can be changed"),)
+_WITHIN_RANGE = Condition("ScalingLimited", False, "DesiredWithinRange", "no limit applied")
+_ALL_READ = Condition("MetricsAvailable", True, "AllSignalsRead", "every signal was read")
 
 
 def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second: float, load_seconds: float,
@@ -788,7 +811,7 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     one replica carries within the SLO (the performance model's), ``prefill_tokens_per_second`` the
     prompt tokens/s it prefills (None: demand is measured on output alone), ``load_seconds`` how long a
     new replica takes to serve."""
-    inputs = Inputs(obs, spec, capacity_tokens_per_second, load_seconds, prefill_tokens_per_second, now)
+    inputs = Inputs.of(obs, spec, capacity_tokens_per_second, load_seconds, prefill_tokens_per_second, now)
     state = state or PolicyState.restore(None, obs.current_replicas, now)
     if obs.current_replicas == 0 and obs.ready_replicas == 0:
         # At zero pods no pod exports a series: EMPTY is the expected reading, not a missing one.
@@ -799,14 +822,11 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
         recs, state, capacity, infeasible = signals(inputs, state)
     result = combine(recs, inputs, state)
     trace = [StageTrace("combine", result.proposal.replicas, result.proposal.rule, result.proposal.reason)]
-    stages: list[tuple[str, Stage]] = [
-        ("panic", lambda p, i, s: panic(p, i, s, capacity)), ("stabilise", stabilise), ("rate-limit", rate_limit),
-        ("pods", pods), ("bounds", bounds)]
     conditions: list[Condition] = list(result.conditions)
     changes: list[str] = list(result.changes)
     proposal, state = result.proposal, result.state
-    for name, stage in stages:
-        result = stage(proposal, inputs, state)
+    for name, stage in (("panic", None), *STAGES):
+        result = stage(proposal, inputs, state) if stage else panic(proposal, inputs, state, capacity)
         if result.proposal is not proposal and result.proposal != proposal:
             trace.append(StageTrace(name, result.proposal.replicas, result.proposal.rule, result.proposal.reason))
         proposal, state = result.proposal, result.state
@@ -816,13 +836,10 @@ def decide(obs: Observations, spec: AutoscalingSpec, capacity_tokens_per_second:
     usable = [r for r in recs if r.replicas is not None]
     metrics_available = len(usable) == len(recs)
     if not any(c.type == "ScalingLimited" for c in conditions):
-        conditions.append(Condition("ScalingLimited", False, "DesiredWithinRange", "no limit applied"))
-    conditions.append(Condition(
-        "ScalingActive", bool(usable), "ValidMetricFound" if usable else "FailedGetMetrics",
-        "scaling on " + ", ".join(r.signal for r in usable) if usable else "no signal could be read"))
-    conditions.append(Condition(
-        "MetricsAvailable", metrics_available, "AllSignalsRead" if metrics_available else "SignalsMissing",
-        "every signal was read" if metrics_available else
+        conditions.append(_WITHIN_RANGE)
+    conditions.append(_scaling_active(tuple(r.signal for r in usable)))
+    conditions.append(_ALL_READ if metrics_available else Condition(
+        "MetricsAvailable", False, "SignalsMissing",
         "; ".join(f"{r.signal}: {r.note}" for r in recs if r.replicas is None)))
     current = obs.current_replicas
     # The rate windows fill a window after pods came from zero: demand is learned from a window after the

@@ -79,7 +79,9 @@ class PolicyState(BaseModel):
         fields = self.__dict__
         changed = False
         for name, value in changes.items():
-            if fields[name] != value:  # a KeyError for any name that is no field
+            was = fields[name]  # a KeyError for any name that is no field
+            # ``is`` first: a window returned unchanged is the same tuple, compared in O(1).
+            if was is not value and was != value:
                 changed = True
         if not changed:
             return self
@@ -101,7 +103,9 @@ class PolicyState(BaseModel):
 def within(samples: tuple[Timed, ...], now: float, seconds: float) -> tuple[Timed, ...]:
     """The samples of the last ``seconds`` (time-based trimming, whatever the tick); samples are kept in
     time order, so a binary search finds the first to keep."""
-    return samples[bisect.bisect_left(samples, (now - seconds,)):]
+    first = bisect.bisect_left(samples, (now - seconds,))
+    # The same tuple when nothing is dropped: ``PolicyState.updated`` then compares it by identity.
+    return samples[first:] if first else samples
 
 
 def per_minute(samples: tuple[Growth, ...], sample: Growth) -> tuple[Growth, ...]:
