@@ -382,8 +382,16 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
             f"{itl.value * 1e3:.0f}/{spec.slo.inter_token_latency_milliseconds} ms")
     ready, current = obs.ready_replicas, obs.current_replicas
     if pressure <= 1 + TOLERANCE:
-        return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), \
-            state.updated(infeasible_since=None, latency_scaled_at=None, latency_pressure=None)
+        state = state.updated(infeasible_since=None, latency_scaled_at=None, latency_pressure=None)
+        if pressure > COMFORTABLE:
+            # Near its target, latency is what this count holds it at: fewer replicas would put it over
+            # (when the token model cannot see the work, as with long prompts on the LLM-API backend, the
+            # throughput's ask is far lower, and a scale-down to it misses until latency orders the count
+            # back). A hold, not a measure of demand: the headroom does not grow it and the stabilisation
+            # history does not record it, so once latency is comfortable the count follows demand again.
+            return Recommendation("latency", pressure, 1.0, current, f"{said}: within target but near it "
+                                  f"(over {COMFORTABLE:.0%}): no scale-down", holds=True), state
+        return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), state
     if _settling(inputs, state):
         until = (state.last_scale_up or 0) + inputs.lead + SETTLE_SECONDS - inputs.now
         return Recommendation("latency", pressure, 1.0, current,

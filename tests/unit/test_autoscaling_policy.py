@@ -101,8 +101,24 @@ def test_tolerance_is_each_signals_own_ratio_not_the_combined_count() -> None:
     # acted on it at 9 and ignored it at 10), and 15% over is acted on at both.
     for current in (9, 10):
         load = 800.0 * current
-        assert rec(decision(obs(load, current=current, ttft=2.16)), "latency") == 0
+        # Within tolerance (and near target) latency holds the count: no more, and no scale-down.
+        assert rec(decision(obs(load, current=current, ttft=2.16)), "latency") == current
         assert rec(decision(obs(load, current=current, ttft=2.3)), "latency") == _ceil_ratio(current, 1.15)
+
+
+def test_latency_near_its_target_holds_the_count_and_comfortable_latency_lets_it_fall() -> None:
+    # 60 replicas serving long prompts the token model cannot see: 39,000 tok/s read as 11 replicas of
+    # work, TTFT p95 at 83% of its target. Latency holds 60 (a hold, so the stabilisation history does
+    # not record it); at 60% of target it asks for nothing and the throughput's ask leads the way down.
+    state = PolicyState(tokens_per_request=TOKENS_PER_REQUEST, history=((1000.0, 11.0),),
+                        last_decision=1185.0)
+    near = decide(obs(39000.0, current=60, ttft=1.66), spec(maxReplicas=64), 3753.0, LOAD_SECONDS, state, 1200.0)
+    latency = next(r for r in near.recommendations if r.signal == "latency")
+    assert (latency.replicas, latency.holds) == (60, True) and near.replicas == 60
+    assert max(h[1] for h in near.state.history) < 60
+    comfortable = decide(obs(39000.0, current=60, ttft=1.2), spec(maxReplicas=64), 3753.0, LOAD_SECONDS, state,
+                         1200.0)
+    assert rec(comfortable, "latency") == 0 and comfortable.replicas < 60
 
 
 def _ceil_ratio(current: int, ratio: float) -> int:
