@@ -78,6 +78,9 @@ class Recommendation:
     replicas: int | None  # None: no recommendation (signal missing); 0: no pressure
     note: str
     holds: bool = False  # holding the count while a scale-up settles: not a measure of demand
+    # What the stabilisation history records for it, where that differs from ``replicas`` (the throughput
+    # records its ask without the trend's projection, which it keeps for one lead instead).
+    recorded: int | None = None
 
 
 @dataclass(frozen=True)
@@ -330,9 +333,10 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     out = obs.output_tokens_per_second
     value = _value(out)
     samples = within(state.throughput, inputs.now, TREND_SECONDS)
+    kept = within(state.projected, inputs.now, inputs.lead)
     if value is None:
         return Recommendation("throughput", None, capacity, None, out.describe()), \
-            state.updated(throughput=samples)
+            state.updated(throughput=samples, projected=kept)
     samples = (*samples, (inputs.now, value))
     short = _value(obs.output_tokens_per_second_short)
     # Start-up lead: a replica ordered now serves only after scheduling and the engine load, so while
@@ -344,6 +348,11 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     projected = max(value + slope * (inputs.lead + RATE_LAG_SECONDS),
                     (short if short is not None else value) + slope * (inputs.lead + SHORT_LAG_SECONDS))
     replicas = _ceil(projected / capacity)
+    # The stabilisation history records the demand measured now; the projection is a forecast for one
+    # lead ahead and holds the count for one lead (``stabilise``). Recorded for 300 s, a burst's
+    # projection (a 2-minute window still rising after the burst has stopped: up to twice the burst)
+    # held the count until the next burst, and the count ratcheted up burst by burst.
+    now_replicas = _ceil(level / capacity)
     note = f"{value:.0f} tok/s" + (f", {projected:.0f} projected {inputs.lead:.0f} s ahead of its lag"
                                    if projected > value * 1.01 else "")
     note += f" / {capacity:.0f} tok/s per replica"
@@ -361,8 +370,12 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
             # Growing or holding, served is at most the demand: a floor, with no trend read into it.
             replicas = _ceil(level / capacity)
             note += ": requests queued, served is a floor of demand"
-    return Recommendation("throughput", value, capacity, replicas, note), \
-        state.updated(throughput=samples)
+        now_replicas = replicas
+    if replicas > now_replicas:
+        kept = (*kept, (inputs.now, float(replicas)))
+    return Recommendation("throughput", value, capacity, replicas, note,
+                          recorded=now_replicas if now_replicas != replicas else None), \
+        state.updated(throughput=samples, projected=kept)
 
 
 def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, PolicyState]:
@@ -672,7 +685,8 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
     # decaying memory, and recording it here too would hold a burst twice as long.
     # Nor a count a lagging signal holds while a scale-up settles: that is no measure of demand, and
     # recording it would restart the window on every decision of a backlog.
-    measured = max([r.replicas or 0 for r in usable if r.signal != "headroom" and not r.holds] + [0])
+    measured = max([(r.recorded if r.recorded is not None else r.replicas or 0) for r in usable
+                    if r.signal != "headroom" and not r.holds] + [0])
     recorded = proposal.replicas if proposal.rule in ("hold", "fallback") else measured
     history = (*within(state.history, inputs.now, inputs.spec.scale_down_stabilization_seconds),
                (inputs.now, float(recorded)))
@@ -703,9 +717,14 @@ def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     window = inputs.spec.scale_down_stabilization_seconds
     highest = int(max(map(_second, state.history)))
     kept = int(max(map(_second, within(state.headroom, inputs.now, inputs.lead)), default=0.0))
-    if max(highest, kept) <= p.replicas:
+    forecast = int(max(map(_second, within(state.projected, inputs.now, inputs.lead)), default=0.0))
+    if max(highest, kept, forecast) <= p.replicas:
         return StageResult(p, state)
-    if kept > highest:
+    if forecast > max(highest, kept):
+        why = f"the throughput's trend projected {forecast} within the last {inputs.lead:.0f} s (a start-up)"
+        would = f"no rising trend for {inputs.lead:.0f} s would allow {p.replicas}"
+        kept = forecast
+    elif kept > highest:
         why = f"the headroom asked for {kept} within the last {inputs.lead:.0f} s (a start-up)"
         would = f"the headroom asking for less for {inputs.lead:.0f} s would allow {p.replicas}"
     else:

@@ -33,6 +33,10 @@ class PolicyState(BaseModel):
     headroom: tuple[Sample, ...] = ()
     # Output tokens/s of the stable window, for the trend projected over the start-up lead.
     throughput: tuple[Sample, ...] = ()
+    # What the throughput asked for with its trend projected, per decision, for one start-up lead: a
+    # projection is a forecast for a lead ahead, so it holds the count that long, not for the whole
+    # stabilisation window (``stabilise``).
+    projected: tuple[Sample, ...] = ()
     # Demand in replicas per decision, for the last few minutes: what the growth within a lead is read
     # from.
     demand: tuple[Sample, ...] = ()

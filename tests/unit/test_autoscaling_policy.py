@@ -522,3 +522,23 @@ def test_a_new_metric_source_is_worth_a_status_write() -> None:
     assert "no series" in next(c.message for c in after.conditions if c.type == "MetricsAvailable")
     assert fingerprint(before) != fingerprint(after)
     assert fingerprint(after) == fingerprint(decision(failing("no series for this ModelDeployment")))
+
+
+def test_a_trends_projection_holds_the_count_for_one_lead_not_the_stabilisation_window() -> None:
+    # 4,000 -> 7,000 tok/s over 90 s: the trend projects about 12,000 a lead (90 s) and the rate
+    # window's lag ahead. The scale-up goes to the projection; the history records the 7 replicas the
+    # demand needs now, so once a lead has passed with the load back at 4,000 the count may fall to the
+    # stabilisation window's 7 (a burst's projection no longer holds until the next burst).
+    state = PolicyState(tokens_per_request=TOKENS_PER_REQUEST, history=((900.0, 4.0),), last_decision=985.0,
+                        throughput=((910.0, 4000.0), (940.0, 5000.0), (970.0, 6000.0)), watching_since=0.0,
+                        ready=7)
+    rising = decision(obs(7000.0, current=7), state=state)
+    throughput = next(r for r in rising.recommendations if r.signal == "throughput")
+    assert throughput.replicas is not None and throughput.replicas >= 11 and throughput.recorded == 7
+    assert rising.replicas == throughput.replicas and rising.state.history[-1] == (1000.0, 7.0)
+    assert rising.state.projected[-1] == (1000.0, float(throughput.replicas))
+    up = rising.replicas
+    within_lead = decision(obs(4000.0, current=up), state=rising.state, now=1045.0)
+    assert within_lead.replicas == up and within_lead.rule == "stabilization"
+    after_lead = decision(obs(4000.0, current=up), state=within_lead.state, now=1100.0)
+    assert after_lead.replicas == max(7, up - up // 2)
