@@ -6,11 +6,12 @@ the arithmetic with worked numbers.
 
 1. **signals**, each on its own ratio: *throughput* (completions times the tokens a request carries,
    projected one start-up lead (and the rate window's lag) ahead while it keeps rising, over the
-   per-replica capacity at the SLO;
-   no tolerance band, so the settled count does not depend on the start), *latency* (TTFT and ITL
-   percentiles over their targets, 10% tolerance; a scale-up on latency that does not bring it down
-   marks it infeasible, and throughput decides), *queue* (demand from how fast the wait for the first
-   token grows, and the backlog once a scale-up has settled), and *headroom* (the attainment target:
+   per-replica capacity at the SLO; no tolerance band, so the settled count does not depend on the
+   start; the projection holds the count for one lead, the history records the demand now), *latency*
+   (TTFT and ITL percentiles over their targets, 10% tolerance; near the target, over 70% of it, it
+   holds the count; a scale-up on latency that does not bring it down marks it infeasible, and
+   throughput decides), *queue* (demand from how fast the wait for the first token grows, and the
+   backlog once a scale-up has settled), and *headroom* (the attainment target:
    the measured demand times its growth within one start-up lead, at the ``slo.attainment`` quantile
    of the last hour's growth from about the same level, older growth fading);
 2. **combine**: the largest recommendation, as HPA does across metrics; missing signals never allow
@@ -18,7 +19,8 @@ the arithmetic with worked numbers.
 3. **panic**: a burst (the 30 s demand alone needs twice the ready replicas) is sized in one decision
    and starts 60 s without scale-down (Knative's KPA);
 4. **stabilise**: a scale-down goes only to the highest recommendation of the last
-   ``scaleDownStabilizationSeconds``;
+   ``scaleDownStabilizationSeconds``, and to no less than the headroom asked or the trend projected
+   within a lead;
 5. **rate-limit**: up by at most max(4 replicas, 100%) per decision, down by at most half;
 6. **pods**: no further scale-up while pods are Pending; an unschedulable pod is GPU capacity exhausted;
 7. **bounds**: [minReplicas, maxReplicas]; with ``minReplicas: 0`` an idle deployment goes to zero after
