@@ -79,7 +79,7 @@ class Recommendation:
     target: float | None
     replicas: int | None  # None: no recommendation (signal missing); 0: no pressure
     note: str
-    holds: bool = False  # holding the count while a scale-up settles: not a measure of demand
+    holds: bool = False  # holding the count (a scale-up settling, latency near target): not a measure of demand
     # What the stabilisation history records for it, where that differs from ``replicas`` (the throughput
     # records its ask without the trend's projection, which it keeps for one lead instead).
     recorded: int | None = None
@@ -404,8 +404,12 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
             # throughput's ask is far lower, and a scale-down to it misses until latency orders the count
             # back). A hold, not a measure of demand: the headroom does not grow it and the stabilisation
             # history does not record it, so once latency is comfortable the count follows demand again.
+            # Kept for a lead (``stabilise``): a single comfortable reading is noise, and releasing on it
+            # would halve the fleet that holds latency here.
+            held = (*within(state.held, inputs.now, inputs.lead), (inputs.now, float(current)))
             return Recommendation("latency", pressure, 1.0, current, f"{said}: within target but near it "
-                                  f"(over {COMFORTABLE:.0%}): no scale-down", holds=True), state
+                                  f"(over {COMFORTABLE:.0%}): no scale-down", holds=True), \
+                state.updated(held=held)
         return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), state
     if _settling(inputs, state):
         until = (state.last_scale_up or 0) + inputs.lead + SETTLE_SECONDS - inputs.now
@@ -685,8 +689,9 @@ def combine(recs: list[Recommendation], inputs: Inputs, state: PolicyState) -> S
                             f"data; holding {current}")
     # The stabilisation history records what the measured load asks for; the headroom has its own
     # decaying memory, and recording it here too would hold a burst twice as long.
-    # Nor a count a lagging signal holds while a scale-up settles: that is no measure of demand, and
-    # recording it would restart the window on every decision of a backlog.
+    # Nor a count a signal holds (a lagging one while a scale-up settles, latency near its target): that
+    # is no measure of demand, and recording it would restart the window on every decision of a backlog
+    # (latency's hold is kept for a lead instead). The throughput is recorded without its projection.
     measured = max([(r.recorded if r.recorded is not None else r.replicas or 0) for r in usable
                     if r.signal != "headroom" and not r.holds] + [0])
     recorded = proposal.replicas if proposal.rule in ("hold", "fallback") else measured
@@ -720,9 +725,14 @@ def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     highest = int(max(map(_second, state.history)))
     kept = int(max(map(_second, within(state.headroom, inputs.now, inputs.lead)), default=0.0))
     forecast = int(max(map(_second, within(state.projected, inputs.now, inputs.lead)), default=0.0))
-    if max(highest, kept, forecast) <= p.replicas:
+    held = int(max(map(_second, within(state.held, inputs.now, inputs.lead)), default=0.0))
+    if max(highest, kept, forecast, held) <= p.replicas:
         return StageResult(p, state)
-    if forecast > max(highest, kept):
+    if held > max(highest, kept, forecast):
+        why = f"latency near its target held {held} within the last {inputs.lead:.0f} s (a start-up)"
+        would = f"latency comfortable for {inputs.lead:.0f} s would allow {p.replicas}"
+        kept = held
+    elif forecast > max(highest, kept):
         why = f"the throughput's trend projected {forecast} within the last {inputs.lead:.0f} s (a start-up)"
         would = f"no rising trend for {inputs.lead:.0f} s would allow {p.replicas}"
         kept = forecast

@@ -26,7 +26,8 @@ class PolicyState(BaseModel):
     model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
     version: Literal[3] = STATE_VERSION
-    # Replicas the throughput and burst signals asked for, per decision (time, replicas).
+    # What the measured load asked for, per decision (time, replicas): the throughput without its
+    # projection, latency and queue, not the headroom nor a hold (``combine``).
     history: tuple[Sample, ...] = ()
     # What the headroom asked for, per calm decision, for one start-up lead: the count falls below it only
     # once it has asked for less for as long as a replica takes to start (``stabilise``).
@@ -37,6 +38,9 @@ class PolicyState(BaseModel):
     # projection is a forecast for a lead ahead, so it holds the count that long, not for the whole
     # stabilisation window (``stabilise``).
     projected: tuple[Sample, ...] = ()
+    # The count latency held near its target, per decision, for one start-up lead: one comfortable reading
+    # (latency noise) does not release the count (``stabilise``).
+    held: tuple[Sample, ...] = ()
     # Demand in replicas per decision, for the last few minutes: what the growth within a lead is read
     # from.
     demand: tuple[Sample, ...] = ()
