@@ -95,7 +95,7 @@ class Condition:
 
 class Proposal(NamedTuple):
     """The count a stage proposes (a tuple: several are made every decision, and a frozen dataclass's
-    ``__init__`` costs three times as much)."""
+    ``__init__`` costs twice as much)."""
 
     replicas: int
     rule: str
@@ -375,8 +375,7 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
         now_replicas = replicas
     if replicas > now_replicas:
         kept = (*kept, (inputs.now, float(replicas)))
-    return Recommendation("throughput", value, capacity, replicas, note,
-                          recorded=now_replicas if now_replicas != replicas else None), \
+    return Recommendation("throughput", value, capacity, replicas, note, recorded=now_replicas), \
         state.updated(throughput=samples, projected=kept)
 
 
@@ -717,32 +716,33 @@ def panic(p: Proposal, inputs: Inputs, state: PolicyState, capacity: float) -> S
     return StageResult(p, state)
 
 
+# The asks kept for one start-up lead, by state field: what bound the count, and what would release it.
+LEAD_ASKS = {"headroom": ("the headroom asked for", "the headroom asking for less"),
+             "projected": ("the throughput's trend projected", "no rising trend"),
+             "held": ("latency near its target held", "latency comfortable")}
+
+
 def stabilise(p: Proposal, inputs: Inputs, state: PolicyState) -> StageResult:
     current = inputs.obs.current_replicas
     if p.replicas >= current or not state.history:
         return StageResult(p, state)
     window = inputs.spec.scale_down_stabilization_seconds
-    highest = int(max(map(_second, state.history)))
-    kept = int(max(map(_second, within(state.headroom, inputs.now, inputs.lead)), default=0.0))
-    forecast = int(max(map(_second, within(state.projected, inputs.now, inputs.lead)), default=0.0))
-    held = int(max(map(_second, within(state.held, inputs.now, inputs.lead)), default=0.0))
-    if max(highest, kept, forecast, held) <= p.replicas:
+    lead = inputs.lead
+    # The history's highest and each ask kept for one start-up lead (``LEAD_ASKS``); on a tie the first
+    # listed is the one named.
+    highest, source = max([(int(max(map(_second, state.history))), ""), *(
+        (int(max(map(_second, within(getattr(state, name), inputs.now, lead)), default=0.0)), name)
+        for name in LEAD_ASKS)], key=_first)
+    if highest <= p.replicas:
         return StageResult(p, state)
-    if held > max(highest, kept, forecast):
-        why = f"latency near its target held {held} within the last {inputs.lead:.0f} s (a start-up)"
-        would = f"latency comfortable for {inputs.lead:.0f} s would allow {p.replicas}"
-        kept = held
-    elif forecast > max(highest, kept):
-        why = f"the throughput's trend projected {forecast} within the last {inputs.lead:.0f} s (a start-up)"
-        would = f"no rising trend for {inputs.lead:.0f} s would allow {p.replicas}"
-        kept = forecast
-    elif kept > highest:
-        why = f"the headroom asked for {kept} within the last {inputs.lead:.0f} s (a start-up)"
-        would = f"the headroom asking for less for {inputs.lead:.0f} s would allow {p.replicas}"
+    if source:
+        what, unless = LEAD_ASKS[source]
+        why, would = f"{what} {highest} within the last {lead:.0f} s (a start-up)", f"{unless} for {lead:.0f} s"
     else:
         why = f"the highest recommendation of the last {window} s is {highest}"
-        would = f"load staying low for {window} s would allow {p.replicas}"
-    bound = min(max(highest, kept), current)
+        would = f"load staying low for {window} s"
+    would += f" would allow {p.replicas}"
+    bound = min(highest, current)
     return StageResult(Proposal(bound, "stabilization", f"{p.reason}; {why}: scaling down to {bound} at most"),
                        state, changes=(would,))
 

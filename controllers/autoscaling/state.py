@@ -88,7 +88,8 @@ class PolicyState(BaseModel):
         changed = False
         for name, value in changes.items():
             was = fields[name]  # a KeyError for any name that is no field
-            # ``is`` first: a window returned unchanged is the same tuple, compared in O(1).
+            # ``is`` first: a window ``within`` drops nothing from is the same tuple (a full slice of a
+            # tuple is the tuple itself), compared in O(1).
             if was is not value and was != value:
                 changed = True
         if not changed:
@@ -111,9 +112,7 @@ class PolicyState(BaseModel):
 def within(samples: tuple[Timed, ...], now: float, seconds: float) -> tuple[Timed, ...]:
     """The samples of the last ``seconds`` (time-based trimming, whatever the tick); samples are kept in
     time order, so a binary search finds the first to keep."""
-    first = bisect.bisect_left(samples, (now - seconds,))
-    # The same tuple when nothing is dropped: ``PolicyState.updated`` then compares it by identity.
-    return samples[first:] if first else samples
+    return samples[bisect.bisect_left(samples, (now - seconds,)):]
 
 
 def per_minute(samples: tuple[Growth, ...], sample: Growth) -> tuple[Growth, ...]:

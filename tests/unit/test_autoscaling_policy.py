@@ -553,3 +553,16 @@ def test_a_trends_projection_holds_the_count_for_one_lead_not_the_stabilisation_
     stabilised = next(t for t in after_lead.stages if t.stage == "stabilise")
     assert stabilised.replicas == 7 and "the highest recommendation of the last 300 s is 7" in stabilised.note
     assert after_lead.replicas == 7
+
+
+@pytest.mark.xfail(strict=True, reason="known limit (docs/autoscaling.md, Latency): nothing tests the near-target "
+                   "hold of latency, so latency near its target at any count keeps whatever count a burst left; "
+                   "strict: a fix makes this fail until the marker goes")
+def test_latency_near_its_target_at_any_count_does_not_pin_the_count() -> None:
+    # 20 replicas left by a burst carry 2 replicas' worth (2,000 tok/s) with the ITL at 75% of its target
+    # whatever the count (the model's floor on this GPU). Before the hold the count fell to 2.
+    state, current = None, 20
+    for k in range(0, 1901, 15):
+        d = decide(obs(2000.0, current=current, itl=0.075), spec(), CAPACITY, LOAD_SECONDS, state, 1000.0 + k)
+        state, current = d.state, d.replicas
+    assert current <= 3
