@@ -44,7 +44,12 @@ DS = gm.DataSourceRef(type_val="prometheus", uid="${DS_PROMETHEUS}")
 POD_LABEL = DEFAULT_DEPLOYMENT_LABEL
 TAGS = ["tokenworks"]
 DEFAULT_GPU_PRICE = "2.50"  # $ per GPU-hour: an on-demand H100 order of magnitude; set yours in the variable
-GPU_HOURS_STEP = "1m"  # the subquery resolution the GPU-hours integrate at (docs/monitoring.md)
+# The GPU-hours integrate at Grafana's own step: a fixed step (1m) left a range of a minute or two with one
+# step, before the series existed, and the panel empty (docs/monitoring.md, GPU-hours and cost).
+GPU_HOURS_STEP = "$__interval"
+# How many steps the subquery took: dividing by it makes the integral the mean over the range (a missing
+# series counts 0) times the range, whatever step Grafana picked and however it printed it.
+_STEPS = f"scalar(count_over_time(vector(1)[$__range:{GPU_HOURS_STEP}]))"
 TOKENS = "suffix:tok/s"  # Grafana custom unit ("suffix:<unit>"): no built-in unit counts tokens
 GPU_HOURS = "suffix:GPU-h"
 ENGINE_ONLY = ("Only the tensorrt-engine backend exports this family; on the llmapi backend (Triton core "
@@ -131,13 +136,14 @@ def gpus(scope: Scope, state: str = "requested", by: str = "") -> str:
 
 
 def gpu_hours(scope: Scope, by: str = "") -> str:
-    """GPU-hours over the dashboard range: the GPUs held, summed at every minute of the range, over 60. The
-    subquery integrates the sum, so a deployment that existed for part of the range counts for that part
-    only (``avg_over_time`` of its series times the range would count it for all of it)."""
+    """GPU-hours over the dashboard range: the GPUs held at every step of the range, summed, over the number
+    of steps (the mean, a missing series counting 0), times the range in hours. A deployment that existed
+    for part of the range counts for that part only (``avg_over_time`` of its series times the range would
+    count it for all of it)."""
     if by:
         series = sel("tokenworks_modeldeployment_gpus", scope.md, 'state="requested"')
-        return f"sum by ({by}) (sum_over_time({series}[$__range:{GPU_HOURS_STEP}])) / 60"
-    return f"sum_over_time({gpus(scope)}[$__range:{GPU_HOURS_STEP}]) / 60"
+        return f"sum by ({by}) (sum_over_time({series}[$__range:{GPU_HOURS_STEP}])) / {_STEPS} * $__range_s / 3600"
+    return f"sum_over_time({gpus(scope)}[$__range:{GPU_HOURS_STEP}]) / {_STEPS} * $__range_s / 3600"
 
 
 def ttft_quantile(quantile: str) -> str:
@@ -321,7 +327,7 @@ def fleet() -> tuple[gd.Dashboard, list[Row]]:
                "percentunit", [query(f"{gpus(f)} / sum(tokenworks_gpu_allocatable)", "in use")],
                steps=thresholds((None, "green"), (0.8, "orange"), (0.95, "red"))),
         single("GPU-hours (range)", "GPU-hours held over the dashboard's time range: the GPUs requested, "
-               f"summed every {GPU_HOURS_STEP} of the range, over 60.", GPU_HOURS,
+               "sampled at every step of the range, their mean times the range in hours.", GPU_HOURS,
                [query(gpu_hours(f), "GPU-hours", instant=True)]),
         single("GPU cost (range)", "GPU-hours over the range times the GPU price variable ($ per GPU-hour).",
                "currencyUSD", [query(f"({gpu_hours(f)}) * $gpu_price", "cost", instant=True)]),
