@@ -39,7 +39,7 @@ from operator import itemgetter
 from typing import NamedTuple
 
 from controllers.autoscaling.signals import Observations, Quality, Reading
-from controllers.autoscaling.state import Growth, PolicyState, Sample, per_minute, within
+from controllers.autoscaling.state import Carried, Growth, PolicyState, Sample, per_minute, within
 from crds.models import AutoscalingSpec
 
 TOLERANCE = 0.10
@@ -64,6 +64,7 @@ LEARN_LOAD = 0.5  # learn capacity only from replicas carrying at least half the
 MIN_CAPACITY_SCALE = 0.3  # the learned capacity never falls below this share of the model's
 RECOVERY_PER_MINUTE = 0.03  # a learned cut recovers this share a minute while latency is comfortable
 COMFORTABLE = 0.7  # latency under this share of its targets is comfortable
+CARRIED_SECONDS = 3600.0  # how long a count seen carrying a throughput within target is remembered
 GROWTH_SECONDS = 30.0  # the wait-for-first-token samples the backlog's growth rate is measured over
 MIN_GROWTH = 0.05  # s/s: slower growth is noise in a 30 s window
 CALM_SECONDS = 150.0  # the stable window (120 s) and a scrape: how long a backlog's times stay in it
@@ -395,8 +396,13 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
     said = (f"TTFT {p} {ttft.value * 1e3:.0f}/{spec.slo.ttft_milliseconds} ms, ITL {p} "
             f"{itl.value * 1e3:.0f}/{spec.slo.inter_token_latency_milliseconds} ms")
     ready, current = obs.ready_replicas, obs.current_replicas
+    carried = within(state.carried, inputs.now, CARRIED_SECONDS)
     if pressure <= 1 + TOLERANCE:
-        state = state.updated(infeasible_since=None, latency_scaled_at=None, latency_pressure=None)
+        settled = state.ready_changed_at is None or inputs.now - state.ready_changed_at > CALM_SECONDS
+        if out is not None and ready > 0 and settled and calm(inputs, state):
+            carried = carry(carried, (inputs.now, float(ready), out, pressure))
+        state = state.updated(infeasible_since=None, latency_scaled_at=None, latency_pressure=None,
+                              carried=carried)
         if pressure > COMFORTABLE:
             # Near its target, latency is what this count holds it at: fewer replicas would put it over
             # (when the token model cannot see the work, as with long prompts on the LLM-API backend, the
@@ -405,11 +411,22 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
             # history does not record it, so once latency is comfortable the count follows demand again.
             # Kept for a lead (``stabilise``): a single comfortable reading is noise, and releasing on it
             # would halve the fleet that holds latency here.
-            held = (*within(state.held, inputs.now, inputs.lead), (inputs.now, float(current)))
-            return Recommendation("latency", pressure, 1.0, current, f"{said}: within target but near it "
-                                  f"(over {COMFORTABLE:.0%}): no scale-down", holds=True), \
+            # Unless fewer replicas were seen carrying as much, at latency as low (within 5%), this last
+            # hour: then latency sits where it is at any count (an ITL floor of the model on this GPU),
+            # and the hold is that count, not whatever count a burst left.
+            fewest = min((n for _, n, tokens, was in carried
+                          if out is not None and tokens >= out and was <= pressure * 1.05), default=current)
+            hold = min(current, int(fewest))
+            held = (*within(state.held, inputs.now, inputs.lead), (inputs.now, float(hold)))
+            why = "no scale-down" if hold >= current else \
+                f"holding {hold}, the fewest seen carrying {out:.0f} tok/s within target this hour"
+            return Recommendation("latency", pressure, 1.0, hold, f"{said}: within target but near it "
+                                  f"(over {COMFORTABLE:.0%}): {why}", holds=True), \
                 state.updated(held=held)
         return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), state
+    if out is not None and carried:
+        # Over target at this count and throughput: no fewer replicas carry as much (the mix changed).
+        state = state.updated(carried=tuple(c for c in carried if not (c[1] <= ready and c[2] >= out)))
     if _settling(inputs, state):
         until = (state.last_scale_up or 0) + inputs.lead + SETTLE_SECONDS - inputs.now
         return Recommendation("latency", pressure, 1.0, current,
@@ -443,6 +460,16 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
     # at most doubling per decision, and the stages after this one add the settle time.
     replicas = max(current + 1, _ceil(max(ready, 1) * min(pressure, MAX_UP_FACTOR)))
     return Recommendation("latency", pressure, 1.0, replicas, f"{said}: over target"), state
+
+
+def carry(front: tuple[Carried, ...], sample: Carried) -> tuple[Carried, ...]:
+    """The Pareto front of (replicas, tokens/s, pressure) with ``sample``: an entry stays unless the sample
+    carries as much with no more replicas at latency as low; the sample joins unless an entry already
+    does. In time order."""
+    _, n, tokens, pressure = sample
+    if any(c[1] <= n and c[2] >= tokens and c[3] <= pressure for c in front):
+        return front
+    return (*(c for c in front if not (c[1] >= n and c[2] <= tokens and c[3] >= pressure)), sample)
 
 
 def backlog_growth(waits: tuple[Sample, ...]) -> float:

@@ -19,7 +19,8 @@ STATE_VERSION: Literal[3] = 3
 _set = object.__setattr__  # how pydantic itself sets a frozen model's attributes
 Sample = tuple[float, float]  # (time, value)
 Growth = tuple[float, float, float]  # (time, demand then in replicas, growth within a lead after it)
-Timed = TypeVar("Timed", Sample, Growth)
+Carried = tuple[float, float, float, float]  # (time, ready replicas, output tokens/s, latency pressure) within target
+Timed = TypeVar("Timed", Sample, Growth, Carried)
 
 
 class PolicyState(BaseModel):
@@ -41,6 +42,10 @@ class PolicyState(BaseModel):
     # The count latency held near its target, per decision, for one start-up lead: one comfortable reading
     # (latency noise) does not release the count (``stabilise``).
     held: tuple[Sample, ...] = ()
+    # The fewest replicas seen carrying each throughput with latency within target, for an hour: the
+    # Pareto front of (replicas, tokens/s, pressure), few entries. Latency near its target holds the count
+    # only where no fewer replicas were seen carrying as much at latency as low (``latency_signal``).
+    carried: tuple[Carried, ...] = ()
     # Demand in replicas per decision, for the last few minutes: what the growth within a lead is read
     # from.
     demand: tuple[Sample, ...] = ()
