@@ -140,6 +140,15 @@ def mean_wait(readings: SignalReadings) -> Reading:
     return _derived(value, (awaiting, requests), "mean time to the first token (short window)")
 
 
+def awaiting_pods(readings: SignalReadings) -> Reading:
+    """How many pods share the wait for the first token: (sum F)^2 / sum F^2 over the pods' F (the
+    participation ratio). One pod awaiting 300 s/s and nine 1 s/s: 309^2 / 90,009 = 1.06; ten alike: 10."""
+    awaiting, squares = readings.get("firstResponseSecondsShort"), readings.get("firstResponsePodSquaresShort")
+    f, q = _ok(awaiting), _ok(squares)
+    value = f * f / q if f is not None and q else math.nan
+    return _derived(value, (awaiting, squares), "pods sharing the wait for the first token")
+
+
 def prefer_gateway(pods: Reading, gateway: Reading, what: str) -> Reading:
     """The endpoint picker's reading where it has one (it times every request it routes), else the pods'."""
     if gateway.ok:
@@ -201,5 +210,5 @@ def observe(readings: SignalReadings, backend: str, replica: ReplicaModel, pods:
         current_replicas=pods.current, ready_replicas=pods.ready, pending_replicas=pods.pending,
         unschedulable=pods.unschedulable, activation=activation_signal(readings), wait_short=mean_wait(readings),
         requests_per_second=readings.get("requestsPerSecond"), ttft_median_seconds=readings.get("ttftMedianSeconds"),
-        requests_per_second_short=readings.get("requestsPerSecondShort"),
+        requests_per_second_short=readings.get("requestsPerSecondShort"), awaiting_pods=awaiting_pods(readings),
     )

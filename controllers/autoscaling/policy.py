@@ -70,6 +70,9 @@ MIN_GROWTH = 0.05  # s/s: slower growth is noise in a 30 s window
 CALM_SECONDS = 150.0  # the stable window (120 s) and a scrape: how long a backlog's times stay in it
 LEVEL_SHARE = 0.8  # growth is read from demand at least this share of today's (see ``weighted_growths``)
 REACH = 2.0  # ...and from no lower than 1/REACH of it, where no demand was that high
+# A wait shared by at most a tenth of the ready pods is held by the pods that admitted it (a cold start's
+# first pod: 1.0 of 32). A shortage on pods full of long answers reads more (2.5 of 12 on reasoning traffic).
+TRAPPED_SHARE = 0.1
 MAX_GROWTH = 0.8  # demand at most 5x what is served; faster growth is queues of different ages mixed
 
 
@@ -366,7 +369,11 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     # need of 9.4).
     if not calm(inputs, state):
         waits = state.waits
-        if len(waits) >= 2 and waits[-1][1] < waits[0][1]:
+        trapped_by = trapped(inputs)
+        if trapped_by is not None:
+            # The pods holding it serve at their full batch, not at the SLO's capacity.
+            replicas, note = 0, f"{note}: served is not demand: {trapped_by}"
+        elif len(waits) >= 2 and waits[-1][1] < waits[0][1]:
             # A backlog draining is served faster than it arrives: served is not demand.
             replicas, note = 0, note + ": a backlog is draining, so served is not demand"
         else:
@@ -424,6 +431,12 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
                                   f"(over {COMFORTABLE:.0%}): {why}", holds=True), \
                 state.updated(held=held)
         return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), state
+    # The p95 is the held backlog's: it says nothing of this count.
+    trapped_by = trapped(inputs)
+    if trapped_by is not None:
+        # A hold, not a measure: recorded in no history, so it restarts no stabilisation window.
+        return Recommendation("latency", pressure, 1.0, current, f"{said}: over target, but {trapped_by}: holding",
+                              holds=True), state
     if out is not None and carried:
         # Over target at this count and throughput: no fewer replicas carry as much (the mix changed).
         state = state.updated(carried=tuple(c for c in carried if not (c[1] <= ready and c[2] >= out)))
@@ -472,6 +485,23 @@ def carry(front: tuple[Carried, ...], sample: Carried) -> tuple[Carried, ...]:
     return (*(c for c in front if not (c[1] >= n and c[2] <= tokens and c[3] >= pressure)), sample)
 
 
+def trapped(inputs: Inputs) -> str | None:
+    """Why a backlog is held by the pods that admitted it, or None: more replicas drain none of it.
+
+    Triton takes every request it is sent and no pod hands one on, so a backlog a pod admitted before
+    others were ready stays there; the router sends the new arrivals to the others. It shows as a wait
+    shared by few pods (``awaiting_pods``: 10 ready, one pod holding 300 awaiting-seconds a second and
+    the rest 1: 1.06 pods) while the TTFT median is within its target (the other pods' first tokens).
+    A shortage, by contrast, raises the wait on every pod the router feeds, and with it the median."""
+    obs = inputs.obs
+    pods, median, ready = _value(obs.awaiting_pods), _value(obs.ttft_median_seconds), obs.ready_replicas
+    if pods is None or median is None or ready < 2 or pods > ready * TRAPPED_SHARE or \
+            median > inputs.spec.slo.ttft_milliseconds / 1e3 * MEDIAN_SHARE:
+        return None
+    return (f"the wait is held by about {pods:.1f} of {ready} ready pods and the TTFT median is "
+            f"{median * 1e3:.0f} ms: the other pods take the arrivals, and more replicas drain none of it")
+
+
 def backlog_growth(waits: tuple[Sample, ...]) -> float:
     """Seconds the mean wait for the first token grows per second, over the kept samples (0 if falling)."""
     if len(waits) < 2 or waits[-1][0] <= waits[0][0]:
@@ -494,6 +524,8 @@ def backlog_demand(inputs: Inputs, state: PolicyState) -> float | None:
     steady = changed is None or changed <= (state.last_scale_up or -math.inf) or (
         inputs.now - changed >= GROWTH_SECONDS + 15 and not _settling(inputs, state))
     ready = inputs.obs.ready_replicas
+    if trapped(inputs) is not None:
+        return None  # the wait grows in the pods holding a backlog, not in those taking the arrivals
     # Growth at or above 1 s/s is impossible for one FIFO queue (it says the fleet serves nothing):
     # queues of replicas of different ages mixed in one mean; no estimate then.
     if steady and ready > 0 and MIN_GROWTH < growth < 1.0 and wait is not None \
@@ -549,6 +581,10 @@ def queue_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, Po
     if per_replica <= spec.queue_per_replica * (1 + TOLERANCE):
         return Recommendation("queue", value, spec.queue_per_replica, replicas, note), state
     current = obs.current_replicas
+    trapped_by = trapped(inputs)
+    if trapped_by is not None:
+        return Recommendation("queue", value, spec.queue_per_replica, current, f"{note}; {trapped_by}: holding",
+                              holds=True), state
     if _settling(inputs, state):
         return Recommendation("queue", value, spec.queue_per_replica, max(replicas, current),
                               note + "; the last scale-up drains it", holds=replicas <= current), state

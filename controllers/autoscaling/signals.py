@@ -78,6 +78,9 @@ class Observations:
     requests_per_second_short: Reading = Reading(None, Quality.EMPTY, "not read")
     # The TTFT median: a shortage of capacity raises it; requests slow even alone raise only the tail.
     ttft_median_seconds: Reading = Reading(None, Quality.EMPTY, "not read")
+    # How many pods share the wait for the first token (short window): (sum F)^2 / sum F^2 over the pods'
+    # awaiting-first-token figures F. One pod holding a backlog reads 1; every pod queueing alike, the fleet.
+    awaiting_pods: Reading = Reading(None, Quality.EMPTY, "not read")
     # From outside the pods (spec.autoscaling.activation): what wakes a deployment at zero.
     activation: Reading = Reading(None, Quality.EMPTY, "no activation signal configured")
 

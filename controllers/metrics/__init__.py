@@ -38,6 +38,9 @@ CORE_SIGNALS = (
     "requestsPerSecond", "requestsPerSecondShort",  # nv_inference_request_success
     "requestSeconds", "requestSecondsShort",  # nv_inference_request_duration_us: mean requests in flight
     "firstResponseSeconds", "firstResponseSecondsShort",  # first-response histogram sum: mean awaiting token 1
+    # The same per pod, squared and summed: (sum F)^2 / sum F^2 is how many pods share the wait (one pod
+    # holding a backlog reads 1 whatever the fleet's size; a fleet-wide shortage reads the fleet's size).
+    "firstResponsePodSquaresShort",
     "ttftSeconds",  # first-response histogram quantile
     "ttftMedianSeconds",  # the same histogram's median: capacity short raises it, requests slow alone do not
 )

@@ -111,6 +111,10 @@ def pod_queries(config: PrometheusConfig, percentile: float) -> dict[str, Query]
         "requestSecondsShort": rate("nv_inference_request_duration_us", s, " / 1e6"),
         "firstResponseSeconds": rate("nv_inference_first_response_histogram_ms_sum", w, " / 1e3"),
         "firstResponseSecondsShort": rate("nv_inference_first_response_histogram_ms_sum", s, " / 1e3"),
+        # Squared per series (one per pod) before the sum: the wait's spread over the pods (observer.awaiting_pods).
+        "firstResponsePodSquaresShort": Query(
+            f"sum by ({by}) (rate(nv_inference_first_response_histogram_ms_sum{{{m}}}[{s}]) ^ 2)",
+            f"{LEVEL}:nv_inference_first_response_histogram_ms_sum:pow2_rate{s}", scale=" / 1e6"),
         "ttftSeconds": quantile(percentile),
         "ttftMedianSeconds": quantile(0.5),
         "outputTokensPerSecond": rate("nv_llm_output_token_len_sum", w),

@@ -51,14 +51,18 @@ class SimulatedSeries:
     duration_seconds: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     first_response_seconds: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     first_response_buckets: dict[int, list[int]] = field(default_factory=dict)
+    # Per second, the TTFT sum per pod: each pod exports its own series, and one query squares them.
+    first_response_by_pod: dict[int, dict[int, float]] = field(default_factory=dict)
     output_tokens: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     input_tokens: dict[int, float] = field(default_factory=lambda: defaultdict(float))
     gauges: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (scrape time, values)
 
     # -- what the pods count -------------------------------------------------------------------------
-    def first_token(self, at: float, ttft: float) -> None:
+    def first_token(self, at: float, ttft: float, pod: int = 0) -> None:
         second = int(at)
         self.first_response_seconds[second] += ttft
+        by_pod = self.first_response_by_pod.setdefault(second, {})
+        by_pod[pod] = by_pod.get(pod, 0.0) + ttft
         counts = self.first_response_buckets.setdefault(second, [0] * (len(self.buckets_ms) + 1))
         counts[bisect.bisect_left(self.buckets_ms, ttft * 1e3)] += 1
 
@@ -84,6 +88,15 @@ class SimulatedSeries:
         return sum(per_second.get(s, 0.0) for s in range(math.floor(start), math.floor(end))) / \
             self._observed(end, window)
 
+    def _pod_squares(self, end: float, window: float) -> float:
+        """sum over pods of rate(pod's TTFT sum)^2, as the ``firstResponsePodSquaresShort`` query reads."""
+        sums: dict[int, float] = {}
+        for second in range(math.floor(end - window), math.floor(end)):
+            for pod, value in self.first_response_by_pod.get(second, {}).items():
+                sums[pod] = sums.get(pod, 0.0) + value
+        observed = self._observed(end, window)
+        return sum((v / observed) ** 2 for v in sums.values())
+
     def _gauge(self, name: str, at: float) -> float | None:
         index = bisect.bisect_right([g[0] for g in self.gauges], at) - 1
         return self.gauges[index][1].get(name) if index >= 0 else None
@@ -107,6 +120,7 @@ class SimulatedSeries:
             if engine_backend:
                 out["outputTokensPerSecond" + suffix] = Reading(self._rate(self.output_tokens, seen, w))
                 out["inputTokensPerSecond" + suffix] = Reading(self._rate(self.input_tokens, seen, w))
+        out["firstResponsePodSquaresShort"] = Reading(self._pod_squares(seen, short_window))
         counts = [0.0] * (len(self.buckets_ms) + 1)
         for second in range(math.floor(seen - window), math.floor(seen)):
             for i, c in enumerate(self.first_response_buckets.get(second, ())):
@@ -123,6 +137,6 @@ class SimulatedSeries:
 
 
 _RATE_SIGNALS = ("requestsPerSecond", "requestsPerSecondShort", "requestSeconds", "requestSecondsShort",
-                 "firstResponseSeconds", "firstResponseSecondsShort", "ttftSeconds", "ttftMedianSeconds",
-                 "outputTokensPerSecond",
+                 "firstResponseSeconds", "firstResponseSecondsShort", "firstResponsePodSquaresShort",
+                 "ttftSeconds", "ttftMedianSeconds", "outputTokensPerSecond",
                  "outputTokensPerSecondShort", "inputTokensPerSecond", "inputTokensPerSecondShort")

@@ -247,7 +247,7 @@ class Simulator:
             self.token_seconds[second] = self.token_seconds.get(second, 0) + len(emitted)
         for sequence in emitted:
             if sequence.generated == 1:
-                self.series.first_token(now, now - sequence.arrived)
+                self.series.first_token(now, now - sequence.arrived, replica.id)
             if sequence.finished_at is not None:
                 assert sequence.first_token_at is not None
                 itl = (now - sequence.first_token_at) / (sequence.generated - 1) if sequence.generated > 1 else 0.0

@@ -148,6 +148,26 @@ def test_a_queue_is_drained_within_one_lead_and_a_growing_wait_sizes_the_demand(
     assert "grows 0.20 s/s" in next(r.note for r in d.recommendations if r.signal == "queue")
 
 
+def test_a_backlog_held_by_the_pods_that_admitted_it_orders_no_replicas() -> None:
+    """A backlog one pod admitted before the others were ready (a cold start) stays in that pod: the other
+    nine take the arrivals within target, and more replicas would drain none of it."""
+    learned = PolicyState(tokens_per_request=TOKENS_PER_REQUEST, history=((1000.0, 10.0),))
+
+    def backlog(pods: float, median: float) -> Observations:
+        return obs(10_000, current=10, queue=1200, wait=5.0, ttft=16.0, in_flight=400).replaced(
+            awaiting_pods=Reading(pods), ttft_median_seconds=Reading(median))
+
+    held = decision(backlog(1.0, 0.4), state=learned)
+    assert held.replicas == 10  # never down while requests queue, never up on them
+    for signal in ("queue", "latency", "throughput"):
+        assert rec(held, signal) == (0 if signal == "throughput" else 10), signal
+        assert "1.0 of 10 ready pods" in next(r.note for r in held.recommendations if r.signal == signal)
+    # The same backlog spread over the fleet, or a median over half the TTFT target: a shortage, so more.
+    for pods, median in ((2.5, 0.4), (1.0, 1.5)):
+        short = decision(backlog(pods, median), state=learned)
+        assert short.replicas > 10 and (rec(short, "queue") or 0) > 10, (pods, median)
+
+
 def test_missing_metrics_hold_and_are_reported() -> None:
     blind = obs(None, ttft=None, itl=None, queue=None, current=5, wait=None)
     replicas, rule, _ = run(blind)

@@ -82,6 +82,35 @@ def test_the_queue_is_what_waits_beyond_the_ttft_target() -> None:
     assert obs.queue.value == pytest.approx(10)
 
 
+def test_the_pods_sharing_the_wait_are_its_participation_ratio() -> None:
+    # The docstring's numbers: one pod awaiting 300 s/s, nine 1 s/s, read as about one pod; ten alike as ten.
+    one = readings(firstResponseSecondsShort=309, firstResponsePodSquaresShort=300**2 + 9)
+    alike = readings(firstResponseSecondsShort=30, firstResponsePodSquaresShort=10 * 3**2)
+    for r, expected in ((one, 309**2 / 90_009), (alike, 10.0)):
+        obs = observe(r, "llmapi", REPLICA, PodCounts(current=10, ready=10), TTFT_TARGET)
+        assert obs.awaiting_pods.value == pytest.approx(expected)
+    # No first response in the window (0 / 0), or the squares unread: never a number.
+    idle = observe(readings(firstResponseSecondsShort=0, firstResponsePodSquaresShort=0), "llmapi", REPLICA,
+                   PodCounts(current=1, ready=1), TTFT_TARGET)
+    assert idle.awaiting_pods.quality is Quality.NAN
+    unread = observe(readings(firstResponseSecondsShort=3), "llmapi", REPLICA, PodCounts(current=1, ready=1),
+                     TTFT_TARGET)
+    assert unread.awaiting_pods.quality is Quality.EMPTY
+
+
+def test_the_simulated_pods_squares_are_per_pod() -> None:
+    series = SimulatedSeries([100.0, 500.0, 2000.0], scrape_seconds=15)
+    for second in range(60):
+        series.first_token(second + 0.5, 10.0, pod=1)  # a pod draining a backlog: 10 s per first token
+        for pod in (2, 3, 4):
+            series.first_token(second + 0.5, 0.5, pod=pod)
+    r = series.readings(60 + 15.0, 60, 30, 0.95, engine_backend=False)
+    assert r.get("firstResponseSecondsShort").value == pytest.approx(11.5)
+    assert r.get("firstResponsePodSquaresShort").value == pytest.approx(100 + 3 * 0.25)
+    obs = observe(r, "llmapi", REPLICA, PodCounts(current=4, ready=4), TTFT_TARGET)
+    assert obs.awaiting_pods.value == pytest.approx(11.5**2 / 100.75)  # 1.31 of 4 pods
+
+
 @pytest.mark.parametrize(("q", "counts", "expected"), [
     # Prometheus: the rank falls in a bucket, linear within it; the first bucket starts at 0.
     (0.5, [2, 2, 0, 0], 100.0),

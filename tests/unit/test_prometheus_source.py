@@ -42,7 +42,7 @@ def test_one_query_per_signal_for_all_targets_and_per_percentile_for_latency() -
     prometheus.observe([A, B, C], now=100)
     shared = [q for q in seen if "histogram_quantile" not in q]
     latency = [q for q in seen if "histogram_quantile" in q]
-    assert len(shared) == 12  # 11 rate/gauge signals + the sample age, for every target at once
+    assert len(shared) == 13  # 12 rate/gauge signals + the sample age, for every target at once
     assert len(latency) == 3  # the TTFT median once, and the TTFT at each of the two percentiles
     # Only the TensorRT-LLM model's series: an ensemble's would count each request again.
     assert all('model="tensorrt_llm"' in q for q in seen)
