@@ -126,6 +126,8 @@ class Inputs(NamedTuple):
     # Requests queue past the TTFT target now: read by several stages, so computed once (in ``of``; a
     # cached_property takes a lock on every first read, twice a decision).
     backlogged: bool
+    # Why a backlog is held by the pods that admitted it (``trapped``), or None: read by four stages.
+    trapped: str | None = None
 
     @classmethod
     def of(cls, obs: Observations, spec: AutoscalingSpec, model_capacity: float, load_seconds: float,
@@ -133,7 +135,8 @@ class Inputs(NamedTuple):
         wait, queue = _value(obs.wait_short), _value(obs.queue)
         backlogged = (wait is not None and wait > spec.slo.ttft_milliseconds / 1e3) or \
             (queue is not None and queue / max(obs.ready_replicas, 1) > spec.queue_per_replica)
-        return cls(obs, spec, model_capacity, load_seconds, prefill_tokens_per_second, now, backlogged)
+        return cls(obs, spec, model_capacity, load_seconds, prefill_tokens_per_second, now, backlogged,
+                   trapped(obs, spec))
 
     @property
     def lead(self) -> float:
@@ -369,7 +372,7 @@ def throughput_signal(inputs: Inputs, state: PolicyState, capacity: float) -> tu
     # need of 9.4).
     if not calm(inputs, state):
         waits = state.waits
-        trapped_by = trapped(inputs)
+        trapped_by = inputs.trapped
         if trapped_by is not None:
             # The pods holding it serve at their full batch, not at the SLO's capacity.
             replicas, note = 0, f"{note}: served is not demand: {trapped_by}"
@@ -432,7 +435,7 @@ def latency_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, 
                 state.updated(held=held)
         return Recommendation("latency", pressure, 1.0, 0, f"{said}: within target"), state
     # The p95 is the held backlog's: it says nothing of this count.
-    trapped_by = trapped(inputs)
+    trapped_by = inputs.trapped
     if trapped_by is not None:
         # A hold, not a measure: recorded in no history, so it restarts no stabilisation window.
         return Recommendation("latency", pressure, 1.0, current, f"{said}: over target, but {trapped_by}: holding",
@@ -485,7 +488,7 @@ def carry(front: tuple[Carried, ...], sample: Carried) -> tuple[Carried, ...]:
     return (*(c for c in front if not (c[1] >= n and c[2] <= tokens and c[3] >= pressure)), sample)
 
 
-def trapped(inputs: Inputs) -> str | None:
+def trapped(obs: Observations, spec: AutoscalingSpec) -> str | None:
     """Why a backlog is held by the pods that admitted it, or None: more replicas drain none of it.
 
     Triton takes every request it is sent and no pod hands one on, so a backlog a pod admitted before
@@ -493,10 +496,9 @@ def trapped(inputs: Inputs) -> str | None:
     shared by few pods (``awaiting_pods``: 10 ready, one pod holding 300 awaiting-seconds a second and
     the rest 1: 1.06 pods) while the TTFT median is within its target (the other pods' first tokens).
     A shortage, by contrast, raises the wait on every pod the router feeds, and with it the median."""
-    obs = inputs.obs
     pods, median, ready = _value(obs.awaiting_pods), _value(obs.ttft_median_seconds), obs.ready_replicas
     if pods is None or median is None or ready < 2 or pods > ready * TRAPPED_SHARE or \
-            median > inputs.spec.slo.ttft_milliseconds / 1e3 * MEDIAN_SHARE:
+            median > spec.slo.ttft_milliseconds / 1e3 * MEDIAN_SHARE:
         return None
     return (f"the wait is held by about {pods:.1f} of {ready} ready pods and the TTFT median is "
             f"{median * 1e3:.0f} ms: the other pods take the arrivals, and more replicas drain none of it")
@@ -518,14 +520,14 @@ def backlog_demand(inputs: Inputs, state: PolicyState) -> float | None:
     token model: a queue means every ready replica runs at its real capacity). Read only while the
     ready count has held for the samples' window: a replica that just became ready serves fresh
     requests while the old ones drain their queues, and the mean wait no longer says it."""
+    if inputs.trapped is not None:
+        return None  # the wait grows in the pods holding a backlog, not in those taking the arrivals
     growth = backlog_growth(state.waits)
     wait = _value(inputs.obs.wait_short)
     changed = state.ready_changed_at
     steady = changed is None or changed <= (state.last_scale_up or -math.inf) or (
         inputs.now - changed >= GROWTH_SECONDS + 15 and not _settling(inputs, state))
     ready = inputs.obs.ready_replicas
-    if trapped(inputs) is not None:
-        return None  # the wait grows in the pods holding a backlog, not in those taking the arrivals
     # Growth at or above 1 s/s is impossible for one FIFO queue (it says the fleet serves nothing):
     # queues of replicas of different ages mixed in one mean; no estimate then.
     if steady and ready > 0 and MIN_GROWTH < growth < 1.0 and wait is not None \
@@ -581,7 +583,7 @@ def queue_signal(inputs: Inputs, state: PolicyState) -> tuple[Recommendation, Po
     if per_replica <= spec.queue_per_replica * (1 + TOLERANCE):
         return Recommendation("queue", value, spec.queue_per_replica, replicas, note), state
     current = obs.current_replicas
-    trapped_by = trapped(inputs)
+    trapped_by = inputs.trapped
     if trapped_by is not None:
         return Recommendation("queue", value, spec.queue_per_replica, current, f"{note}; {trapped_by}: holding",
                               holds=True), state
